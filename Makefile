@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:  make run   and   make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint proto lock clean
+
+$(STAMP): requirements.lock pyproject.toml lib/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e lib
+	touch $(STAMP)
+
+## Serve PipelineService on 127.0.0.1:50051 (SQLite, local executor, demo data under ./.skit-pipelines).
+run: $(STAMP)
+	$(BIN)/skit-pipelines serve
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+## Print the benchmark figures.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check service lib images pipelines tests benchmarks
+	buf lint
+
+## Regenerate the committed gRPC code after editing protos/.
+proto: $(STAMP)
+	$(BIN)/python service/skit_pipelines/protogen.py
+
+lock:
+	uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .skit-pipelines

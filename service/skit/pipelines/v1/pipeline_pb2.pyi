@@ -1,0 +1,56 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ParameterType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARAMETER_TYPE_UNSPECIFIED: _ClassVar[ParameterType]
+    PARAMETER_TYPE_STRING: _ClassVar[ParameterType]
+    PARAMETER_TYPE_INTEGER: _ClassVar[ParameterType]
+    PARAMETER_TYPE_DOUBLE: _ClassVar[ParameterType]
+    PARAMETER_TYPE_BOOLEAN: _ClassVar[ParameterType]
+    PARAMETER_TYPE_LIST: _ClassVar[ParameterType]
+    PARAMETER_TYPE_STRUCT: _ClassVar[ParameterType]
+PARAMETER_TYPE_UNSPECIFIED: ParameterType
+PARAMETER_TYPE_STRING: ParameterType
+PARAMETER_TYPE_INTEGER: ParameterType
+PARAMETER_TYPE_DOUBLE: ParameterType
+PARAMETER_TYPE_BOOLEAN: ParameterType
+PARAMETER_TYPE_LIST: ParameterType
+PARAMETER_TYPE_STRUCT: ParameterType
+
+class Pipeline(_message.Message):
+    __slots__ = ("name", "display_name", "description", "version", "parameters", "pipeline_spec")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_SPEC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    display_name: str
+    description: str
+    version: str
+    parameters: _containers.RepeatedCompositeFieldContainer[PipelineParameter]
+    pipeline_spec: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[PipelineParameter, _Mapping]]] = ..., pipeline_spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class PipelineParameter(_message.Message):
+    __slots__ = ("name", "type", "required", "default_value", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: ParameterType
+    required: bool
+    default_value: _struct_pb2.Value
+    description: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ParameterType, str]] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""skit-pipelines: reusable ML pipelines run by a gRPC service."""

@@ -1,0 +1,62 @@
+"""Domain exceptions raised below the servicer; the servicer maps them to gRPC statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class PipelinesError(Exception):
+    """Base of all domain errors. `reason` is a stable UPPER_SNAKE identifier."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(PipelinesError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        violations: list[FieldViolation] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.violations = list(violations or [])
+        if field is not None:
+            self.violations.append(FieldViolation(field, message))
+
+
+class NotFound(PipelinesError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(PipelinesError):
+    reason = "ALREADY_EXISTS"
+
+    def __init__(self, message: str, *, resource_name: str, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.resource_name = resource_name
+
+
+class FailedPrecondition(PipelinesError):
+    reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(PipelinesError):
+    """Transient: the only error a client should retry."""
+
+    reason = "UNAVAILABLE"
