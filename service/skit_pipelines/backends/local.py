@@ -1,0 +1,76 @@
+"""The embedded backend: runs execute in this process on the local executor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.domain import ErrorInfo, Pipeline, Run, Step
+from skit_pipelines.executor import LocalExecutor, PipelineFailed
+
+logger = logging.getLogger(__name__)
+
+
+class _SinkObserver:
+    def __init__(self, sink: RunSink, run_id: str) -> None:
+        self._sink = sink
+        self._run_id = run_id
+
+    async def step_changed(self, step: Step) -> None:
+        await self._sink.step_changed(self._run_id, step)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, executor: LocalExecutor, *, max_active_runs: int = 8) -> None:
+        self._executor = executor
+        self._slots = asyncio.Semaphore(max_active_runs)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._shutting_down = False
+
+    def active_runs(self) -> int:
+        return len(self._tasks)
+
+    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        if run.id in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._execute(run, pipeline, sink), name=f"run-{run.id}"
+        )
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+
+    async def _execute(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        try:
+            async with self._slots:
+                await sink.run_started(run.id)
+                result = await self._executor.execute(
+                    run.id, pipeline.spec, run.parameters, _SinkObserver(sink, run.id)
+                )
+            await sink.run_succeeded(run.id, result.outputs, result.output_parameters)
+        except PipelineFailed as failure:
+            await sink.run_failed(run.id, failure.error)
+        except asyncio.CancelledError:
+            if not self._shutting_down:
+                await sink.run_cancelled(run.id)
+            raise
+        except Exception as exc:
+            logger.exception("executing runs/%s failed", run.id)
+            await sink.run_failed(
+                run.id, ErrorInfo(code=13, message=f"executor error: {exc}", reason="EXECUTOR_ERROR")
+            )
+
+    async def cancel(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is None:
+            return
+        task.cancel()
+
+    async def shutdown(self) -> None:
+        self._shutting_down = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

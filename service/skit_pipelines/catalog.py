@@ -1,0 +1,207 @@
+"""The pipeline catalog: every module in pipelines/ compiled to KFP IR once, at startup.
+
+A pipeline module defines `pipeline`, a `@dsl.pipeline` function. Its version is the
+SHA-256 of the canonical JSON of the compiled IR, and its parameter schema is read from
+the IR's root inputDefinitions, which is what CreateRun validates against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from skit_pipelines.domain import ParameterType, Pipeline, PipelineParameter
+from skit_pipelines.errors import FieldViolation, InvalidArgument, NotFound
+
+logger = logging.getLogger(__name__)
+
+_IR_TYPES = {
+    "STRING": ParameterType.STRING,
+    "NUMBER_INTEGER": ParameterType.INTEGER,
+    "NUMBER_DOUBLE": ParameterType.DOUBLE,
+    "BOOLEAN": ParameterType.BOOLEAN,
+    "LIST": ParameterType.LIST,
+    "STRUCT": ParameterType.STRUCT,
+}
+_PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def ir_version(spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def _coerce_default(kind: ParameterType, value: Any) -> Any:
+    # The IR stores every number as a double (200 becomes 200.0).
+    if kind is ParameterType.INTEGER and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def pipeline_from_spec(spec: Mapping[str, Any]) -> Pipeline:
+    info = spec.get("pipelineInfo", {})
+    pipeline_id = info.get("name", "")
+    if not _PIPELINE_ID.match(pipeline_id):
+        raise ValueError(f"pipeline name {pipeline_id!r} is not a valid resource id")
+    declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    parameters = []
+    for name, definition in declared.items():
+        kind = _IR_TYPES.get(definition.get("parameterType", ""), ParameterType.UNSPECIFIED)
+        has_default = "defaultValue" in definition
+        parameters.append(
+            PipelineParameter(
+                name=name,
+                type=kind,
+                required=not has_default and not definition.get("isOptional", False),
+                default=_coerce_default(kind, definition["defaultValue"]) if has_default else None,
+                description=definition.get("description", ""),
+            )
+        )
+    description = info.get("description", "")
+    return Pipeline(
+        id=pipeline_id,
+        display_name=info.get("displayName") or pipeline_id.replace("-", " ").capitalize(),
+        description=description,
+        version=ir_version(spec),
+        parameters=tuple(parameters),
+        spec=spec,
+    )
+
+
+def compile_module(path: Path) -> dict[str, Any]:
+    """Imports a pipeline module by path and compiles its `pipeline` function to IR."""
+    from kfp import compiler  # kfp is slow to import; only the catalog needs it.
+
+    module_spec = importlib.util.spec_from_file_location(f"skit_pipeline_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    pipeline_func = getattr(module, "pipeline", None)
+    if pipeline_func is None:
+        raise ValueError(f"{path} defines no `pipeline`")
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(pipeline_func, str(package))
+        return yaml.safe_load(package.read_text())
+
+
+class Catalog:
+    """The pipelines this service can run, by id."""
+
+    def __init__(self, pipelines: Mapping[str, Pipeline]) -> None:
+        self._pipelines = dict(sorted(pipelines.items()))
+
+    @classmethod
+    def load(cls, pipelines_root: Path) -> Catalog:
+        pipelines: dict[str, Pipeline] = {}
+        for path in sorted(pipelines_root.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            pipeline = pipeline_from_spec(compile_module(path))
+            if pipeline.id in pipelines:
+                raise ValueError(f"two pipelines are named {pipeline.id!r}")
+            pipelines[pipeline.id] = pipeline
+            logger.info("loaded pipeline %s %s", pipeline.id, pipeline.version[:19])
+        return cls(pipelines)
+
+    def list(self) -> list[Pipeline]:
+        return list(self._pipelines.values())
+
+    def get(self, pipeline_id: str) -> Pipeline:
+        pipeline = self._pipelines.get(pipeline_id)
+        if pipeline is None:
+            raise NotFound(f"pipeline pipelines/{pipeline_id} not found", reason="PIPELINE_NOT_FOUND")
+        return pipeline
+
+
+def _check_type(kind: ParameterType, value: Any) -> tuple[bool, Any]:
+    """Whether value fits kind, and the value normalised (integral doubles become ints)."""
+    if kind is ParameterType.STRING:
+        return isinstance(value, str), value
+    if kind is ParameterType.BOOLEAN:
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, value
+    if kind is ParameterType.INTEGER:
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if kind is ParameterType.DOUBLE:
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if kind is ParameterType.LIST:
+        return isinstance(value, list), value
+    if kind is ParameterType.STRUCT:
+        return isinstance(value, dict), value
+    return True, value
+
+
+_TYPE_NAMES = {
+    ParameterType.STRING: "a string",
+    ParameterType.INTEGER: "an integer",
+    ParameterType.DOUBLE: "a number",
+    ParameterType.BOOLEAN: "a boolean",
+    ParameterType.LIST: "a list",
+    ParameterType.STRUCT: "an object",
+}
+
+
+def resolve_parameters(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks given values against the schema and fills in defaults.
+
+    Raises InvalidArgument with one field violation per bad parameter (unknown, wrong
+    type, missing), each naming `run.parameters.<name>`.
+    """
+    schema = {p.name: p for p in pipeline.parameters}
+    violations: list[FieldViolation] = []
+    resolved: dict[str, Any] = {}
+    for name, value in given.items():
+        parameter = schema.get(name)
+        if parameter is None:
+            violations.append(
+                FieldViolation(
+                    f"run.parameters.{name}",
+                    f"unknown parameter for {pipeline.name}; known: {', '.join(schema) or 'none'}",
+                )
+            )
+            continue
+        ok, normalised = _check_type(parameter.type, value)
+        if not ok:
+            violations.append(
+                FieldViolation(
+                    f"run.parameters.{name}",
+                    f"must be {_TYPE_NAMES.get(parameter.type, 'valid')}, got {json.dumps(value)}",
+                )
+            )
+            continue
+        resolved[name] = normalised
+    for parameter in pipeline.parameters:
+        if parameter.name in resolved or parameter.name in given:
+            continue
+        if parameter.required:
+            violations.append(
+                FieldViolation(f"run.parameters.{parameter.name}", "required parameter is missing")
+            )
+        elif parameter.default is not None:
+            resolved[parameter.name] = parameter.default
+    if violations:
+        raise InvalidArgument(
+            f"invalid parameters for {pipeline.name}: "
+            + "; ".join(f"{v.field}: {v.description}" for v in violations),
+            violations=violations,
+            reason="INVALID_PARAMETERS",
+        )
+    return resolved

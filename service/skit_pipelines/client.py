@@ -1,0 +1,278 @@
+"""A small typed client for PipelineService, over the generated stubs.
+
+Every failed call raises `RPCError`, which carries the status code and the
+google.rpc.Status details the service attaches (ErrorInfo, BadRequest).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+
+logger = logging.getLogger(__name__)
+
+RUNS_PREFIX = "runs/"
+PIPELINES_PREFIX = "pipelines/"
+
+# GetPipeline carries the compiled IR, which can outgrow gRPC's 4 MiB default; this
+# matches the server's default limit (ServerConfig.max_message_bytes).
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def run_name(run: str) -> str:
+    """Returns "runs/{run}" for either "abc" or "runs/abc"."""
+    return run if run.startswith(RUNS_PREFIX) else RUNS_PREFIX + run
+
+
+def pipeline_name(pipeline: str) -> str:
+    """Returns "pipelines/{pipeline}" for either "x" or "pipelines/x"."""
+    return pipeline if pipeline.startswith(PIPELINES_PREFIX) else PIPELINES_PREFIX + pipeline
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One entry of a google.rpc.BadRequest."""
+
+    field: str
+    """The offending request field, e.g. "run.parameters.calls"."""
+    description: str
+    """Why it was rejected."""
+
+
+class RPCError(Exception):
+    """A call to PipelineService failed.
+
+    Attributes:
+        code: The gRPC status code.
+        message: The status message.
+        reason: ErrorInfo.reason (a stable identifier such as "RUN_NOT_FOUND"), or "".
+        domain: ErrorInfo.domain, or "".
+        metadata: ErrorInfo.metadata.
+        violations: The BadRequest field violations, if any.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        domain: str = "",
+        metadata: Mapping[str, str] | None = None,
+        violations: Iterable[FieldViolation] = (),
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.domain = domain
+        self.metadata = dict(metadata or {})
+        self.violations = tuple(violations)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether retrying may help; the service promises this only for UNAVAILABLE."""
+        return self.code is grpc.StatusCode.UNAVAILABLE
+
+    @classmethod
+    def from_grpc(cls, error: grpc.RpcError) -> RPCError:
+        """Reads the code, message and rich details of a failed call."""
+        if not isinstance(error, grpc.Call):
+            return cls(grpc.StatusCode.UNKNOWN, str(error))
+        code = error.code() or grpc.StatusCode.UNKNOWN
+        message = error.details() or ""
+        try:
+            status = rpc_status.from_call(error)
+        except ValueError:
+            # from_call rejects details whose code or message disagree with the call's;
+            # the plain code and message are still worth reporting.
+            logger.debug("inconsistent google.rpc.Status in trailers of a %s error", code.name)
+            status = None
+        if status is None:
+            return cls(code, message)
+        reason, domain, metadata = "", "", {}
+        violations: list[FieldViolation] = []
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.extend(
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+        return cls(
+            code,
+            status.message or message,
+            reason=reason,
+            domain=domain,
+            metadata=metadata,
+            violations=violations,
+        )
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
+
+
+class PipelinesClient:
+    """A synchronous PipelineService client. Use it as a context manager, or call close().
+
+    Args:
+        target: "host:port" of the service.
+        timeout: Deadline in seconds of every unary call. WatchRun has none.
+    """
+
+    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pipeline_service_pb2_grpc.PipelineServiceStub(self._channel)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight, watches included, end with CANCELLED."""
+        self._channel.close()
+
+    def __enter__(self) -> PipelinesClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise RPCError.from_grpc(error) from error
+
+    def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
+        """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
+        pipelines: list[pipeline_pb2.Pipeline] = []
+        request = pipeline_service_pb2.ListPipelinesRequest()
+        while True:
+            response = self._call(self._stub.ListPipelines, request)
+            pipelines.extend(response.pipelines)
+            if not response.next_page_token:
+                return pipelines
+            request.page_token = response.next_page_token
+
+    def get_pipeline(self, pipeline: str) -> pipeline_pb2.Pipeline:
+        """One pipeline, "x" or "pipelines/x", with its compiled IR."""
+        request = pipeline_service_pb2.GetPipelineRequest(name=pipeline_name(pipeline))
+        return self._call(self._stub.GetPipeline, request)
+
+    def create_run(
+        self,
+        pipeline: str,
+        parameters: Mapping[str, Any],
+        labels: Mapping[str, str],
+        run_id: str | None = None,
+        request_id: str | None = None,
+    ) -> run_pb2.Run:
+        """Starts a run of `pipeline`.
+
+        Args:
+            pipeline: "x" or "pipelines/x".
+            parameters: JSON-like values; numbers travel as doubles, which the service
+                accepts for INTEGER parameters when they are whole.
+            labels: User labels for filtering.
+            run_id: The id of the new run; chosen by the service when None.
+            request_id: An idempotency key: repeating the call with it returns the same run.
+        """
+        run = run_pb2.Run(pipeline=pipeline_name(pipeline), labels=dict(labels))
+        run.parameters.update(dict(parameters))
+        request = pipeline_service_pb2.CreateRunRequest(
+            run=run, run_id=run_id or "", request_id=request_id or ""
+        )
+        return self._call(self._stub.CreateRun, request)
+
+    def get_run(self, run: str) -> run_pb2.Run:
+        """The current state of a run, "abc" or "runs/abc"."""
+        request = pipeline_service_pb2.GetRunRequest(name=run_name(run))
+        return self._call(self._stub.GetRun, request)
+
+    def list_runs(
+        self,
+        pipeline: str | None = None,
+        states: Iterable[run_pb2.RunState.ValueType] = (),
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[run_pb2.Run]:
+        """Runs matching all the given filters, newest first, fetched page by page as consumed.
+
+        Args:
+            pipeline: Only runs of this pipeline.
+            states: Only runs in one of these states.
+            labels: Only runs having all these labels.
+            created_after: Only runs created at or after this time (naive means UTC).
+            created_before: Only runs created before this time (naive means UTC).
+            page_size: Runs fetched per call; the service's default when None.
+        """
+        request = pipeline_service_pb2.ListRunsRequest(
+            page_size=page_size or 0,
+            pipeline=pipeline_name(pipeline) if pipeline else "",
+            states=list(states),
+            labels=dict(labels or {}),
+            create_time_after=_timestamp(created_after),
+            create_time_before=_timestamp(created_before),
+        )
+        while True:
+            response = self._call(self._stub.ListRuns, request)
+            yield from response.runs
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def cancel_run(self, run: str) -> run_pb2.Run:
+        """Asks the service to stop a run; returns it in CANCELLING (or unchanged if finished)."""
+        request = pipeline_service_pb2.CancelRunRequest(name=run_name(run))
+        return self._call(self._stub.CancelRun, request)
+
+    def watch_run(self, run: str, after_revision: int = 0) -> Iterator[run_pb2.Run]:
+        """Full snapshots of a run as it changes, until it reaches a terminal state.
+
+        The first snapshot is the current state or, with `after_revision`, every stored
+        revision after it. There is no deadline: runs take as long as they take. Closing
+        the iterator cancels the stream.
+        """
+        request = pipeline_service_pb2.WatchRunRequest(
+            name=run_name(run), after_revision=after_revision
+        )
+        stream = self._stub.WatchRun(request)
+        try:
+            for response in stream:
+                yield response.run
+        except grpc.RpcError as error:
+            raise RPCError.from_grpc(error) from error
+        finally:
+            stream.cancel()

@@ -1,0 +1,117 @@
+"""Domain values <-> skit.pipelines.v1 messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.rpc import status_pb2
+
+from skit.pipelines.v1 import pipeline_pb2, run_pb2
+from skit_pipelines import domain
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value.astimezone(UTC))
+    return message
+
+
+def from_timestamp(message: timestamp_pb2.Timestamp) -> datetime:
+    return message.ToDatetime(tzinfo=UTC)
+
+
+def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(dict(values))
+    return message
+
+
+def from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+def value(item: Any) -> struct_pb2.Value:
+    message = struct_pb2.Value()
+    json_format.ParseDict(item, message)
+    return message
+
+
+def status(error: domain.ErrorInfo | None) -> status_pb2.Status | None:
+    if error is None:
+        return None
+    return status_pb2.Status(code=error.code, message=error.message)
+
+
+def artifact(item: domain.Artifact) -> run_pb2.Artifact:
+    return run_pb2.Artifact(
+        name=item.name, uri=item.uri, step=item.step, sha256=item.sha256, size_bytes=item.size_bytes
+    )
+
+
+def step(item: domain.Step) -> run_pb2.Step:
+    return run_pb2.Step(
+        name=item.name,
+        component=item.component,
+        image=item.image,
+        state=int(item.state),  # type: ignore[arg-type]
+        attempt=item.attempt,
+        cached=item.cached,
+        start_time=timestamp(item.start_time),
+        end_time=timestamp(item.end_time),
+        output_artifacts=[artifact(a) for a in item.output_artifacts],
+        output_parameters=struct(item.output_parameters),
+        error=status(item.error),
+    )
+
+
+def run(item: domain.Run) -> run_pb2.Run:
+    return run_pb2.Run(
+        name=item.name,
+        pipeline=f"pipelines/{item.pipeline}",
+        pipeline_version=item.pipeline_version,
+        parameters=struct(item.parameters),
+        labels=dict(item.labels),
+        state=int(item.state),  # type: ignore[arg-type]
+        create_time=timestamp(item.create_time),
+        start_time=timestamp(item.start_time),
+        end_time=timestamp(item.end_time),
+        update_time=timestamp(item.update_time),
+        steps=[step(s) for s in item.steps],
+        outputs=[artifact(a) for a in item.outputs],
+        error=status(item.error),
+        revision=item.revision,
+        request_id=item.request_id,
+        retry_of=item.retry_of,
+        creator=item.creator,
+        backend=item.backend,
+        backend_run_id=item.backend_run_id,
+        backend_run_url=item.backend_run_url,
+        output_parameters=struct(item.output_parameters),
+    )
+
+
+def pipeline(item: domain.Pipeline, *, with_spec: bool = False) -> pipeline_pb2.Pipeline:
+    message = pipeline_pb2.Pipeline(
+        name=item.name,
+        display_name=item.display_name,
+        description=item.description,
+        version=item.version,
+        parameters=[
+            pipeline_pb2.PipelineParameter(
+                name=p.name,
+                type=int(p.type),  # type: ignore[arg-type]
+                required=p.required,
+                default_value=value(p.default) if p.default is not None else None,
+                description=p.description,
+            )
+            for p in item.parameters
+        ],
+    )
+    if with_spec:
+        message.pipeline_spec.update(dict(item.spec))
+    return message

@@ -1,0 +1,312 @@
+"""The runs controller: validation, idempotency, create, cancel, watch and recovery.
+
+It owns run behaviour; the servicer only translates, the store only persists, the
+backend only executes (and reports back through the RunSink methods below).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from skit_pipelines import names
+from skit_pipelines.backends.base import Backend
+from skit_pipelines.catalog import Catalog, resolve_parameters
+from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, RunState, Step
+from skit_pipelines.errors import AlreadyExists, InvalidArgument
+from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CreateRunInput:
+    pipeline: str
+    """"pipelines/{pipeline}"."""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    request_id: str = ""
+    creator: str = ""
+
+    def request_hash(self) -> str:
+        body = {
+            "pipeline": self.pipeline,
+            "parameters": self.parameters,
+            "labels": self.labels,
+            "run_id": self.run_id,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ListRunsInput:
+    pipeline: str = ""
+    """"pipelines/{pipeline}" or empty."""
+    states: Sequence[int] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    page_size: int = 0
+    page_token: str = ""
+
+    def filter_hash(self) -> str:
+        body = [self.pipeline, sorted(self.states), sorted(self.labels.items()),
+                self.created_after and self.created_after.isoformat(),
+                self.created_before and self.created_before.isoformat()]
+        return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative", field="page_size")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _encode_token(position: Any, filter_hash: str) -> str:
+    raw = json.dumps({"p": position, "f": filter_hash}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, filter_hash: str) -> Any:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        position, token_filter = data["p"], data["f"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument("page_token is not a token this server issued", field="page_token") from exc
+    if token_filter != filter_hash:
+        raise InvalidArgument(
+            "page_token belongs to a request with other filters", field="page_token"
+        )
+    return position
+
+
+class RunController:
+    def __init__(
+        self,
+        store: RunStore,
+        catalog: Catalog,
+        backend: Backend,
+        *,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._backend = backend
+        self._clock = clock
+
+    @property
+    def store(self) -> RunStore:
+        return self._store
+
+    # Pipelines
+
+    def list_pipelines(self, page_size: int = 0, page_token: str = "") -> tuple[list[Pipeline], str]:
+        size = _page_size(page_size)
+        start = int(_decode_token(page_token, "pipelines")) if page_token else 0
+        pipelines = self._catalog.list()
+        page = pipelines[start : start + size]
+        more = start + size < len(pipelines)
+        return page, _encode_token(start + size, "pipelines") if more else ""
+
+    def get_pipeline(self, name: str) -> Pipeline:
+        return self._catalog.get(names.parse_name(name, "pipelines"))
+
+    # Runs
+
+    async def create_run(self, request: CreateRunInput) -> Run:
+        pipeline_id = names.parse_name(request.pipeline, "pipelines", field="run.pipeline")
+        if request.run_id:
+            names.check_id(request.run_id, field="run_id")
+        if request.request_id:
+            names.check_request_id(request.request_id)
+        names.check_labels(dict(request.labels))
+        pipeline = self._catalog.get(pipeline_id)
+        parameters = resolve_parameters(pipeline, request.parameters)
+        now = self._clock()
+        run = Run(
+            id=request.run_id or names.new_run_id(pipeline_id),
+            pipeline=pipeline_id,
+            pipeline_version=pipeline.version,
+            parameters=parameters,
+            labels=dict(request.labels),
+            state=RunState.QUEUED,
+            create_time=now,
+            update_time=now,
+            revision=1,
+            request_id=request.request_id,
+            creator=request.creator,
+            backend=self._backend.name,
+        )
+        request_hash = request.request_hash()
+        outcome = await self._store.create_run(run, request_hash)
+        if not outcome.created:
+            if outcome.request_hash != request_hash:
+                raise AlreadyExists(
+                    f"request_id {request.request_id!r} was already used for a different request,"
+                    f" which created {outcome.run.name}",
+                    resource_name=outcome.run.name,
+                    reason="REQUEST_ID_REUSED",
+                )
+            return outcome.run
+        logger.info("created %s of %s", run.name, pipeline.name, extra={"run": run.id})
+        await self._submit(run, pipeline)
+        return run
+
+    async def _submit(self, run: Run, pipeline: Pipeline) -> None:
+        try:
+            await self._backend.submit(run, pipeline, self)
+        except Exception as exc:
+            logger.exception("submitting %s failed", run.name)
+            await self.run_failed(run.id, ErrorInfo(code=14, message=f"cannot submit: {exc}", reason="SUBMIT_FAILED"))
+
+    async def get_run(self, name: str) -> Run:
+        return await self._store.get_run(names.parse_name(name, "runs"))
+
+    async def list_runs(self, request: ListRunsInput) -> tuple[list[Run], str]:
+        pipeline_id = (
+            names.parse_name(request.pipeline, "pipelines", field="pipeline")
+            if request.pipeline
+            else ""
+        )
+        states = set()
+        for number in request.states:
+            if number not in RunState.__members__.values() or number == RunState.UNSPECIFIED:
+                raise InvalidArgument(f"states has an unknown value {number}", field="states")
+            states.add(RunState(number))
+        names.check_labels(dict(request.labels), field="labels")
+        filter_hash = request.filter_hash()
+        after = None
+        if request.page_token:
+            position = _decode_token(request.page_token, filter_hash)
+            if not (isinstance(position, list) and len(position) == 2):
+                raise InvalidArgument("page_token is malformed", field="page_token")
+            after = (str(position[0]), str(position[1]))
+        page: RunPage = await self._store.list_runs(
+            RunQuery(
+                pipeline=pipeline_id,
+                states=frozenset(states),
+                labels=dict(request.labels),
+                created_after=request.created_after,
+                created_before=request.created_before,
+                page_size=_page_size(request.page_size),
+                after=after,
+            )
+        )
+        runs = list(page.runs)
+        next_token = ""
+        if page.more and runs:
+            next_token = _encode_token([sortable_time(runs[-1].create_time), runs[-1].id], filter_hash)
+        return runs, next_token
+
+    async def cancel_run(self, name: str) -> Run:
+        run_id = names.parse_name(name, "runs")
+        run = await self._store.update_run(run_id, _to_cancelling)
+        if run.state is RunState.CANCELLING:
+            await self._backend.cancel(run_id)
+        return run
+
+    def watch_run(self, name: str, after_revision: int = 0) -> AsyncIterator[Run]:
+        return self._store.watch(names.parse_name(name, "runs"), after_revision)
+
+    # Lifecycle
+
+    async def resume(self) -> None:
+        """Picks up runs a previous process left unfinished."""
+        for run in await self._store.list_unfinished_runs():
+            if run.state is RunState.CANCELLING:
+                await self.run_cancelled(run.id)
+                continue
+            try:
+                pipeline = self._catalog.get(run.pipeline)
+            except Exception:
+                pipeline = None
+            if pipeline is None or pipeline.version != run.pipeline_version:
+                await self.run_failed(
+                    run.id,
+                    ErrorInfo(
+                        code=9,
+                        message=f"pipeline version {run.pipeline_version} is no longer available",
+                        reason="PIPELINE_VERSION_GONE",
+                    ),
+                )
+                continue
+            logger.info("resuming %s", run.name)
+            await self._submit(run, pipeline)
+
+    # RunSink: progress reported by the backend
+
+    async def run_started(self, run_id: str) -> None:
+        now = self._clock()
+
+        def started(run: Run) -> Run:
+            if run.state is not RunState.QUEUED:
+                return run
+            return replace(run, state=RunState.RUNNING, start_time=run.start_time or now)
+
+        await self._store.update_run(run_id, started)
+
+    async def step_changed(self, run_id: str, step: Step) -> None:
+        def with_step(run: Run) -> Run:
+            if run.state.terminal:
+                return run
+            steps = list(run.steps)
+            for index, existing in enumerate(steps):
+                if existing.name == step.name:
+                    steps[index] = step
+                    break
+            else:
+                steps.append(step)
+            return replace(run, steps=tuple(steps))
+
+        await self._store.update_run(run_id, with_step)
+
+    async def run_succeeded(
+        self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]
+    ) -> None:
+        await self._finish(
+            run_id,
+            RunState.SUCCEEDED,
+            outputs=tuple(outputs),
+            output_parameters=dict(output_parameters),
+        )
+
+    async def run_failed(self, run_id: str, error: ErrorInfo) -> None:
+        await self._finish(run_id, RunState.FAILED, error=error)
+
+    async def run_cancelled(self, run_id: str) -> None:
+        await self._finish(run_id, RunState.CANCELLED)
+
+    async def _finish(self, run_id: str, state: RunState, **changes: Any) -> None:
+        now = self._clock()
+
+        def finished(run: Run) -> Run:
+            if run.state.terminal:
+                return run
+            return replace(run, state=state, end_time=now, **changes)
+
+        run = await self._store.update_run(run_id, finished)
+        logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
+
+
+def _to_cancelling(run: Run) -> Run:
+    if run.state.terminal or run.state is RunState.CANCELLING:
+        return run
+    return replace(run, state=RunState.CANCELLING)

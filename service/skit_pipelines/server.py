@@ -1,0 +1,138 @@
+"""Wires the service together (implementations chosen here, once) and serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, replace
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
+from skit_pipelines import jsonlog, reflection
+from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.backends.local import LocalBackend
+from skit_pipelines.catalog import Catalog
+from skit_pipelines.config import ServerConfig
+from skit_pipelines.executor import ExecutorConfig, LocalExecutor
+from skit_pipelines.runs import RunController
+from skit_pipelines.servicer import PipelineServicer
+from skit_pipelines.store.sqlite import SqliteRunStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+
+
+def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Long-lived WatchRun streams: ping idle connections and let clients ping us.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def prepare_config(config: ServerConfig) -> ServerConfig:
+    """Fills in the demo databases when the embedded default has none configured."""
+    wanted = {"CALLS_DB_URL", "METRICS_DB_URL"}
+    if not config.demo_data or wanted <= set(config.step_env):
+        return config
+    from skit_pipelines.demo import ensure_demo_data
+
+    demo_env = ensure_demo_data(config.demo_root)
+    return replace(config, step_env={**demo_env, **config.step_env})
+
+
+@dataclass
+class Application:
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    controller: RunController
+    backend: LocalBackend
+    store: SqliteRunStore
+    health: health.aio.HealthServicer
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.controller.resume()
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving PipelineService on %s", self.address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health NOT_SERVING first, then calls and streams get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.backend.shutdown()
+        await self.store.close()
+
+
+async def build_application(config: ServerConfig) -> Application:
+    config = prepare_config(config)
+    catalog = await asyncio.to_thread(Catalog.load, config.pipelines_root)
+    store = SqliteRunStore(config.database_path, history_limit=config.watch_history_limit)
+    artifacts = LocalArtifactStore(config.artifacts_root)
+    executor = LocalExecutor(
+        ExecutorConfig(
+            images_root=config.images_root,
+            work_root=config.work_root,
+            max_parallel_steps=config.max_parallel_steps,
+            cancel_grace_seconds=config.cancel_grace_seconds,
+            step_env=dict(config.step_env),
+        ),
+        artifacts,
+        cache=store.step_cache(),
+    )
+    backend = LocalBackend(executor, max_active_runs=config.max_active_runs)
+    controller = RunController(store, catalog, backend)
+
+    server = grpc.aio.server(options=_grpc_options(config))
+    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(controller), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    return Application(
+        config=config,
+        server=server,
+        port=port,
+        controller=controller,
+        backend=backend,
+        store=store,
+        health=health_servicer,
+    )
+
+
+async def _serve(config: ServerConfig) -> None:
+    app = await build_application(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await app.start()
+    await stopping.wait()
+    logger.info("shutting down; open calls get %ss", config.shutdown_grace_seconds)
+    await app.stop()
+
+
+def serve(config: ServerConfig) -> int:
+    """Runs the service until SIGTERM/SIGINT; returns the process exit code."""
+    jsonlog.configure()
+    asyncio.run(_serve(config))
+    return 0

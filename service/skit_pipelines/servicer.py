@@ -1,0 +1,189 @@
+"""PipelineService over gRPC: proto <-> domain and error mapping, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+from skit_pipelines import convert
+from skit_pipelines.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PipelinesError,
+    Unavailable,
+)
+from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
+
+logger = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "pipelines.skit.ai"
+_CODES: list[tuple[type[PipelinesError], int]] = [
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (NotFound, code_pb2.NOT_FOUND),
+    (AlreadyExists, code_pb2.ALREADY_EXISTS),
+    (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (Unavailable, code_pb2.UNAVAILABLE),
+]
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def error_status(exc: BaseException) -> status_pb2.Status:
+    """The one place domain errors become google.rpc.Status (with ErrorInfo and BadRequest)."""
+    if not isinstance(exc, PipelinesError):
+        logger.error("internal error", exc_info=exc)
+        return status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message="internal error; the server log has the details",
+            details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
+        )
+    code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+    metadata: dict[str, str] = {}
+    details = []
+    if isinstance(exc, AlreadyExists):
+        metadata["existing"] = exc.resource_name
+        details.append(
+            _pack(error_details_pb2.ResourceInfo(resource_type="Run", resource_name=exc.resource_name))
+        )
+    details.insert(
+        0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata))
+    )
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in exc.violations
+                    ]
+                )
+            )
+        )
+    return status_pb2.Status(code=code, message=exc.message, details=details)
+
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _unary(
+    method: Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]],
+) -> Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+            await context.abort_with_status(rpc_status.to_status(error_status(exc)))
+            raise AssertionError("abort_with_status returned") from exc
+
+    return wrapper
+
+
+def _streaming(
+    method: Callable[[Any, _Request, grpc.aio.ServicerContext], AsyncIterator[_Response]],
+) -> Callable[[Any, _Request, grpc.aio.ServicerContext], AsyncIterator[_Response]]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: _Request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_Response]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+            await context.abort_with_status(rpc_status.to_status(error_status(exc)))
+
+    return wrapper
+
+
+class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
+    def __init__(self, controller: RunController) -> None:
+        self._controller = controller
+
+    @_unary
+    async def ListPipelines(  # type: ignore[override]
+        self, request: pipeline_service_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
+    ) -> pipeline_service_pb2.ListPipelinesResponse:
+        pipelines, next_token = self._controller.list_pipelines(request.page_size, request.page_token)
+        return pipeline_service_pb2.ListPipelinesResponse(
+            pipelines=[convert.pipeline(p) for p in pipelines], next_page_token=next_token
+        )
+
+    @_unary
+    async def GetPipeline(  # type: ignore[override]
+        self, request: pipeline_service_pb2.GetPipelineRequest, context: grpc.aio.ServicerContext
+    ) -> pipeline_pb2.Pipeline:
+        return convert.pipeline(self._controller.get_pipeline(request.name), with_spec=True)
+
+    @_unary
+    async def CreateRun(  # type: ignore[override]
+        self, request: pipeline_service_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        run = await self._controller.create_run(
+            CreateRunInput(
+                pipeline=request.run.pipeline,
+                parameters=convert.from_struct(request.run.parameters),
+                labels=dict(request.run.labels),
+                run_id=request.run_id,
+                request_id=request.request_id,
+            )
+        )
+        return convert.run(run)
+
+    @_unary
+    async def GetRun(  # type: ignore[override]
+        self, request: pipeline_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return convert.run(await self._controller.get_run(request.name))
+
+    @_unary
+    async def ListRuns(  # type: ignore[override]
+        self, request: pipeline_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pipeline_service_pb2.ListRunsResponse:
+        runs, next_token = await self._controller.list_runs(
+            ListRunsInput(
+                pipeline=request.pipeline,
+                states=tuple(request.states),
+                labels=dict(request.labels),
+                created_after=convert.from_timestamp(request.create_time_after)
+                if request.HasField("create_time_after")
+                else None,
+                created_before=convert.from_timestamp(request.create_time_before)
+                if request.HasField("create_time_before")
+                else None,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return pipeline_service_pb2.ListRunsResponse(
+            runs=[convert.run(r) for r in runs], next_page_token=next_token
+        )
+
+    @_unary
+    async def CancelRun(  # type: ignore[override]
+        self, request: pipeline_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return convert.run(await self._controller.cancel_run(request.name))
+
+    @_streaming
+    async def WatchRun(  # type: ignore[override]
+        self, request: pipeline_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
+        async for run in self._controller.watch_run(request.name, request.after_revision):
+            yield pipeline_service_pb2.WatchRunResponse(run=convert.run(run))

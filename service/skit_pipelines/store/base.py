@@ -1,0 +1,191 @@
+"""The RunStore seam: runs, their steps, and an event log of revisions that watchers replay."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from skit_pipelines.domain import Run, RunState
+
+
+def sortable_time(value: datetime) -> str:
+    """A fixed-width UTC timestamp, so text order is time order (also in page tokens)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """ListRuns filters (combined with AND) and the page position."""
+
+    pipeline: str = ""
+    states: frozenset[RunState] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: datetime | None = None
+    """Inclusive."""
+    created_before: datetime | None = None
+    """Exclusive."""
+    page_size: int = 50
+    after: tuple[str, str] | None = None
+    """(create_time ISO, run id) of the last run of the previous page."""
+
+
+@dataclass(frozen=True)
+class RunPage:
+    runs: Sequence[Run]
+    more: bool
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """What create_run did: made `run`, or found an earlier one with the same request_id."""
+
+    run: Run
+    created: bool
+    request_hash: str = ""
+    """With created=False: the hash stored with the earlier request."""
+
+
+RunMutation = Callable[[Run], Run]
+
+
+class RevisionHub:
+    """Wakes watchers of a run when a newer revision exists, and keeps the latest snapshots
+    in memory so a burst of watchers does not turn into a burst of queries.
+
+    Modelled on grpc's async health servicer: one asyncio.Condition per watched key,
+    watchers counted and removed in `finally`.
+    """
+
+    def __init__(self, recent_per_run: int = 256) -> None:
+        self._conditions: dict[str, asyncio.Condition] = {}
+        self._watchers: dict[str, int] = {}
+        self._recent: dict[str, deque[Run]] = {}
+        self._recent_per_run = recent_per_run
+
+    def watcher_count(self, run_id: str | None = None) -> int:
+        if run_id is None:
+            return sum(self._watchers.values())
+        return self._watchers.get(run_id, 0)
+
+    def publish(self, run: Run) -> None:
+        """Records a new revision (written by this process, or learnt from another)."""
+        recent = self._recent.get(run.id)
+        if recent is not None:
+            if recent and recent[-1].revision >= run.revision:
+                return
+            recent.append(run)
+        condition = self._conditions.get(run.id)
+        if condition is not None:
+            asyncio.get_running_loop().create_task(self._notify(condition))
+
+    @staticmethod
+    async def _notify(condition: asyncio.Condition) -> None:
+        async with condition:
+            condition.notify_all()
+
+    def latest_revision(self, run_id: str) -> int:
+        recent = self._recent.get(run_id)
+        return recent[-1].revision if recent else 0
+
+    def recent_after(self, run_id: str, revision: int) -> list[Run] | None:
+        """The in-memory revisions after `revision`, or None when memory cannot tell."""
+        recent = self._recent.get(run_id)
+        if not recent or recent[0].revision > revision + 1:
+            return None
+        return [r for r in recent if r.revision > revision]
+
+    async def subscribe(self, run_id: str) -> asyncio.Condition:
+        condition = self._conditions.setdefault(run_id, asyncio.Condition())
+        self._watchers[run_id] = self._watchers.get(run_id, 0) + 1
+        self._recent.setdefault(run_id, deque(maxlen=self._recent_per_run))
+        return condition
+
+    def unsubscribe(self, run_id: str) -> None:
+        remaining = self._watchers.get(run_id, 0) - 1
+        if remaining > 0:
+            self._watchers[run_id] = remaining
+            return
+        self._watchers.pop(run_id, None)
+        self._conditions.pop(run_id, None)
+        self._recent.pop(run_id, None)
+
+
+class RunStore(ABC):
+    """Durable runs. Every change bumps the run's revision and appends it to the event log."""
+
+    def __init__(self, hub: RevisionHub | None = None) -> None:
+        self.hub = hub or RevisionHub()
+
+    @abstractmethod
+    async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
+        """Inserts `run` at revision 1. When run.request_id is already stored, returns the
+        earlier run instead. AlreadyExists when the run id is taken."""
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> Run:
+        """NotFound when there is no such run."""
+
+    @abstractmethod
+    async def update_run(self, run_id: str, mutate: RunMutation) -> Run:
+        """Applies `mutate` to the current run atomically; stores the result at the next
+        revision unless it is unchanged. Returns the stored run."""
+
+    @abstractmethod
+    async def list_runs(self, query: RunQuery) -> RunPage:
+        """Runs matching the query, newest first."""
+
+    @abstractmethod
+    async def list_unfinished_runs(self) -> list[Run]:
+        """Runs not in a terminal state, oldest first (to resume after a restart)."""
+
+    @abstractmethod
+    async def revisions_after(self, run_id: str, revision: int) -> list[Run] | None:
+        """Every stored revision after `revision`, in order; None when the log no longer
+        holds revision + 1 (too old to replay)."""
+
+    @abstractmethod
+    async def cache_get(self, key: str) -> Any | None: ...
+
+    @abstractmethod
+    async def cache_put(self, key: str, value: Any) -> None: ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+
+    async def watch(self, run_id: str, after_revision: int = 0) -> AsyncIterator[Run]:
+        """The WatchRun contract: the current snapshot first (or every revision after
+        `after_revision`, or the current snapshot when that is too old to replay), then
+        each later revision exactly once, ending after a terminal state."""
+        condition = await self.hub.subscribe(run_id)
+        try:
+            current = await self.get_run(run_id)
+            last = 0
+            if 0 < after_revision <= current.revision:
+                replay = await self.revisions_after(run_id, after_revision)
+                if replay is None:
+                    replay = [current]
+            else:
+                replay = [current]
+            for run in replay:
+                yield run
+                last = run.revision
+                current = run
+            if not replay:
+                last = after_revision
+            while not current.state.terminal or current.revision > last:
+                async with condition:
+                    await condition.wait_for(lambda: self.hub.latest_revision(run_id) > last)
+                newer = self.hub.recent_after(run_id, last)
+                if newer is None:
+                    newer = await self.revisions_after(run_id, last) or [await self.get_run(run_id)]
+                for run in newer:
+                    yield run
+                    last = run.revision
+                    current = run
+        finally:
+            self.hub.unsubscribe(run_id)

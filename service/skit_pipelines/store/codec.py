@@ -1,0 +1,125 @@
+"""JSON encoding of domain runs, shared by the store implementations."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from skit_pipelines.domain import Artifact, ErrorInfo, Run, RunState, Step, StepState
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"code": error.code, "message": error.message, "reason": error.reason}
+
+
+def _parse_error(data: dict[str, Any] | None) -> ErrorInfo | None:
+    return ErrorInfo(**data) if data else None
+
+
+def _artifact(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "name": artifact.name,
+        "uri": artifact.uri,
+        "step": artifact.step,
+        "sha256": artifact.sha256,
+        "size_bytes": artifact.size_bytes,
+    }
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "component": step.component,
+        "image": step.image,
+        "state": int(step.state),
+        "attempt": step.attempt,
+        "cached": step.cached,
+        "start_time": _time(step.start_time),
+        "end_time": _time(step.end_time),
+        "output_artifacts": [_artifact(a) for a in step.output_artifacts],
+        "output_parameters": dict(step.output_parameters),
+        "error": _error(step.error),
+    }
+
+
+def step_from_dict(data: dict[str, Any]) -> Step:
+    return Step(
+        name=data["name"],
+        component=data["component"],
+        image=data["image"],
+        state=StepState(data["state"]),
+        attempt=data["attempt"],
+        cached=data["cached"],
+        start_time=_parse_time(data["start_time"]),
+        end_time=_parse_time(data["end_time"]),
+        output_artifacts=tuple(Artifact(**a) for a in data["output_artifacts"]),
+        output_parameters=data["output_parameters"],
+        error=_parse_error(data["error"]),
+    )
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "pipeline_version": run.pipeline_version,
+        "parameters": dict(run.parameters),
+        "labels": dict(run.labels),
+        "state": int(run.state),
+        "create_time": _time(run.create_time),
+        "update_time": _time(run.update_time),
+        "start_time": _time(run.start_time),
+        "end_time": _time(run.end_time),
+        "revision": run.revision,
+        "steps": [step_to_dict(s) for s in run.steps],
+        "outputs": [_artifact(a) for a in run.outputs],
+        "output_parameters": dict(run.output_parameters),
+        "error": _error(run.error),
+        "request_id": run.request_id,
+        "retry_of": run.retry_of,
+        "creator": run.creator,
+        "backend": run.backend,
+        "backend_run_id": run.backend_run_id,
+        "backend_run_url": run.backend_run_url,
+    }
+
+
+def run_from_dict(data: dict[str, Any]) -> Run:
+    return Run(
+        id=data["id"],
+        pipeline=data["pipeline"],
+        pipeline_version=data["pipeline_version"],
+        parameters=data["parameters"],
+        labels=data["labels"],
+        state=RunState(data["state"]),
+        create_time=_parse_time(data["create_time"]),  # type: ignore[arg-type]
+        update_time=_parse_time(data["update_time"]),  # type: ignore[arg-type]
+        start_time=_parse_time(data["start_time"]),
+        end_time=_parse_time(data["end_time"]),
+        revision=data["revision"],
+        steps=tuple(step_from_dict(s) for s in data["steps"]),
+        outputs=tuple(Artifact(**a) for a in data["outputs"]),
+        output_parameters=data["output_parameters"],
+        error=_parse_error(data["error"]),
+        request_id=data["request_id"],
+        retry_of=data["retry_of"],
+        creator=data["creator"],
+        backend=data["backend"],
+        backend_run_id=data["backend_run_id"],
+        backend_run_url=data["backend_run_url"],
+    )
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,305 @@
+"""The embedded RunStore: one SQLite file in WAL mode.
+
+All statements run on the event loop's thread through one connection: with WAL and
+synchronous=NORMAL a write is a fraction of a millisecond, cheaper than a thread hop, and
+a single writer keeps every read-modify-write atomic without extra locking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from skit_pipelines.domain import Run, RunState
+from skit_pipelines.errors import AlreadyExists, NotFound
+from skit_pipelines.store import codec
+from skit_pipelines.store.base import (
+    CreateOutcome,
+    RevisionHub,
+    RunMutation,
+    RunPage,
+    RunQuery,
+    RunStore,
+    sortable_time,
+)
+
+logger = logging.getLogger(__name__)
+
+# Versioned migrations: index i brings the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        pipeline TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        create_time TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        request_id TEXT,
+        snapshot TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_time ON runs (create_time DESC, id DESC);
+    CREATE INDEX runs_by_pipeline ON runs (pipeline, create_time DESC, id DESC);
+    CREATE INDEX runs_by_state ON runs (state);
+    CREATE TABLE run_labels (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    CREATE INDEX run_labels_by_value ON run_labels (key, value);
+    CREATE TABLE steps (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    CREATE TABLE run_events (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        snapshot TEXT NOT NULL,
+        PRIMARY KEY (run_id, revision)
+    );
+    CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE
+    );
+    CREATE TABLE step_cache (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        create_time TEXT NOT NULL
+    );
+    """,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqliteRunStore(RunStore):
+    def __init__(
+        self, path: Path, *, history_limit: int = 10_000, hub: RevisionHub | None = None
+    ) -> None:
+        super().__init__(hub)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._history_limit = history_limit
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"run store schema version {version} is newer than this service "
+                f"({len(MIGRATIONS)}); upgrade the service"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            logger.info("migrating run store to schema version %s", target)
+            with self._transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={target}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    async def close(self) -> None:
+        self._db.close()
+
+    async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
+        with self._transaction():
+            if run.request_id:
+                row = self._db.execute(
+                    "SELECT r.snapshot, q.request_hash FROM requests q JOIN runs r ON r.id = q.run_id"
+                    " WHERE q.request_id = ?",
+                    (run.request_id,),
+                ).fetchone()
+                if row is not None:
+                    earlier = codec.run_from_dict(json.loads(row[0]))
+                    return CreateOutcome(run=earlier, created=False, request_hash=row[1])
+            exists = self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone()
+            if exists:
+                raise AlreadyExists(
+                    f"run runs/{run.id} already exists",
+                    resource_name=f"runs/{run.id}",
+                    reason="RUN_ALREADY_EXISTS",
+                )
+            snapshot = codec.dumps(codec.run_to_dict(run))
+            self._db.execute(
+                "INSERT INTO runs (id, pipeline, state, create_time, revision, request_id, snapshot)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.id,
+                    run.pipeline,
+                    int(run.state),
+                    sortable_time(run.create_time),
+                    run.revision,
+                    run.request_id or None,
+                    snapshot,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)",
+                [(run.id, k, v) for k, v in run.labels.items()],
+            )
+            self._write_steps(run, previous=None)
+            self._db.execute(
+                "INSERT INTO run_events (run_id, revision, snapshot) VALUES (?, ?, ?)",
+                (run.id, run.revision, snapshot),
+            )
+            if run.request_id:
+                self._db.execute(
+                    "INSERT INTO requests (request_id, request_hash, run_id) VALUES (?, ?, ?)",
+                    (run.request_id, request_hash, run.id),
+                )
+        self.hub.publish(run)
+        return CreateOutcome(run=run, created=True)
+
+    def _write_steps(self, run: Run, previous: Run | None) -> None:
+        before = {s.name: s for s in previous.steps} if previous else {}
+        rows = [
+            (run.id, step.name, position, int(step.state), codec.dumps(codec.step_to_dict(step)))
+            for position, step in enumerate(run.steps)
+            if before.get(step.name) != step
+        ]
+        self._db.executemany(
+            "INSERT INTO steps (run_id, name, position, state, detail) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id, name) DO UPDATE SET position = excluded.position,"
+            " state = excluded.state, detail = excluded.detail",
+            rows,
+        )
+
+    def _load(self, run_id: str) -> Run:
+        row = self._db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
+        return codec.run_from_dict(json.loads(row[0]))
+
+    async def get_run(self, run_id: str) -> Run:
+        return self._load(run_id)
+
+    async def update_run(self, run_id: str, mutate: RunMutation) -> Run:
+        with self._transaction():
+            current = self._load(run_id)
+            changed = mutate(current)
+            if changed == current:
+                return current
+            updated = _bump(current, changed)
+            snapshot = codec.dumps(codec.run_to_dict(updated))
+            self._db.execute(
+                "UPDATE runs SET state = ?, revision = ?, snapshot = ? WHERE id = ?",
+                (int(updated.state), updated.revision, snapshot, run_id),
+            )
+            self._write_steps(updated, previous=current)
+            self._db.execute(
+                "INSERT INTO run_events (run_id, revision, snapshot) VALUES (?, ?, ?)",
+                (run_id, updated.revision, snapshot),
+            )
+            if updated.revision > self._history_limit:
+                self._db.execute(
+                    "DELETE FROM run_events WHERE run_id = ? AND revision <= ?",
+                    (run_id, updated.revision - self._history_limit),
+                )
+        self.hub.publish(updated)
+        return updated
+
+    async def list_runs(self, query: RunQuery) -> RunPage:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if query.pipeline:
+            clauses.append("pipeline = ?")
+            args.append(query.pipeline)
+        if query.states:
+            clauses.append(f"state IN ({','.join('?' * len(query.states))})")
+            args.extend(sorted(int(s) for s in query.states))
+        for key, value in sorted(query.labels.items()):
+            clauses.append(
+                "EXISTS (SELECT 1 FROM run_labels l WHERE l.run_id = runs.id AND l.key = ? AND l.value = ?)"
+            )
+            args.extend((key, value))
+        if query.created_after is not None:
+            clauses.append("create_time >= ?")
+            args.append(sortable_time(query.created_after))
+        if query.created_before is not None:
+            clauses.append("create_time < ?")
+            args.append(sortable_time(query.created_before))
+        if query.after is not None:
+            clauses.append("(create_time < ? OR (create_time = ? AND id < ?))")
+            args.extend((query.after[0], query.after[0], query.after[1]))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT snapshot FROM runs {where} ORDER BY create_time DESC, id DESC LIMIT ?",
+            (*args, query.page_size + 1),
+        ).fetchall()
+        runs = [codec.run_from_dict(json.loads(r[0])) for r in rows[: query.page_size]]
+        return RunPage(runs=runs, more=len(rows) > query.page_size)
+
+    async def list_unfinished_runs(self) -> list[Run]:
+        terminal = [int(s) for s in RunState if s.terminal]
+        rows = self._db.execute(
+            f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(terminal))})"
+            " ORDER BY create_time, id",
+            terminal,
+        ).fetchall()
+        return [codec.run_from_dict(json.loads(r[0])) for r in rows]
+
+    async def revisions_after(self, run_id: str, revision: int) -> list[Run] | None:
+        rows = self._db.execute(
+            "SELECT revision, snapshot FROM run_events WHERE run_id = ? AND revision > ?"
+            " ORDER BY revision",
+            (run_id, revision),
+        ).fetchall()
+        if rows and rows[0][0] != revision + 1:
+            return None
+        if not rows:
+            latest = self._db.execute(
+                "SELECT revision FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if latest is None:
+                raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
+            if latest[0] != revision:
+                return None
+        return [codec.run_from_dict(json.loads(r[1])) for r in rows]
+
+    async def cache_get(self, key: str) -> Any | None:
+        row = self._db.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def cache_put(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT INTO step_cache (key, value, create_time) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, codec.dumps(value), _now().isoformat()),
+        )
+
+
+def _bump(current: Run, changed: Run) -> Run:
+    return replace(changed, revision=current.revision + 1, update_time=_now())
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK around a block (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
