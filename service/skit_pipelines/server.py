@@ -13,10 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 from skit_pipelines import jsonlog, reflection
 from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.backends.local import LocalBackend
+from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ServerConfig
-from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer
 from skit_pipelines.store.sqlite import SqliteRunStore
@@ -56,7 +55,7 @@ class Application:
     server: grpc.aio.Server
     port: int
     controller: RunController
-    backend: LocalBackend
+    backend: Backend
     store: SqliteRunStore
     health: health.aio.HealthServicer
 
@@ -79,7 +78,32 @@ class Application:
         await self.store.close()
 
 
+async def create_grpc_server(
+    controller: RunController, config: ServerConfig
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """The gRPC server with PipelineService, health (NOT_SERVING until started) and
+    reflection, bound to config.host:config.port (port 0 picks one)."""
+    server = grpc.aio.server(options=_grpc_options(config))
+    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(
+        PipelineServicer(controller), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    return server, port, health_servicer
+
+
 async def build_application(config: ServerConfig) -> Application:
+    # The executor and kfp are imported here so that importing this module (for
+    # create_grpc_server) stays light.
+    from skit_pipelines.backends.local import LocalBackend
+    from skit_pipelines.executor import ExecutorConfig, LocalExecutor
+
     config = prepare_config(config)
     catalog = await asyncio.to_thread(Catalog.load, config.pipelines_root)
     store = SqliteRunStore(config.database_path, history_limit=config.watch_history_limit)
@@ -98,16 +122,7 @@ async def build_application(config: ServerConfig) -> Application:
     backend = LocalBackend(executor, max_active_runs=config.max_active_runs)
     controller = RunController(store, catalog, backend)
 
-    server = grpc.aio.server(options=_grpc_options(config))
-    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(controller), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    server, port, health_servicer = await create_grpc_server(controller, config)
     return Application(
         config=config,
         server=server,

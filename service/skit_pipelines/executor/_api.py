@@ -1,0 +1,92 @@
+"""The executor's public values and seams: configuration, step cache, observer, result."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from skit_pipelines.domain import Artifact, ErrorInfo, Step
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How the local executor runs steps."""
+
+    images_root: Path
+    """The project's `images/` folder; image references resolve to folders below it."""
+    work_root: Path
+    """Scratch space: one subdirectory per run and step, removed when the step ends."""
+    max_parallel_steps: int = 4
+    """How many step processes of all runs sharing the executor may run at once."""
+    cancel_grace_seconds: float = 10.0
+    """How long a cancelled step gets between SIGTERM and SIGKILL."""
+    step_env: Mapping[str, str] = field(default_factory=dict)
+    """Values for the environment variables components declare (`skit.ai/env`); a step
+    receives only the ones its image folder declares."""
+    python: str = sys.executable
+    """The interpreter that replaces a command's leading `python`/`python3`."""
+
+
+@dataclass(frozen=True)
+class CachedOutputs:
+    """What a cache hit restores for a step."""
+
+    output_artifacts: tuple[Artifact, ...]
+    output_parameters: Mapping[str, Any]
+
+
+class StepCache(Protocol):
+    """Step outputs by cache key.
+
+    Called from the event loop thread, so implementations must be quick (an in-memory
+    dict, or an indexed lookup in a local database).
+    """
+
+    def get(self, key: str) -> CachedOutputs | None: ...
+
+    def put(self, key: str, outputs: CachedOutputs) -> None: ...
+
+
+class InMemoryStepCache:
+    """A StepCache in a dict: for tests and single-process use."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, CachedOutputs] = {}
+
+    def get(self, key: str) -> CachedOutputs | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, outputs: CachedOutputs) -> None:
+        self._entries[key] = outputs
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class RunObserver(Protocol):
+    """Receives every state change of every step of one run."""
+
+    async def step_changed(self, step: Step) -> None:
+        """Called with the full Step value: PENDING, RUNNING, then a terminal state."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a successful run produced."""
+
+    outputs: tuple[Artifact, ...]
+    """The root DAG's output artifacts (named as the pipeline names them) or, when the
+    pipeline declares none, every step artifact no other step consumed."""
+    output_parameters: Mapping[str, Any]
+    """The root DAG's output parameters."""
+
+
+class PipelineFailed(Exception):
+    """A step failed; `error` names the first failed step and its one-line reason."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error

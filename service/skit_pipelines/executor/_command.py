@@ -1,0 +1,174 @@
+"""Substitutes KFP container placeholders in a step's command and args.
+
+Handles the string placeholders kfp 2 emits (`{{$.inputs.parameters['x']}}`, artifact
+`.path`/`.uri`/`.metadata`, `{{$.outputs.parameters['x'].output_file}}`, `{{$}}`, the
+pipeline/task name placeholders), embedded anywhere in an argument, and the JSON-encoded
+`{"IfPresent": ...}` and `{"Concat": [...]}` structures compiled from classic
+component.yaml `if`/`concat`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from skit_pipelines.executor._values import to_text
+
+_PLACEHOLDER = re.compile(
+    r"\{\{\$(?:\.(?P<io>inputs|outputs)\.(?P<kind>parameters|artifacts)\['(?P<name>[^']*)'\]"
+    r"(?:\.(?P<attr>\w+))?|\.(?P<system>[\w.]+))?\}\}"
+)
+_STRUCT_PREFIXES = ('{"IfPresent"', '{"Concat"')
+
+
+class PlaceholderError(ValueError):
+    """A placeholder refers to something the step does not have, or is unsupported."""
+
+
+@dataclass(frozen=True)
+class LocalArtifact:
+    """An artifact as a step sees it: where its content is, and its stored URI."""
+
+    name: str
+    path: str
+    uri: str
+    schema_title: str = "system.Artifact"
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Everything a step's placeholders can refer to."""
+
+    parameters: Mapping[str, Any]
+    input_artifacts: Mapping[str, Sequence[LocalArtifact]]
+    output_artifacts: Mapping[str, LocalArtifact]
+    output_parameter_files: Mapping[str, str]
+    executor_output_file: str
+    system: Mapping[str, str]
+    """Values of `{{$.pipeline_job_name}}`-style placeholders, keyed by the name after `$.`."""
+
+    def is_present(self, name: str) -> bool:
+        return self.parameters.get(name) is not None or bool(self.input_artifacts.get(name))
+
+    def executor_input(self) -> dict[str, Any]:
+        """The ExecutorInput message as JSON, with local paths as URIs (as `kfp.local` does)."""
+
+        def artifact_json(artifact: LocalArtifact) -> dict[str, Any]:
+            return {
+                "name": artifact.name,
+                "type": {"schemaTitle": artifact.schema_title},
+                "uri": artifact.path,
+                "metadata": {},
+            }
+
+        return {
+            "inputs": {
+                "parameterValues": {
+                    k: v for k, v in self.parameters.items() if v is not None
+                },
+                "artifacts": {
+                    name: {"artifacts": [artifact_json(a) for a in artifacts]}
+                    for name, artifacts in self.input_artifacts.items()
+                },
+            },
+            "outputs": {
+                "parameters": {
+                    name: {"outputFile": path}
+                    for name, path in self.output_parameter_files.items()
+                },
+                "artifacts": {
+                    name: {"artifacts": [artifact_json(a)]}
+                    for name, a in self.output_artifacts.items()
+                },
+                "outputFile": self.executor_output_file,
+            },
+        }
+
+
+def uses_executor_output(templates: Sequence[str]) -> bool:
+    """Whether the component may write an executor output file (kfp's Python executor does)."""
+    return any("{{$}}" in t or "{{$.outputs.output_file}}" in t for t in templates)
+
+
+def resolve(templates: Sequence[str], context: CommandContext) -> list[str]:
+    """Returns the argv for a container's command + args templates."""
+    resolved: list[str] = []
+    executor_input: list[str] = []
+
+    def substitute(text: str) -> str:
+        if "{{$" not in text:
+            return text
+        return _PLACEHOLDER.sub(lambda m: _replace(m, context, executor_input), text)
+
+    for template in templates:
+        if template.startswith(_STRUCT_PREFIXES):
+            try:
+                struct = json.loads(template)
+            except json.JSONDecodeError:
+                resolved.append(substitute(template))
+                continue
+            resolved.extend(_resolve_struct(struct, context, substitute))
+        else:
+            resolved.append(substitute(template))
+    return resolved
+
+
+def _resolve_struct(
+    node: Any, context: CommandContext, substitute: Callable[[str], str]
+) -> list[str]:
+    """Expands IfPresent/Concat into zero or more arguments."""
+    if isinstance(node, str):
+        return [substitute(node)]
+    if isinstance(node, list):
+        return [arg for item in node for arg in _resolve_struct(item, context, substitute)]
+    if isinstance(node, dict) and len(node) == 1:
+        (kind, body), = node.items()
+        if kind == "Concat" and isinstance(body, list):
+            return ["".join(arg for part in body for arg in _resolve_struct(part, context, substitute))]
+        if kind == "IfPresent" and isinstance(body, dict) and "InputName" in body:
+            branch = body.get("Then") if context.is_present(body["InputName"]) else body.get("Else")
+            return [] if branch is None else _resolve_struct(branch, context, substitute)
+    raise PlaceholderError(f"unsupported placeholder structure {json.dumps(node)}")
+
+
+def _replace(match: re.Match[str], context: CommandContext, cache: list[str]) -> str:
+    io, kind, name, attr, system = match.group("io", "kind", "name", "attr", "system")
+    if io is None and system is None:
+        if not cache:
+            cache.append(json.dumps(context.executor_input()))
+        return cache[0]
+    if system is not None:
+        if system == "outputs.output_file":
+            return context.executor_output_file
+        if system not in context.system:
+            raise PlaceholderError(f"unsupported placeholder {match.group(0)}")
+        return context.system[system]
+    if io == "inputs" and kind == "parameters" and attr is None:
+        if name not in context.parameters:
+            raise PlaceholderError(f"the component has no input parameter {name!r}")
+        return to_text(context.parameters[name])
+    if io == "inputs" and kind == "artifacts":
+        artifacts = context.input_artifacts.get(name)
+        if not artifacts:
+            return ""
+        if attr is None:
+            return json.dumps([a.path for a in artifacts])
+        if attr == "path":
+            return artifacts[0].path
+        if attr == "uri":
+            return artifacts[0].uri
+        if attr == "metadata":
+            return "{}"
+    if io == "outputs" and kind == "artifacts" and name in context.output_artifacts:
+        artifact = context.output_artifacts[name]
+        if attr in ("path", "uri"):
+            return artifact.path
+        if attr == "metadata":
+            return "{}"
+    if io == "outputs" and kind == "parameters" and attr == "output_file":
+        if name in context.output_parameter_files:
+            return context.output_parameter_files[name]
+    raise PlaceholderError(f"unsupported placeholder {match.group(0)}")

@@ -1,0 +1,135 @@
+"""Shared fixtures: a compiled test pipeline, a fake backend, and the real gRPC server."""
+
+# No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+
+from skit.pipelines.v1 import pipeline_service_pb2_grpc
+from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.catalog import Catalog, pipeline_from_spec
+from skit_pipelines.config import ServerConfig
+from skit_pipelines.domain import Pipeline, Run
+from skit_pipelines.runs import RunController
+from skit_pipelines.server import SERVICE_NAME, create_grpc_server
+from skit_pipelines.store.sqlite import SqliteRunStore
+
+ECHO_COMPONENT = """
+name: Echo
+inputs:
+- {name: text, type: String}
+outputs:
+- {name: out, type: Dataset}
+implementation:
+  container:
+    image: skit-pipelines/echo:0.1.0
+    command: [python3, -c, "import sys; open(sys.argv[2], 'w').write(sys.argv[1])"]
+    args: [{inputValue: text}, {outputPath: out}]
+"""
+
+
+def _compile_typed_pipeline(tmp_dir: Path) -> dict[str, Any]:
+    from kfp import compiler, components, dsl
+
+    echo = components.load_component_from_text(ECHO_COMPONENT)
+
+    @dsl.pipeline(name="typed", description="A pipeline with one parameter of each type.")
+    def typed(
+        greeting: str,
+        count: int = 3,
+        ratio: float = 0.5,
+        flag: bool = False,
+        items: list = [1, 2],  # noqa: B006 - kfp reads defaults from the signature
+        options: dict = {},  # noqa: B006
+    ) -> dsl.Dataset:
+        """Echoes a greeting.
+
+        Args:
+            greeting: What to say.
+            count: How many times.
+            ratio: A fraction.
+            flag: A switch.
+            items: Some numbers.
+            options: Free-form settings.
+        """
+        return echo(text=greeting).outputs["out"]
+
+    path = tmp_dir / "typed.yaml"
+    compiler.Compiler().compile(typed, str(path))
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def typed_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    return pipeline_from_spec(_compile_typed_pipeline(tmp_path_factory.mktemp("typed")))
+
+
+class FakeBackend(Backend):
+    """Records submissions; tests drive progress through the sink it was handed."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+        self.sinks: dict[str, RunSink] = {}
+        self.cancel_completes = True
+
+    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        self.submitted.append(run.id)
+        self.sinks[run.id] = sink
+
+    async def cancel(self, run_id: str) -> None:
+        self.cancelled.append(run_id)
+        if self.cancel_completes:
+            await self.sinks[run_id].run_cancelled(run_id)
+
+    async def shutdown(self) -> None:
+        pass
+
+
+@dataclass
+class ServiceHarness:
+    controller: RunController
+    store: SqliteRunStore
+    backend: FakeBackend
+    channel: grpc.aio.Channel
+    stub: pipeline_service_pb2_grpc.PipelineServiceStub
+    server: grpc.aio.Server
+    health: Any
+    address: str
+
+
+@pytest.fixture
+async def service(tmp_path: Path, typed_pipeline: Pipeline) -> AsyncIterator[ServiceHarness]:
+    store = SqliteRunStore(tmp_path / "runs.db")
+    backend = FakeBackend()
+    controller = RunController(store, Catalog({typed_pipeline.id: typed_pipeline}), backend)
+    server, port, health = await create_grpc_server(controller, ServerConfig(port=0, home=tmp_path))
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    address = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        yield ServiceHarness(
+            controller=controller,
+            store=store,
+            backend=backend,
+            channel=channel,
+            stub=pipeline_service_pb2_grpc.PipelineServiceStub(channel),
+            server=server,
+            health=health,
+            address=address,
+        )
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await store.close()
