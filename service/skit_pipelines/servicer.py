@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from grpc_status import rpc_status
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
 from skit_pipelines import convert
+from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -27,6 +29,7 @@ from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "pipelines.skit.ai"
+_CONVERTED_REVISIONS = 1024
 _CODES: list[tuple[type[PipelinesError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
@@ -115,6 +118,20 @@ def _streaming(
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     def __init__(self, controller: RunController) -> None:
         self._controller = controller
+        # Every watcher of a run is sent the same revisions: convert each one once.
+        self._converted: OrderedDict[tuple[str, int], pipeline_service_pb2.WatchRunResponse] = (
+            OrderedDict()
+        )
+
+    def _watch_message(self, run: Run) -> pipeline_service_pb2.WatchRunResponse:
+        key = (run.id, run.revision)
+        message = self._converted.get(key)
+        if message is None:
+            message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
+            self._converted[key] = message
+            if len(self._converted) > _CONVERTED_REVISIONS:
+                self._converted.popitem(last=False)
+        return message
 
     @_unary
     async def ListPipelines(  # type: ignore[override]
@@ -186,4 +203,4 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
         async for run in self._controller.watch_run(request.name, request.after_revision):
-            yield pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
+            yield self._watch_message(run)
