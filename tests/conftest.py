@@ -4,6 +4,8 @@
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ from skit_pipelines.domain import Pipeline, Run
 from skit_pipelines.runs import RunController
 from skit_pipelines.server import SERVICE_NAME, create_grpc_server
 from skit_pipelines.store.sqlite import SqliteRunStore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUF_VERSION = "1.75.0"
+BUF_PREFIX = PROJECT_ROOT / ".venv" / "buf"
 
 ECHO_COMPONENT = """
 name: Echo
@@ -133,3 +139,20 @@ async def service(tmp_path: Path, typed_pipeline: Pipeline) -> AsyncIterator[Ser
         await channel.close()
         await server.stop(None)
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def buf() -> Path:
+    """The real buf binary, installed from npm into .venv/buf once (grpcurl is not installable here)."""
+    binary = BUF_PREFIX / "node_modules" / ".bin" / "buf"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed to install buf for the end-to-end tests")
+        subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(BUF_PREFIX),
+             f"@bufbuild/buf@{BUF_VERSION}"],
+            check=True,
+            timeout=300,
+        )
+    return binary

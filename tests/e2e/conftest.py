@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +17,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BUF_VERSION = "1.75.0"
-BUF_PREFIX = PROJECT_ROOT / ".venv" / "buf"
 
 
 @dataclass
@@ -86,20 +83,3 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     finally:
         if stop_server(running) != 0:
             print(running.log.read_text())
-
-
-@pytest.fixture(scope="session")
-def buf() -> Path:
-    """The real buf binary, installed from npm into .venv/buf once (grpcurl is not installable here)."""
-    binary = BUF_PREFIX / "node_modules" / ".bin" / "buf"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is needed to install buf for the end-to-end tests")
-        subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(BUF_PREFIX),
-             f"@bufbuild/buf@{BUF_VERSION}"],
-            check=True,
-            timeout=300,
-        )
-    return binary
