@@ -88,7 +88,9 @@ def run(steps: int = 20, repetitions: int = 5) -> list[Figure]:
         (images / "VERSION").write_text("0.1.0\n")
         spec = _chain_spec(steps, tmp)
         executor = LocalExecutor(
-            ExecutorConfig(images_root=tmp / "images", work_root=tmp / "work", max_parallel_steps=2),
+            ExecutorConfig(
+                images_root=tmp / "images", work_root=tmp / "work", max_parallel_steps=2
+            ),
             LocalArtifactStore(tmp / "artifacts"),
         )
         bare_times, executor_times = [], []

@@ -13,7 +13,7 @@ class Figure:
     value: float
     unit: str
     baseline: float | None
-    """The same quantity for the baseline, measured in the same run (None when the target is absolute)."""
+    """The baseline's figure, measured in the same run; None when the target is absolute."""
     detail: str
     target: str
     met: bool

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.report import Figure, percentile
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.catalog import Catalog
@@ -26,7 +27,6 @@ from skit_pipelines.domain import Pipeline, Run, RunState
 from skit_pipelines.runs import RunController
 from skit_pipelines.server import create_grpc_server
 from skit_pipelines.store.sqlite import SqliteRunStore
-from benchmarks.report import Figure, percentile
 
 CHANNELS = 8
 
@@ -90,8 +90,15 @@ async def _run(watchers: int, changes: int) -> dict[str, float]:
 
         created = datetime.fromtimestamp(now, UTC)
         run = Run(
-            id="fanout", pipeline="bench", pipeline_version="v", parameters={}, labels={},
-            state=RunState.RUNNING, create_time=created, update_time=created, revision=1,
+            id="fanout",
+            pipeline="bench",
+            pipeline_version="v",
+            parameters={},
+            labels={},
+            state=RunState.RUNNING,
+            create_time=created,
+            update_time=created,
+            revision=1,
         )
         await store.create_run(run)
         context = multiprocessing.get_context("spawn")

@@ -2,10 +2,10 @@
 
 # No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,15 +143,23 @@ async def service(tmp_path: Path, typed_pipeline: Pipeline) -> AsyncIterator[Ser
 
 @pytest.fixture(scope="session")
 def buf() -> Path:
-    """The real buf binary, installed from npm into .venv/buf once (grpcurl is not installable here)."""
+    """The real buf binary, installed from npm into .venv/buf once (no grpcurl here)."""
     binary = BUF_PREFIX / "node_modules" / ".bin" / "buf"
     if not binary.exists():
         npm = shutil.which("npm")
         if npm is None:
             pytest.fail("npm is needed to install buf for the end-to-end tests")
         subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(BUF_PREFIX),
-             f"@bufbuild/buf@{BUF_VERSION}"],
+            [
+                npm,
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(BUF_PREFIX),
+                f"@bufbuild/buf@{BUF_VERSION}",
+            ],
             check=True,
             timeout=300,
         )

@@ -121,7 +121,9 @@ class Catalog:
     def get(self, pipeline_id: str) -> Pipeline:
         pipeline = self._pipelines.get(pipeline_id)
         if pipeline is None:
-            raise NotFound(f"pipeline pipelines/{pipeline_id} not found", reason="PIPELINE_NOT_FOUND")
+            raise NotFound(
+                f"pipeline pipelines/{pipeline_id} not found", reason="PIPELINE_NOT_FOUND"
+            )
         return pipeline
 
 

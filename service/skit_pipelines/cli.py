@@ -23,8 +23,8 @@ from typing import Any, TextIO, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from skit.pipelines.v1 import pipeline_pb2, run_pb2
 
+from skit.pipelines.v1 import pipeline_pb2, run_pb2
 from skit_pipelines.client import PipelinesClient, RPCError, run_name
 from skit_pipelines.config import ServerConfig
 
@@ -470,21 +470,29 @@ def _ascii_only(stream: TextIO) -> bool:
 
 
 class _LiveView:
-    """Redraws a frame in place on a terminal."""
+    """Redraws a frame in place on a terminal.
+
+    Notes come from the stream's thread while frames come from the main one; the lock
+    keeps a note from landing inside a frame, and the next frame is drawn below it.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._height = 0
+        self._lock = threading.Lock()
 
     def show(self, lines: Sequence[str]) -> None:
         width = shutil.get_terminal_size().columns
-        self._out.write(redraw(self._height, lines, width))
-        self._out.flush()
-        self._height = len(lines)
+        with self._lock:
+            self._out.write(redraw(self._height, lines, width))
+            self._out.flush()
+            self._height = len(lines)
 
-    def detach(self) -> None:
-        """Keeps the current frame; the next one is drawn below (after other output)."""
-        self._height = 0
+    def note(self, text: str) -> None:
+        """Prints `text` on stderr below the current frame, which then stays as it is."""
+        with self._lock:
+            print(text, file=sys.stderr, flush=True)
+            self._height = 0
 
 
 # Watching.
@@ -566,12 +574,11 @@ def watch(
     view = _LiveView(out) if live else None
 
     def on_resume(error: RPCError, delay: float) -> None:
-        print(
-            f"lost the stream of {name} ({error.code.name}); resuming in {delay:.1f}s",
-            file=sys.stderr,
-        )
-        if view is not None:
-            view.detach()
+        text = f"lost the stream of {name} ({error.code.name}); resuming in {delay:.1f}s"
+        if view is None:
+            print(text, file=sys.stderr)
+        else:
+            view.note(text)
 
     snapshots = follow_run(client, name, after_revision, on_resume=on_resume)
     try:
@@ -987,3 +994,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -107,8 +107,14 @@ class ServerConfig:
             project_root=Path(env["SKIT_PROJECT_ROOT"]) if "SKIT_PROJECT_ROOT" in env else None,
             store_url=env.get("SKIT_STORE"),
             artifacts_url=env.get("SKIT_ARTIFACTS"),
-            demo_data=env["SKIT_DEMO_DATA"] not in ("0", "false", "no") if "SKIT_DEMO_DATA" in env else None,
-            max_parallel_steps=int(env["SKIT_MAX_PARALLEL_STEPS"]) if "SKIT_MAX_PARALLEL_STEPS" in env else None,
-            max_active_runs=int(env["SKIT_MAX_ACTIVE_RUNS"]) if "SKIT_MAX_ACTIVE_RUNS" in env else None,
+            demo_data=env["SKIT_DEMO_DATA"] not in ("0", "false", "no")
+            if "SKIT_DEMO_DATA" in env
+            else None,
+            max_parallel_steps=int(env["SKIT_MAX_PARALLEL_STEPS"])
+            if "SKIT_MAX_PARALLEL_STEPS" in env
+            else None,
+            max_active_runs=int(env["SKIT_MAX_ACTIVE_RUNS"])
+            if "SKIT_MAX_ACTIVE_RUNS" in env
+            else None,
             step_env=step_env or None,
         )

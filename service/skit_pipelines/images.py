@@ -21,7 +21,9 @@ ENV_ANNOTATION = "skit.ai/env"
 """component.yaml metadata annotation listing the environment variables (secrets, database
 URLs) the component reads; a step receives only these from the service configuration."""
 
-_IMAGE_REF = re.compile(r"^(?:.+/)?(?P<repo>[a-z0-9][a-z0-9._-]*)(?::[\w.-]+)?(?:@sha256:[0-9a-f]+)?$")
+_IMAGE_REF = re.compile(
+    r"^(?:.+/)?(?P<repo>[a-z0-9][a-z0-9._-]*)(?::[\w.-]+)?(?:@sha256:[0-9a-f]+)?$"
+)
 
 
 @dataclass(frozen=True)

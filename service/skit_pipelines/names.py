@@ -20,7 +20,9 @@ def parse_name(name: str, collection: str, *, field: str = "name") -> str:
     if not name:
         raise InvalidArgument(f"{field} is required, e.g. {prefix}my-id", field=field)
     if not name.startswith(prefix):
-        raise InvalidArgument(f"{field} must look like {prefix}{{id}}, got {name[:200]!r}", field=field)
+        raise InvalidArgument(
+            f"{field} must look like {prefix}{{id}}, got {name[:200]!r}", field=field
+        )
     resource_id = name.removeprefix(prefix)
     check_id(resource_id, field=field)
     return resource_id
@@ -40,7 +42,8 @@ def check_labels(labels: dict[str, str], *, field: str = "run.labels") -> None:
     for key, value in labels.items():
         if not LABEL_KEY.match(key):
             raise InvalidArgument(
-                f"label key {key[:100]!r} must match {LABEL_KEY.pattern}", field=f"{field}.{key[:100]}"
+                f"label key {key[:100]!r} must match {LABEL_KEY.pattern}",
+                field=f"{field}.{key[:100]}",
             )
         if len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(

@@ -64,9 +64,13 @@ class ListRunsInput:
     page_token: str = ""
 
     def filter_hash(self) -> str:
-        body = [self.pipeline, sorted(self.states), sorted(self.labels.items()),
-                self.created_after and self.created_after.isoformat(),
-                self.created_before and self.created_before.isoformat()]
+        body = [
+            self.pipeline,
+            sorted(self.states),
+            sorted(self.labels.items()),
+            self.created_after and self.created_after.isoformat(),
+            self.created_before and self.created_before.isoformat(),
+        ]
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -90,7 +94,9 @@ def _decode_token(token: str, filter_hash: str) -> Any:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         position, token_filter = data["p"], data["f"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument("page_token is not a token this server issued", field="page_token") from exc
+        raise InvalidArgument(
+            "page_token is not a token this server issued", field="page_token"
+        ) from exc
     if token_filter != filter_hash:
         raise InvalidArgument(
             "page_token belongs to a request with other filters", field="page_token"
@@ -118,7 +124,9 @@ class RunController:
 
     # Pipelines
 
-    def list_pipelines(self, page_size: int = 0, page_token: str = "") -> tuple[list[Pipeline], str]:
+    def list_pipelines(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Pipeline], str]:
         size = _page_size(page_size)
         start = int(_decode_token(page_token, "pipelines")) if page_token else 0
         pipelines = self._catalog.list()
@@ -175,7 +183,9 @@ class RunController:
             await self._backend.submit(run, pipeline, self)
         except Exception as exc:
             logger.exception("submitting %s failed", run.name)
-            await self.run_failed(run.id, ErrorInfo(code=14, message=f"cannot submit: {exc}", reason="SUBMIT_FAILED"))
+            await self.run_failed(
+                run.id, ErrorInfo(code=14, message=f"cannot submit: {exc}", reason="SUBMIT_FAILED")
+            )
 
     async def get_run(self, name: str) -> Run:
         return await self._store.get_run(names.parse_name(name, "runs"))
@@ -213,7 +223,9 @@ class RunController:
         runs = list(page.runs)
         next_token = ""
         if page.more and runs:
-            next_token = _encode_token([sortable_time(runs[-1].create_time), runs[-1].id], filter_hash)
+            next_token = _encode_token(
+                [sortable_time(runs[-1].create_time), runs[-1].id], filter_hash
+            )
         return runs, next_token
 
     async def cancel_run(self, name: str) -> Run:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -60,10 +60,15 @@ def error_status(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, AlreadyExists):
         metadata["existing"] = exc.resource_name
         details.append(
-            _pack(error_details_pb2.ResourceInfo(resource_type="Run", resource_name=exc.resource_name))
+            _pack(
+                error_details_pb2.ResourceInfo(resource_type="Run", resource_name=exc.resource_name)
+            )
         )
     details.insert(
-        0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata))
+        0,
+        _pack(
+            error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
+        ),
     )
     if isinstance(exc, InvalidArgument) and exc.violations:
         details.append(
@@ -92,7 +97,7 @@ def _unary(
     async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
         try:
             return await method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+        except Exception as exc:
             await context.abort_with_status(rpc_status.to_status(error_status(exc)))
             raise AssertionError("abort_with_status returned") from exc
 
@@ -109,7 +114,7 @@ def _streaming(
         try:
             async for item in method(self, request, context):
                 yield item
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+        except Exception as exc:
             await context.abort_with_status(rpc_status.to_status(error_status(exc)))
 
     return wrapper
@@ -137,7 +142,9 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListPipelines(  # type: ignore[override]
         self, request: pipeline_service_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
     ) -> pipeline_service_pb2.ListPipelinesResponse:
-        pipelines, next_token = self._controller.list_pipelines(request.page_size, request.page_token)
+        pipelines, next_token = self._controller.list_pipelines(
+            request.page_size, request.page_token
+        )
         return pipeline_service_pb2.ListPipelinesResponse(
             pipelines=[convert.pipeline(p) for p in pipelines], next_page_token=next_token
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import socket
 import sys
 import types
@@ -400,6 +402,32 @@ def test_watch_resumes_after_the_last_revision_when_the_server_drops(
     assert "resuming" in captured.err
     revisions = [r.after_revision for r in fake.received(pipeline_service_pb2.WatchRunRequest)]
     assert revisions == [0, 2]
+
+
+def test_live_watch_redraws_in_place_and_draws_below_a_note(server, fake, succeeding, capsys):
+    fake.snapshots = succeeding
+    fake.drop_watch_after = 2
+    out = io.StringIO()
+
+    with PipelinesClient(server) as client:
+        assert cli.watch(client, "abc", out, live=True) == 0
+
+    text = out.getvalue()
+    assert text.startswith("\x1b[?25l\x1b[Jruns/abc  pipelines/transcribe-calls  QUEUED  r1")
+    # Every frame but the first, and the first after the "resuming" note, moves up over
+    # the one before it.
+    moves = re.findall(r"(\x1b\[\d+A\r)?\x1b\[J", text)
+    assert moves.count("") == 2
+    assert "\x1b[3A\r" in moves  # the three-line frame of r4 replaced by the next one
+    final = text.rsplit("\x1b[J", 1)[1]
+    header, *steps = final.splitlines()[:3]
+    assert header.startswith("runs/abc  pipelines/transcribe-calls  SUCCEEDED  r5  elapsed ")
+    assert [step.split() for step in steps] == [
+        ["+", "fetch-calls", "cached", "cached"],
+        ["+", "transcribe", "succeeded"],
+    ]
+    assert text.endswith("\x1b[?25houtputs:\n  transcripts  s3://bucket/abc/transcripts.csv\n")
+    assert "resuming" in capsys.readouterr().err
 
 
 def test_watch_of_a_missing_run_is_an_error(server, fake, capsys):

@@ -1,4 +1,4 @@
-"""A real `skit-pipelines serve` process on a free port, and `buf` from npm as the outside client."""
+"""A real `skit-pipelines serve` process on a free port, driven from outside."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ class RunningServer:
         command = [sys.executable, "-m", "skit_pipelines.cli", "--server", self.address, *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
-            raise AssertionError(f"{args} exited {result.returncode}: {result.stdout}{result.stderr}")
+            raise AssertionError(
+                f"{args} exited {result.returncode}: {result.stdout}{result.stderr}"
+            )
         return result
 
 
@@ -56,7 +58,17 @@ def start_server(home: Path, *extra: str) -> RunningServer:
     home.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "skit_pipelines.cli", "serve", "--port", "0", "--home", str(home), *extra],
+            [
+                sys.executable,
+                "-m",
+                "skit_pipelines.cli",
+                "serve",
+                "--port",
+                "0",
+                "--home",
+                str(home),
+                *extra,
+            ],
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
@@ -64,7 +76,9 @@ def start_server(home: Path, *extra: str) -> RunningServer:
         )
     address = _wait_for_address(process, log, timeout=60)
     with grpc.insecure_channel(address) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
     return RunningServer(process=process, address=address, home=home, log=log)
 

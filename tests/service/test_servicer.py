@@ -10,10 +10,11 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
-from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2 as pb, run_pb2
+from skit.pipelines.v1 import pipeline_pb2, run_pb2
+from skit.pipelines.v1 import pipeline_service_pb2 as pb
 from skit_pipelines.domain import ErrorInfo, Step, StepState
 from skit_pipelines.server import SERVICE_NAME
 
@@ -37,7 +38,9 @@ def create_request(params: dict | None = None, **kwargs) -> pb.CreateRunRequest:
     parameters = struct_pb2.Struct()
     parameters.update({"greeting": "hi"} if params is None else params)
     return pb.CreateRunRequest(
-        run=run_pb2.Run(pipeline="pipelines/typed", parameters=parameters, labels=kwargs.pop("labels", {})),
+        run=run_pb2.Run(
+            pipeline="pipelines/typed", parameters=parameters, labels=kwargs.pop("labels", {})
+        ),
         **kwargs,
     )
 
@@ -47,7 +50,10 @@ async def test_list_pipelines_exposes_typed_documented_parameters(service) -> No
     (typed,) = response.pipelines
     assert typed.name == "pipelines/typed" and typed.version.startswith("sha256:")
     params = {p.name: p for p in typed.parameters}
-    assert params["greeting"].type == pipeline_pb2.PARAMETER_TYPE_STRING and params["greeting"].required
+    assert (
+        params["greeting"].type == pipeline_pb2.PARAMETER_TYPE_STRING
+        and params["greeting"].required
+    )
     assert params["count"].type == pipeline_pb2.PARAMETER_TYPE_INTEGER
     assert params["count"].default_value.number_value == 3 and not params["count"].required
     assert params["flag"].type == pipeline_pb2.PARAMETER_TYPE_BOOLEAN
@@ -59,7 +65,10 @@ async def test_list_pipelines_exposes_typed_documented_parameters(service) -> No
 
 async def test_get_pipeline_includes_the_ir(service) -> None:
     pipeline = await service.stub.GetPipeline(pb.GetPipelineRequest(name="pipelines/typed"))
-    assert pipeline.pipeline_spec.fields["pipelineInfo"].struct_value.fields["name"].string_value == "typed"
+    assert (
+        pipeline.pipeline_spec.fields["pipelineInfo"].struct_value.fields["name"].string_value
+        == "typed"
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,7 +88,9 @@ async def test_get_pipeline_errors(service, name: str, code: grpc.StatusCode, re
 
 
 async def test_create_run_resolves_defaults_and_submits(service) -> None:
-    run = await service.stub.CreateRun(create_request({"greeting": "hi", "count": 7}, labels={"team": "slu"}))
+    run = await service.stub.CreateRun(
+        create_request({"greeting": "hi", "count": 7}, labels={"team": "slu"})
+    )
     assert run.name.startswith("runs/typed-") and run.state == run_pb2.RUN_STATE_QUEUED
     assert run.revision == 1 and run.pipeline == "pipelines/typed"
     params = dict(run.parameters.items())
@@ -240,7 +251,9 @@ async def test_watch_streams_snapshots_until_terminal(service) -> None:
     await sink.step_changed(run_id, Step(name="echo", state=StepState.RUNNING))
     step_msg = await next_message(stream)
     assert [(s.name, s.state) for s in step_msg.steps] == [("echo", run_pb2.STEP_STATE_RUNNING)]
-    await sink.run_failed(run_id, ErrorInfo(code=2, message="echo failed: boom", reason="STEP_FAILED"))
+    await sink.run_failed(
+        run_id, ErrorInfo(code=2, message="echo failed: boom", reason="STEP_FAILED")
+    )
     failed = await next_message(stream)
     assert failed.state == run_pb2.RUN_STATE_FAILED and failed.error.message == "echo failed: boom"
     assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF
@@ -256,7 +269,10 @@ async def test_watch_resume_after_revision_gets_each_later_revision_once(service
     await sink.step_changed(run_id, Step(name="echo", state=StepState.RUNNING))
     await sink.step_changed(run_id, Step(name="echo", state=StepState.SUCCEEDED))
     await sink.run_succeeded(run_id, (), {})
-    revisions = [m.run.revision async for m in service.stub.WatchRun(pb.WatchRunRequest(name=run.name, after_revision=2))]
+    revisions = [
+        m.run.revision
+        async for m in service.stub.WatchRun(pb.WatchRunRequest(name=run.name, after_revision=2))
+    ]
     assert revisions == [3, 4, 5]
 
 
@@ -333,5 +349,9 @@ async def test_reflection_lists_and_describes_the_service(service, version) -> N
     )
     responses = [r async for r in stream]
     listed = {s.name for s in responses[0].list_services_response.service}
-    assert {SERVICE_NAME, "grpc.health.v1.Health", f"grpc.reflection.{version}.ServerReflection"} <= listed
+    assert {
+        SERVICE_NAME,
+        "grpc.health.v1.Health",
+        f"grpc.reflection.{version}.ServerReflection",
+    } <= listed
     assert responses[1].file_descriptor_response.file_descriptor_proto

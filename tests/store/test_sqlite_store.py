@@ -46,7 +46,9 @@ def set_state(state: RunState):
 
 
 async def test_create_and_get_round_trip(store: SqliteRunStore) -> None:
-    step = Step(name="fetch-calls", component="comp-fetch-calls", state=StepState.RUNNING, start_time=T0)
+    step = Step(
+        name="fetch-calls", component="comp-fetch-calls", state=StepState.RUNNING, start_time=T0
+    )
     run = make_run(steps=(step,), output_parameters={"n": 3})
     outcome = await store.create_run(run)
     assert outcome.created
@@ -81,7 +83,10 @@ async def test_update_bumps_revision_and_logs_every_revision(store: SqliteRunSto
     assert (r2.revision, r3.revision) == (2, 3)
     assert r3.update_time > T0
     replay = await store.revisions_after("run-a", 1)
-    assert [(r.revision, r.state) for r in replay] == [(2, RunState.RUNNING), (3, RunState.SUCCEEDED)]
+    assert [(r.revision, r.state) for r in replay] == [
+        (2, RunState.RUNNING),
+        (3, RunState.SUCCEEDED),
+    ]
     assert await store.revisions_after("run-a", 3) == []
 
 
@@ -125,9 +130,15 @@ async def test_list_filters_and_pages_newest_first(store: SqliteRunStore) -> Non
     page = await store.list_runs(RunQuery(page_size=3))
     assert [r.id for r in page.runs] == ["run-6", "run-5", "run-4"] and page.more
     last = page.runs[-1]
-    page2 = await store.list_runs(RunQuery(page_size=3, after=(sortable_time(last.create_time), last.id)))
+    page2 = await store.list_runs(
+        RunQuery(page_size=3, after=(sortable_time(last.create_time), last.id))
+    )
     assert [r.id for r in page2.runs] == ["run-3", "run-2", "run-1"] and page2.more
-    assert [r.id for r in (await store.list_runs(RunQuery(pipeline="a"))).runs] == ["run-5", "run-3", "run-1"]
+    assert [r.id for r in (await store.list_runs(RunQuery(pipeline="a"))).runs] == [
+        "run-5",
+        "run-3",
+        "run-1",
+    ]
     states = await store.list_runs(RunQuery(states=frozenset({RunState.SUCCEEDED})))
     assert [r.id for r in states.runs] == ["run-2", "run-1", "run-0"]
     labelled = await store.list_runs(RunQuery(labels={"n": "0"}))
@@ -141,7 +152,9 @@ async def test_list_filters_and_pages_newest_first(store: SqliteRunStore) -> Non
 async def test_unfinished_runs_for_recovery(store: SqliteRunStore) -> None:
     await store.create_run(make_run("done", state=RunState.SUCCEEDED))
     await store.create_run(make_run("queued", create_time=T0 + timedelta(seconds=1)))
-    await store.create_run(make_run("running", state=RunState.RUNNING, create_time=T0 + timedelta(seconds=2)))
+    await store.create_run(
+        make_run("running", state=RunState.RUNNING, create_time=T0 + timedelta(seconds=2))
+    )
     assert [r.id for r in await store.list_unfinished_runs()] == ["queued", "running"]
 
 
@@ -196,7 +209,9 @@ async def test_watch_after_revision_replays_exactly_once(store: SqliteRunStore) 
     assert [r.revision async for r in store.watch("run-a", after_revision=4)] == []
 
 
-async def test_watch_with_too_old_or_bogus_cursor_gets_current_snapshot(store: SqliteRunStore) -> None:
+async def test_watch_with_too_old_or_bogus_cursor_gets_current_snapshot(
+    store: SqliteRunStore,
+) -> None:
     await store.create_run(make_run())
     for i in range(60):
         await store.update_run("run-a", lambda run, i=i: replace(run, output_parameters={"i": i}))

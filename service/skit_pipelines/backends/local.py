@@ -59,7 +59,8 @@ class LocalBackend(Backend):
         except Exception as exc:
             logger.exception("executing runs/%s failed", run.id)
             await sink.run_failed(
-                run.id, ErrorInfo(code=13, message=f"executor error: {exc}", reason="EXECUTOR_ERROR")
+                run.id,
+                ErrorInfo(code=13, message=f"executor error: {exc}", reason="EXECUTOR_ERROR"),
             )
 
     async def cancel(self, run_id: str) -> None:

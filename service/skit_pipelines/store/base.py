@@ -156,6 +156,7 @@ class RunStore(ABC):
 
     async def close(self) -> None:
         """Releases connections."""
+        return None
 
     async def watch(self, run_id: str, after_revision: int = 0) -> AsyncIterator[Run]:
         """The WatchRun contract: the current snapshot first (or every revision after
@@ -179,7 +180,7 @@ class RunStore(ABC):
                 last = after_revision
             while not current.state.terminal or current.revision > last:
                 async with condition:
-                    await condition.wait_for(lambda: self.hub.latest_revision(run_id) > last)
+                    await condition.wait_for(lambda last=last: self.hub.latest_revision(run_id) > last)
                 newer = self.hub.recent_after(run_id, last)
                 if newer is None:
                     newer = await self.revisions_after(run_id, last) or [await self.get_run(run_id)]

@@ -124,8 +124,8 @@ class SqliteRunStore(RunStore):
         with self._transaction():
             if run.request_id:
                 row = self._db.execute(
-                    "SELECT r.snapshot, q.request_hash FROM requests q JOIN runs r ON r.id = q.run_id"
-                    " WHERE q.request_id = ?",
+                    "SELECT r.snapshot, q.request_hash FROM requests q"
+                    " JOIN runs r ON r.id = q.run_id WHERE q.request_id = ?",
                     (run.request_id,),
                 ).fetchone()
                 if row is not None:
@@ -140,7 +140,8 @@ class SqliteRunStore(RunStore):
                 )
             snapshot = codec.dumps(codec.run_to_dict(run))
             self._db.execute(
-                "INSERT INTO runs (id, pipeline, state, create_time, revision, request_id, snapshot)"
+                "INSERT INTO runs"
+                " (id, pipeline, state, create_time, revision, request_id, snapshot)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
@@ -228,7 +229,8 @@ class SqliteRunStore(RunStore):
             args.extend(sorted(int(s) for s in query.states))
         for key, value in sorted(query.labels.items()):
             clauses.append(
-                "EXISTS (SELECT 1 FROM run_labels l WHERE l.run_id = runs.id AND l.key = ? AND l.value = ?)"
+                "EXISTS (SELECT 1 FROM run_labels l"
+                " WHERE l.run_id = runs.id AND l.key = ? AND l.value = ?)"
             )
             args.extend((key, value))
         if query.created_after is not None:

@@ -1,0 +1,63 @@
+"""A test component with one subcommand per behaviour the executor tests need."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def main(argv: list[str]) -> int:
+    command, args = argv[0], argv[1:]
+    if command == "write":  # write OUT TEXT
+        _write(args[0], args[1])
+    elif command == "append":  # append IN OUT TEXT: OUT = IN's content + TEXT
+        _write(args[1], Path(args[0]).read_text() + args[2])
+    elif command == "square":  # square OUT N
+        _write(args[0], str(int(args[1]) ** 2))
+    elif command == "sum":  # sum OUT JSON_LIST
+        _write(args[0], str(sum(json.loads(args[1]))))
+    elif command == "interval":  # interval OUT SECONDS: sleeps, writes "start end"
+        start = time.time()
+        time.sleep(float(args[1]))
+        _write(args[0], f"{start} {time.time()}")
+    elif command == "argv":  # argv OUT ARGS...: writes ARGS as JSON
+        _write(args[0], json.dumps(args[1:]))
+    elif command == "env":  # env OUT: writes the environment as JSON
+        _write(args[0], json.dumps(dict(os.environ)))
+    elif command == "count":  # count LOG OUT TEXT: appends a line to LOG, writes TEXT
+        with open(args[0], "a") as log:
+            log.write("ran\n")
+        _write(args[1], args[2])
+    elif command == "fail":  # fail MESSAGE: noise, then MESSAGE as the last stderr line
+        print("some progress", file=sys.stderr)
+        print(f"RuntimeError: {args[0]}\n\n", file=sys.stderr)
+        return 3
+    elif command == "sleeper":  # sleeper PIDFILE: a child sleeper; both ignore SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import signal, time; "
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"]
+        )
+        _write(args[0] + ".tmp", f"{os.getpid()} {child.pid}")
+        os.replace(args[0] + ".tmp", args[0])
+        time.sleep(120)
+    elif command == "nothing":
+        pass
+    else:
+        print(f"unknown command {command}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
