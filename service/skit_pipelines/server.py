@@ -101,7 +101,7 @@ async def create_grpc_server(
 async def build_application(config: ServerConfig) -> Application:
     # The executor and kfp are imported here so that importing this module (for
     # create_grpc_server) stays light.
-    from skit_pipelines.backends.local import LocalBackend
+    from skit_pipelines.backends.local import LocalBackend, StoreStepCache
     from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 
     config = prepare_config(config)
@@ -117,7 +117,7 @@ async def build_application(config: ServerConfig) -> Application:
             step_env=dict(config.step_env),
         ),
         artifacts,
-        cache=store.step_cache(),
+        cache=StoreStepCache(store),
     )
     backend = LocalBackend(executor, max_active_runs=config.max_active_runs)
     controller = RunController(store, catalog, backend)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.domain import ErrorInfo, Pipeline, Run, Step
-from skit_pipelines.executor import LocalExecutor, PipelineFailed
+from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, Step
+from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed
+from skit_pipelines.store.base import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,31 @@ class _SinkObserver:
 
     async def step_changed(self, step: Step) -> None:
         await self._sink.step_changed(self._run_id, step)
+
+
+class StoreStepCache:
+    """The executor's StepCache kept in the run store, so cached steps survive restarts."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    def get(self, key: str) -> CachedOutputs | None:
+        value = self._store.cache_get(key)
+        if value is None:
+            return None
+        return CachedOutputs(
+            output_artifacts=tuple(Artifact(**a) for a in value["artifacts"]),
+            output_parameters=value["parameters"],
+        )
+
+    def put(self, key: str, outputs: CachedOutputs) -> None:
+        self._store.cache_put(
+            key,
+            {
+                "artifacts": [asdict(a) for a in outputs.output_artifacts],
+                "parameters": dict(outputs.output_parameters),
+            },
+        )
 
 
 class LocalBackend(Backend):

@@ -148,11 +148,15 @@ class RunStore(ABC):
         """Every stored revision after `revision`, in order; None when the log no longer
         holds revision + 1 (too old to replay)."""
 
-    @abstractmethod
-    async def cache_get(self, key: str) -> Any | None: ...
+    # The step cache is read and written from inside the executor's step loop, which the
+    # executor's StepCache protocol keeps synchronous: these are single keyed statements.
 
     @abstractmethod
-    async def cache_put(self, key: str, value: Any) -> None: ...
+    def cache_get(self, key: str) -> Any | None:
+        """The JSON value stored under a step cache key, or None."""
+
+    @abstractmethod
+    def cache_put(self, key: str, value: Any) -> None: ...
 
     async def close(self) -> None:
         """Releases connections."""
@@ -180,7 +184,9 @@ class RunStore(ABC):
                 last = after_revision
             while not current.state.terminal or current.revision > last:
                 async with condition:
-                    await condition.wait_for(lambda last=last: self.hub.latest_revision(run_id) > last)
+                    await condition.wait_for(
+                        lambda last=last: self.hub.latest_revision(run_id) > last
+                    )
                 newer = self.hub.recent_after(run_id, last)
                 if newer is None:
                     newer = await self.revisions_after(run_id, last) or [await self.get_run(run_id)]

@@ -277,11 +277,11 @@ class SqliteRunStore(RunStore):
                 return None
         return [codec.run_from_dict(json.loads(r[1])) for r in rows]
 
-    async def cache_get(self, key: str) -> Any | None:
+    def cache_get(self, key: str) -> Any | None:
         row = self._db.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    async def cache_put(self, key: str, value: Any) -> None:
+    def cache_put(self, key: str, value: Any) -> None:
         self._db.execute(
             "INSERT INTO step_cache (key, value, create_time) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
