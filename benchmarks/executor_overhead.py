@@ -1,7 +1,7 @@
 """Local executor overhead per step: a chain of N trivial steps against the same command run
 as N bare subprocesses, one after another, in the same run (medians of several repetitions)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
 
 import asyncio
 import statistics

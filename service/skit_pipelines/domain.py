@@ -75,7 +75,7 @@ class Step:
     """One task execution of a run, as reported by the executor or a backend."""
 
     name: str
-    """The task path, unique in the run: "fetch-calls", "for-loop-1/square[2]"."""
+    """The task path, unique in the run: "fetch-calls", "for-loop-1[2]/square"."""
     component: str = ""
     image: str = ""
     state: StepState = StepState.PENDING

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def make_executor(
 
 
 def content(uri: str) -> str:
-    return Path(uri.removeprefix("file://")).read_text()
+    return Path(unquote(uri.removeprefix("file://"))).read_text()
 
 
 def interval(step: Step) -> tuple[float, float]:
@@ -191,17 +192,34 @@ async def test_int_defaults_stored_as_floats_are_passed_as_ints(tmp_path: Path) 
         return dsl.ContainerSpec(image=IMAGE, command=TOOL, args=["argv", out, n, ratio, flag])
 
     @dsl.pipeline(name="defaults")
-    def defaults(items: list = [1, 2], config: dict = {"a": 1}) -> str:
+    def defaults() -> str:
         return show().output
 
     spec = compile_spec(defaults, tmp_path)
-    assert spec["components"]["comp-show"]["inputDefinitions"]["parameters"]["n"][
-        "defaultValue"
-    ] == 200.0
+    assert (
+        spec["components"]["comp-show"]["inputDefinitions"]["parameters"]["n"]["defaultValue"]
+        == 200.0
+    )
 
     result = await make_executor(tmp_path).execute("run-1", spec, {}, Recorder())
 
     assert json.loads(result.output_parameters["Output"]) == ["200", "0.5", "true"]
+
+
+async def test_outputs_written_to_the_executor_output_file(tmp_path: Path) -> None:
+    @dsl.container_component
+    def shout(text: str, out: dsl.OutputPath(str)):
+        return dsl.ContainerSpec(image=IMAGE, command=TOOL, args=["executor-output", "{{$}}"])
+
+    @dsl.pipeline(name="executor-output")
+    def executor_output() -> str:
+        return shout(text="quiet").output
+
+    result = await make_executor(tmp_path).execute(
+        "run-1", compile_spec(executor_output, tmp_path), {}, Recorder()
+    )
+
+    assert result.output_parameters == {"Output": "QUIET"}
 
 
 # Concurrency
@@ -321,7 +339,7 @@ async def test_parallel_for_over_a_static_list_respects_parallelism(tmp_path: Pa
 
 async def test_parallel_for_over_parameter_lists_including_dict_items(tmp_path: Path) -> None:
     @dsl.pipeline(name="param-loop")
-    def param_loop(numbers: list = [1], people: list = [{"who": "x", "age": 1}]) -> list:
+    def param_loop(numbers: list, people: list) -> list:
         with dsl.ParallelFor(numbers) as n:
             squared = square(n=n)
         with dsl.ParallelFor(people) as person:
@@ -332,7 +350,9 @@ async def test_parallel_for_over_parameter_lists_including_dict_items(tmp_path: 
     recorder = Recorder()
     people = [{"who": "asha", "age": 31}, {"who": "ben", "age": 42}]
     result = await make_executor(tmp_path).execute(
-        "run-1", compile_spec(param_loop, tmp_path), {"numbers": [3, 4, 5], "people": people},
+        "run-1",
+        compile_spec(param_loop, tmp_path),
+        {"numbers": [3, 4, 5], "people": people},
         recorder,
     )
 
@@ -340,6 +360,31 @@ async def test_parallel_for_over_parameter_lists_including_dict_items(tmp_path: 
     steps = recorder.final()
     assert steps["for-loop-2[1]/emit"].output_parameters == {"out": "ben"}
     assert steps["for-loop-2[0]/emit-int"].output_parameters == {"out": 31}
+
+
+async def test_collected_artifacts_of_a_loop_feed_a_step_and_the_outputs(tmp_path: Path) -> None:
+    @dsl.container_component
+    def join(parts: dsl.Input[list[dsl.Dataset]], out: dsl.OutputPath(str)):
+        return dsl.ContainerSpec(image=IMAGE, command=TOOL, args=["join", out, parts])
+
+    @dsl.pipeline(name="collect")
+    def collect(words: list) -> list[dsl.Dataset]:
+        with dsl.ParallelFor(words) as word:
+            written = write_text(text=word)
+        join(parts=dsl.Collected(written.outputs["out"]))
+        return dsl.Collected(written.outputs["out"])
+
+    recorder = Recorder()
+    result = await make_executor(tmp_path).execute(
+        "run-1", compile_spec(collect, tmp_path), {"words": ["b", "c", "a"]}, recorder
+    )
+
+    assert recorder.final()["join"].output_parameters == {"out": "abc"}
+    assert [(a.name, a.step, content(a.uri)) for a in result.outputs] == [
+        ("Output", "for-loop-1[0]/write-text", "b"),
+        ("Output", "for-loop-1[1]/write-text", "c"),
+        ("Output", "for-loop-1[2]/write-text", "a"),
+    ]
 
 
 # Exit handlers and failures
@@ -451,10 +496,17 @@ async def test_if_present_and_concat_placeholders(tmp_path: Path) -> None:
 
     steps = recorder.final()
     assert json.loads(steps["tool-args"].output_parameters["argv"]) == [
-        "--text", "a b", "--no-count", "pre-a b-200",
+        "--text",
+        "a b",
+        "--no-count",
+        "pre-a b-200",
     ]
     assert json.loads(steps["tool-args-2"].output_parameters["argv"]) == [
-        "--text", "a b", "--count", "7", "pre-a b-3",
+        "--text",
+        "a b",
+        "--count",
+        "7",
+        "pre-a b-3",
     ]
 
 
@@ -466,7 +518,9 @@ async def test_a_cached_step_is_restored_without_running(tmp_path: Path) -> None
 
     @dsl.container_component
     def counted(text: str, out: dsl.Output[dsl.Dataset]):
-        return dsl.ContainerSpec(image=IMAGE, command=TOOL, args=["count", str(log), out.path, text])
+        return dsl.ContainerSpec(
+            image=IMAGE, command=TOOL, args=["count", str(log), out.path, text]
+        )
 
     @dsl.pipeline(name="cached")
     def cached(text: str = "x") -> dsl.Dataset:
@@ -530,7 +584,8 @@ async def test_cancel_kills_the_process_group_and_reports_cancelled(tmp_path: Pa
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        # A bound, so a step that survives its SIGKILL fails the test instead of hanging it.
+        await asyncio.wait_for(asyncio.shield(task), timeout=15)
 
     assert time.monotonic() - started >= 0.5, "SIGKILL came before the grace period"
     deadline = time.monotonic() + 5
@@ -538,7 +593,9 @@ async def test_cancel_kills_the_process_group_and_reports_cancelled(tmp_path: Pa
         assert time.monotonic() < deadline, "a step process survived cancel"
         await asyncio.sleep(0.02)
     assert recorder.states("sleeper") == [
-        StepState.PENDING, StepState.RUNNING, StepState.CANCELLED,
+        StepState.PENDING,
+        StepState.RUNNING,
+        StepState.CANCELLED,
     ]
     assert recorder.states("emit") == [StepState.PENDING, StepState.CANCELLED]
     assert not (tmp_path / "work" / "run-1").exists()
@@ -574,7 +631,13 @@ async def test_only_declared_environment_variables_reach_a_step(
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PATH"] == os.environ["PATH"]
     extra = set(env) - {
-        "PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "TMPDIR", "SKIT_TEST_DECLARED", "PWD",
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONUNBUFFERED",
+        "TMPDIR",
+        "SKIT_TEST_DECLARED",
+        "PWD",
         "LC_CTYPE",
     }
     assert not extra, f"unexpected variables {sorted(extra)}"

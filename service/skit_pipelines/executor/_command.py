@@ -66,9 +66,7 @@ class CommandContext:
 
         return {
             "inputs": {
-                "parameterValues": {
-                    k: v for k, v in self.parameters.items() if v is not None
-                },
+                "parameterValues": {k: v for k, v in self.parameters.items() if v is not None},
                 "artifacts": {
                     name: {"artifacts": [artifact_json(a) for a in artifacts]}
                     for name, artifacts in self.input_artifacts.items()
@@ -76,8 +74,7 @@ class CommandContext:
             },
             "outputs": {
                 "parameters": {
-                    name: {"outputFile": path}
-                    for name, path in self.output_parameter_files.items()
+                    name: {"outputFile": path} for name, path in self.output_parameter_files.items()
                 },
                 "artifacts": {
                     name: {"artifacts": [artifact_json(a)]}
@@ -125,9 +122,11 @@ def _resolve_struct(
     if isinstance(node, list):
         return [arg for item in node for arg in _resolve_struct(item, context, substitute)]
     if isinstance(node, dict) and len(node) == 1:
-        (kind, body), = node.items()
+        ((kind, body),) = node.items()
         if kind == "Concat" and isinstance(body, list):
-            return ["".join(arg for part in body for arg in _resolve_struct(part, context, substitute))]
+            return [
+                "".join(arg for part in body for arg in _resolve_struct(part, context, substitute))
+            ]
         if kind == "IfPresent" and isinstance(body, dict) and "InputName" in body:
             branch = body.get("Then") if context.is_present(body["InputName"]) else body.get("Else")
             return [] if branch is None else _resolve_struct(branch, context, substitute)
@@ -168,7 +167,11 @@ def _replace(match: re.Match[str], context: CommandContext, cache: list[str]) ->
             return artifact.path
         if attr == "metadata":
             return "{}"
-    if io == "outputs" and kind == "parameters" and attr == "output_file":
-        if name in context.output_parameter_files:
-            return context.output_parameter_files[name]
+    if (
+        io == "outputs"
+        and kind == "parameters"
+        and attr == "output_file"
+        and name in context.output_parameter_files
+    ):
+        return context.output_parameter_files[name]
     raise PlaceholderError(f"unsupported placeholder {match.group(0)}")

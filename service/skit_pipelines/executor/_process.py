@@ -55,20 +55,23 @@ class StepProcess:
         try:
             return await self._process.wait()
         except asyncio.CancelledError:
-            await self._terminate()
+            await self.stop()
             raise
         finally:
             # Like a container's end: nothing the step left behind outlives it.
             self._signal_group(signal.SIGKILL)
 
-    async def _terminate(self) -> None:
+    async def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL after the grace period; returns once reaped."""
         if self._process.returncode is not None:
             return
         self._signal_group(signal.SIGTERM)
         try:
             await asyncio.wait_for(self._process.wait(), self._grace)
         except TimeoutError:
-            logger.info("step process %s outlived SIGTERM by %ss; killing it", self.pid, self._grace)
+            logger.info(
+                "step process %s outlived SIGTERM by %ss; killing it", self.pid, self._grace
+            )
         finally:
             self._signal_group(signal.SIGKILL)
         await self._process.wait()

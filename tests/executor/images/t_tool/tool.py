@@ -26,6 +26,16 @@ def main(argv: list[str]) -> int:
         _write(args[0], str(int(args[1]) ** 2))
     elif command == "sum":  # sum OUT JSON_LIST
         _write(args[0], str(sum(json.loads(args[1]))))
+    elif command == "join":  # join OUT JSON_PATHS: concatenates the files, sorted
+        paths = json.loads(args[1])
+        _write(args[0], "".join(sorted(Path(p).read_text() for p in paths)))
+    elif command == "executor-output":  # executor-output EXECUTOR_INPUT: as kfp's executor does
+        executor_input = json.loads(args[0])
+        text = executor_input["inputs"]["parameterValues"]["text"]
+        _write(
+            executor_input["outputs"]["outputFile"],
+            json.dumps({"parameterValues": {"out": text.upper()}}),
+        )
     elif command == "interval":  # interval OUT SECONDS: sleeps, writes "start end"
         start = time.time()
         time.sleep(float(args[1]))
@@ -45,8 +55,12 @@ def main(argv: list[str]) -> int:
     elif command == "sleeper":  # sleeper PIDFILE: a child sleeper; both ignore SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen(
-            [sys.executable, "-c", "import signal, time; "
-             "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"]
+            [
+                sys.executable,
+                "-c",
+                "import signal, time; "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)",
+            ]
         )
         _write(args[0] + ".tmp", f"{os.getpid()} {child.pid}")
         os.replace(args[0] + ".tmp", args[0])
