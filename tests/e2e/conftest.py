@@ -97,3 +97,9 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     finally:
         if stop_server(running) != 0:
             print(running.log.read_text())
+
+
+@pytest.fixture
+def server_control():
+    """(start_server, stop_server), for tests that manage the process themselves."""
+    return start_server, stop_server

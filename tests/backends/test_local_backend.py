@@ -1,0 +1,181 @@
+"""The runs controller with the local backend and the real executor: whole runs, failure,
+cancel, queueing and resume after a restart."""
+
+# No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+from kfp import compiler, components, dsl
+
+from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.backends.local import LocalBackend, StoreStepCache
+from skit_pipelines.catalog import Catalog, pipeline_from_spec
+from skit_pipelines.domain import Run, RunState, StepState
+from skit_pipelines.executor import ExecutorConfig, LocalExecutor
+from skit_pipelines.runs import CreateRunInput, RunController
+from skit_pipelines.store.sqlite import SqliteRunStore
+
+NAP_COMPONENT = """
+name: Nap
+inputs:
+- {name: seconds, type: Float}
+- {name: fail_with, type: String, default: ""}
+outputs:
+- {name: note, type: Dataset}
+implementation:
+  container:
+    image: skit-pipelines/nap:0.1.0
+    command: [python3, nap.py]
+    args: [{inputValue: seconds}, {inputValue: fail_with}, {outputPath: note}]
+"""
+
+NAP_SCRIPT = """
+import sys, time
+seconds, fail_with, out = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+time.sleep(seconds)
+if fail_with:
+    print(fail_with, file=sys.stderr)
+    sys.exit(3)
+open(out, "w").write(f"slept {seconds}")
+"""
+
+
+def _compile_nap_pipeline(tmp: Path) -> dict:
+    nap = components.load_component_from_text(NAP_COMPONENT)
+
+    @dsl.pipeline(name="naps")
+    def naps(seconds: float = 0.0, fail_with: str = "") -> dsl.Dataset:
+        first = nap(seconds=seconds, fail_with=fail_with)
+        first.set_caching_options(False)
+        second = nap(seconds=0.0).after(first)
+        second.set_caching_options(False)
+        return second.outputs["note"]
+
+    path = tmp / "naps.yaml"
+    compiler.Compiler().compile(naps, str(path))
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def naps_pipeline(tmp_path_factory):
+    return pipeline_from_spec(_compile_nap_pipeline(tmp_path_factory.mktemp("naps")))
+
+
+class Harness:
+    def __init__(self, root: Path, pipeline, max_active_runs: int = 4) -> None:
+        images = root / "images" / "nap"
+        images.mkdir(parents=True, exist_ok=True)
+        (images / "component.yaml").write_text(NAP_COMPONENT)
+        (images / "VERSION").write_text("0.1.0\n")
+        (images / "nap.py").write_text(NAP_SCRIPT)
+        self.store = SqliteRunStore(root / "runs.db")
+        executor = LocalExecutor(
+            ExecutorConfig(
+                images_root=root / "images", work_root=root / "work", cancel_grace_seconds=2
+            ),
+            LocalArtifactStore(root / "artifacts"),
+            cache=StoreStepCache(self.store),
+        )
+        self.backend = LocalBackend(executor, max_active_runs=max_active_runs)
+        self.controller = RunController(self.store, Catalog({pipeline.id: pipeline}), self.backend)
+
+    async def create(self, **parameters) -> Run:
+        return await self.controller.create_run(
+            CreateRunInput(pipeline="pipelines/naps", parameters=parameters)
+        )
+
+    async def until(self, run: Run, predicate, timeout: float = 20) -> Run:
+        async def wait() -> Run:
+            async for snapshot in self.controller.watch_run(run.name):
+                if predicate(snapshot):
+                    return snapshot
+            return snapshot
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def close(self) -> None:
+        await self.backend.shutdown()
+        await self.store.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, naps_pipeline):
+    h = Harness(tmp_path, naps_pipeline)
+    yield h
+    await h.close()
+
+
+def terminal(run: Run) -> bool:
+    return run.state.terminal
+
+
+async def test_run_succeeds_with_steps_and_outputs(harness: Harness) -> None:
+    run = await harness.create()
+    done = await harness.until(run, terminal)
+    assert done.state is RunState.SUCCEEDED, done.error
+    assert [s.state for s in done.steps] == [StepState.SUCCEEDED, StepState.SUCCEEDED]
+    assert done.start_time and done.end_time and done.end_time >= done.start_time
+    (output,) = done.outputs
+    path = Path(unquote(urlparse(output.uri).path))
+    assert path.read_text() == "slept 0.0" and output.sha256 and output.step
+    revisions = [r.revision for r in await harness.store.revisions_after(run.id, 0)]
+    assert revisions == list(range(1, done.revision + 1))
+
+
+async def test_failed_step_fails_the_run_with_its_reason(harness: Harness) -> None:
+    run = await harness.create(fail_with="no calls match the filters")
+    done = await harness.until(run, terminal)
+    assert done.state is RunState.FAILED
+    assert "no calls match the filters" in done.error.message
+    first, second = done.steps
+    assert first.state is StepState.FAILED and "no calls match" in first.error.message
+    assert second.state is StepState.SKIPPED
+
+
+async def test_cancel_kills_the_step_and_ends_cancelled(harness: Harness) -> None:
+    run = await harness.create(seconds=60.0)
+    await harness.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
+    cancelling = await harness.controller.cancel_run(run.name)
+    assert cancelling.state is RunState.CANCELLING
+    done = await harness.until(run, terminal, timeout=10)
+    assert done.state is RunState.CANCELLED
+    assert done.steps[0].state is StepState.CANCELLED
+    assert harness.backend.active_runs() == 0
+
+
+async def test_runs_beyond_the_limit_wait_in_queued(tmp_path: Path, naps_pipeline) -> None:
+    h = Harness(tmp_path, naps_pipeline, max_active_runs=1)
+    try:
+        first = await h.create(seconds=1.0)
+        await h.until(first, lambda r: r.state is RunState.RUNNING)
+        second = await h.create()
+        await asyncio.sleep(0.3)
+        assert (await h.store.get_run(second.id)).state is RunState.QUEUED
+        assert (await h.until(second, terminal)).state is RunState.SUCCEEDED
+        assert (await h.store.get_run(first.id)).state is RunState.SUCCEEDED
+    finally:
+        await h.close()
+
+
+async def test_unfinished_runs_resume_after_restart(tmp_path: Path, naps_pipeline) -> None:
+    first = Harness(tmp_path, naps_pipeline)
+    run = await first.create(seconds=60.0)
+    await first.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
+    await first.close()
+    assert (await SqliteRunStore(tmp_path / "runs.db").get_run(run.id)).state is RunState.RUNNING
+
+    second = Harness(tmp_path, naps_pipeline)
+    try:
+        await second.store.update_run(
+            run.id, lambda r: replace(r, parameters={**r.parameters, "seconds": 0.0})
+        )
+        await second.controller.resume()
+        done = await second.until(run, terminal)
+        assert done.state is RunState.SUCCEEDED
+    finally:
+        await second.close()
