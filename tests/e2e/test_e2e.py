@@ -10,7 +10,6 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-
 pytestmark = pytest.mark.e2e
 
 SERVICE = "skit.pipelines.v1.PipelineService"
