@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from google.rpc import error_details_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +45,10 @@ def _split_json_documents(text: str) -> list[str]:
         documents.append(text[index:end])
         index = end
     return documents
+
+
+def _unbase64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
 def local_path(uri: str) -> Path:
@@ -125,11 +131,14 @@ def test_bad_parameter_is_invalid_argument_over_the_wire(buf: Path, server) -> N
     assert result.returncode != 0
     error = json.loads(result.stderr)
     assert error["code"] == "invalid_argument"
+    # buf prints details it cannot describe as base64 of the serialized message.
     violations = [
-        v["field"]
+        v.field
         for detail in error["details"]
         if detail["type"] == "google.rpc.BadRequest"
-        for v in detail["debug"]["fieldViolations"]
+        for v in error_details_pb2.BadRequest.FromString(
+            _unbase64(detail["value"])
+        ).field_violations
     ]
     assert violations == ["run.parameters.call_quantity"]
 

@@ -1,0 +1,37 @@
+"""Official pipeline #10: invalidate situations in the metrics database for LLM generation.
+
+No `from __future__ import annotations` in pipeline modules: kfp reads the parameter types
+from the real annotation objects, and string annotations make it fail.
+"""
+
+from pathlib import Path
+
+from kfp import components, dsl
+
+_IMAGES = Path(__file__).resolve().parent.parent / "images"
+
+invalidate_situations = components.load_component_from_file(
+    str(_IMAGES / "invalidate_situations" / "component.yaml")
+)
+
+
+@dsl.pipeline(
+    name="invalidate-llm-situations",
+    description="Marks LLM situations invalid in the metrics database; outputs a JSON report.",
+)
+def pipeline(
+    situation_ids: list[int] = [],  # noqa: B006 - kfp reads the default; it is never mutated
+) -> dsl.Artifact:
+    """Marks situations invalid so conversation generation stops using them.
+
+    All or nothing: if any id does not exist the run fails naming it and nothing changes.
+    Already-invalid ids are reported, not counted. With no ids the run changes nothing and
+    reports so.
+
+    Args:
+        situation_ids: Ids of the situations to invalidate.
+    """
+    task = invalidate_situations(situation_ids=situation_ids)
+    # A write to an external database: rerun it every time, never reuse an earlier result.
+    task.set_caching_options(False)
+    return task.outputs["report"]

@@ -1,0 +1,84 @@
+"""The demo databases of the embedded default, created on the service's first start."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+
+from skit_components.db import connect, sqlite_url
+from skit_components.migrations import CALLS, METRICS, migrate
+from skit_pipelines.demo.generator import generate
+
+logger = logging.getLogger(__name__)
+
+CALLS_DB = "calls.db"
+METRICS_DB = "metrics.db"
+_TEMP = re.compile(r"^(?P<name>.+\.db)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def ensure_demo_data(demo_root: Path) -> dict[str, str]:
+    """Creates `demo_root/calls.db` and `demo_root/metrics.db` unless they exist, and returns
+    the step environment pointing at them: {"CALLS_DB_URL": ..., "METRICS_DB_URL": ...}.
+
+    Idempotent and crash-safe: databases are generated under temporary names and linked into
+    place only when complete, so an existing file is always a complete database (it only
+    gets the migrations added since it was made). Concurrent callers are safe too: each
+    builds its own temporary files and the first to link wins.
+    """
+    demo_root = demo_root.resolve()
+    demo_root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(demo_root)
+    calls_path, metrics_path = demo_root / CALLS_DB, demo_root / METRICS_DB
+    missing = [p for p in (calls_path, metrics_path) if not p.exists()]
+    if missing:
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        temporaries = {p: p.with_name(f"{p.name}.tmp-{token}") for p in (calls_path, metrics_path)}
+        try:
+            summary = generate(
+                sqlite_url(temporaries[calls_path]), sqlite_url(temporaries[metrics_path])
+            )
+            for final in missing:
+                temporary = temporaries[final]
+                _fsync(temporary)
+                # link() refuses to replace: a concurrent first start keeps its own file.
+                with contextlib.suppress(FileExistsError):
+                    os.link(temporary, final)
+            _fsync(demo_root)
+            logger.info("created demo databases in %s: %s", demo_root, summary.as_dict())
+        finally:
+            for temporary in temporaries.values():
+                temporary.unlink(missing_ok=True)
+    for path, schema in ((calls_path, CALLS), (metrics_path, METRICS)):
+        with connect(sqlite_url(path)) as db:
+            migrate(db, schema)
+    return {"CALLS_DB_URL": sqlite_url(calls_path), "METRICS_DB_URL": sqlite_url(metrics_path)}
+
+
+def _remove_abandoned_temporaries(demo_root: Path) -> None:
+    """Deletes temporary databases whose generating process is gone (it crashed)."""
+    for path in demo_root.iterdir():
+        match = _TEMP.match(path.name)
+        if match and not _alive(int(match.group("pid"))):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

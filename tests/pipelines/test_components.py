@@ -1,0 +1,98 @@
+"""Every image folder follows the component convention (see images/README.md)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from skit_components.loader import import_component
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "images"
+FOLDERS = sorted(p for p in IMAGES.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+INPUT_TYPES = {"String", "Integer", "Float", "Boolean", "JsonArray", "JsonObject"}
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
+
+
+def pins(path: Path) -> dict[str, str]:
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    return {canonical(n): version for n, version in PIN.findall(path.read_text())}
+
+
+@pytest.fixture(params=FOLDERS, ids=[p.name for p in FOLDERS])
+def folder(request: pytest.FixtureRequest) -> Path:
+    return request.param
+
+
+def test_there_are_image_folders():
+    assert {"fetch_calls", "invalidate_situations"} <= {p.name for p in FOLDERS}
+
+
+def test_folder_has_every_required_file(folder):
+    name = folder.name
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", name)
+    for required in (
+        "component.yaml", "Dockerfile", f"{name}.py", "VERSION", "CHANGELOG.md",
+        "requirements.in", "requirements.lock", "README.md", f"tests/test_{name}.py",
+    ):
+        assert (folder / required).is_file(), f"{name}/{required} is missing"
+
+
+def test_version_is_semver_and_in_the_changelog(folder):
+    version = (folder / "VERSION").read_text().strip()
+    assert SEMVER.match(version)
+    assert f"## {version}" in (folder / "CHANGELOG.md").read_text()
+
+
+def test_component_spec_matches_the_folder(folder):
+    name = folder.name
+    spec = yaml.safe_load((folder / "component.yaml").read_text())
+    container = spec["implementation"]["container"]
+    version = (folder / "VERSION").read_text().strip()
+    assert container["image"] == f"skit-pipelines/{name.replace('_', '-')}:{version}"
+    assert container["command"] == ["python3", "-m", name]
+    env = (spec.get("metadata") or {}).get("annotations", {}).get("skit.ai/env", "")
+    assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", var) for var in env.split())
+    for item in spec.get("inputs", []):
+        assert item.get("type") in INPUT_TYPES, item["name"]
+        assert item.get("description"), item["name"]
+    for item in spec.get("outputs", []):
+        assert item.get("description"), item["name"]
+    components.load_component_from_file(str(folder / "component.yaml"))
+
+
+def test_entrypoint_module_has_main(folder):
+    module = import_component(folder)
+    assert callable(module.main)
+
+
+def test_dockerfile_runs_the_same_command_as_a_non_root_user(folder):
+    name = folder.name
+    text = (folder / "Dockerfile").read_text()
+    assert f'ENTRYPOINT ["python3", "-m", "{name}"]' in text
+    assert f"COPY images/{name}/{name}.py" in text
+    assert f"COPY images/{name}/requirements.lock" in text
+    assert "--require-hashes" in text
+    user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert user and user[-1] not in ("root", "0")
+    assert "ARG BASE_IMAGE=" in text
+
+
+def test_image_lock_agrees_with_the_root_lock(folder):
+    root = pins(ROOT / "requirements.lock")
+    image = pins(folder / "requirements.lock")
+    for package, version in image.items():
+        assert root.get(package) == version, f"{package}=={version}; root: {root.get(package)}"
+    wanted = {
+        re.sub(r"[-_.]+", "-", re.split(r"[\[<>=;\s]", line, maxsplit=1)[0]).lower()
+        for line in (folder / "requirements.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert wanted <= set(image), "requirements.lock is stale: regenerate it"
