@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
 
+import fcntl
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -145,22 +146,20 @@ async def service(tmp_path: Path, typed_pipeline: Pipeline) -> AsyncIterator[Ser
 def buf() -> Path:
     """The real buf binary, installed from npm into .venv/buf once (no grpcurl here)."""
     binary = BUF_PREFIX / "node_modules" / ".bin" / "buf"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is needed to install buf for the end-to-end tests")
-        subprocess.run(
-            [
-                npm,
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(BUF_PREFIX),
-                f"@bufbuild/buf@{BUF_VERSION}",
-            ],
-            check=True,
-            timeout=300,
-        )
+    BUF_PREFIX.mkdir(parents=True, exist_ok=True)
+    # Test workers start in parallel: one installs, the others wait for it.
+    with (BUF_PREFIX / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail("npm is needed to install buf for the end-to-end tests")
+            subprocess.run(
+                [
+                    npm, "install", "--silent", "--no-audit", "--no-fund",
+                    "--prefix", str(BUF_PREFIX), f"@bufbuild/buf@{BUF_VERSION}",
+                ],
+                check=True,
+                timeout=300,
+            )
     return binary
