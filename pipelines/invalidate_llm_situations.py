@@ -5,6 +5,7 @@ from the real annotation objects, and string annotations make it fail.
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp import components, dsl
 
@@ -14,6 +15,9 @@ invalidate_situations = components.load_component_from_file(
     str(_IMAGES / "invalidate_situations" / "component.yaml")
 )
 
+# Named, so the run's outputs read "report" and "invalidated_count" rather than kfp's "Output".
+Outputs = NamedTuple("Outputs", [("report", dsl.Artifact), ("invalidated_count", int)])
+
 
 @dsl.pipeline(
     name="invalidate-llm-situations",
@@ -21,7 +25,7 @@ invalidate_situations = components.load_component_from_file(
 )
 def pipeline(
     situation_ids: list[int] = [],  # noqa: B006 - kfp reads the default; it is never mutated
-) -> dsl.Artifact:
+) -> Outputs:
     """Marks situations invalid so conversation generation stops using them.
 
     All or nothing: if any id does not exist the run fails naming it and nothing changes.
@@ -34,4 +38,6 @@ def pipeline(
     task = invalidate_situations(situation_ids=situation_ids)
     # A write to an external database: rerun it every time, never reuse an earlier result.
     task.set_caching_options(False)
-    return task.outputs["report"]
+    return Outputs(
+        report=task.outputs["report"], invalidated_count=task.outputs["invalidated_count"]
+    )

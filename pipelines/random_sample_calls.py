@@ -5,12 +5,16 @@ from the real annotation objects, and string annotations make it fail.
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp import components, dsl
 
 _IMAGES = Path(__file__).resolve().parent.parent / "images"
 
 fetch_calls = components.load_component_from_file(str(_IMAGES / "fetch_calls" / "component.yaml"))
+
+# Named, so the run's outputs read "calls" and "call_count" rather than kfp's "Output".
+Outputs = NamedTuple("Outputs", [("calls", dsl.Dataset), ("call_count", int)])
 
 
 @dsl.pipeline(
@@ -31,7 +35,7 @@ def pipeline(
     min_duration: float = 0.0,
     call_quantity: int = 200,
     seed: int = 0,
-) -> dsl.Dataset:
+) -> Outputs:
     """Samples calls and returns every turn of them as a CSV, one row per turn.
 
     Calls match when they pass every filter that is set; empty values mean "any". With no
@@ -70,4 +74,4 @@ def pipeline(
     )
     # The calls database changes under the same parameters.
     task.set_caching_options(False)
-    return task.outputs["calls"]
+    return Outputs(calls=task.outputs["calls"], call_count=task.outputs["call_count"])

@@ -101,6 +101,8 @@ def test_random_sample_calls_end_to_end_with_buf_curl(buf: Path, server) -> None
     assert [s["state"] for s in final["steps"]] == ["STEP_STATE_SUCCEEDED"]
 
     (output,) = final["outputs"]
+    assert output["name"] == "calls" and output["step"] == "fetch-calls"
+    assert final["outputParameters"] == {"call_count": 7}
     rows = list(csv.DictReader(local_path(output["uri"]).open()))
     assert len({row["call_id"] for row in rows}) == 7
     assert len(rows) > 7, "one row per turn: calls have several turns"
