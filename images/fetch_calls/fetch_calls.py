@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -291,9 +290,7 @@ def _parse_args(argv: list[str] | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = _parse_args(argv)
-        database_url = os.environ.get(DB_ENV, "").strip()
-        if not database_url:
-            raise cli.BadInput(f"{DB_ENV} is not set: the step needs the calls database URL")
+        database_url = cli.required_env(DB_ENV, "the calls database URL")
         filters = Filters(
             start_date=args.start_date,
             end_date=args.end_date,

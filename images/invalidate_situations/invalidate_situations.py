@@ -8,7 +8,6 @@ an empty list is a no-op that says so.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -102,9 +101,7 @@ def _parse_args(argv: list[str] | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = _parse_args(argv)
-        database_url = os.environ.get(DB_ENV, "").strip()
-        if not database_url:
-            raise cli.BadInput(f"{DB_ENV} is not set: the step needs the metrics database URL")
+        database_url = cli.required_env(DB_ENV, "the metrics database URL")
         report = invalidate(database_url, args.situation_ids)
         write_json(args.report, asdict(report))
         write_parameter(args.invalidated_count, len(report.invalidated))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -134,3 +135,11 @@ def _as(item_type: type[int] | type[str], value: object) -> int | str | None:
     if item_type is int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value if isinstance(value, item_type) else None
+
+
+def required_env(name: str, purpose: str) -> str:
+    """The value of an env var the component declares (`skit.ai/env`); BadInput when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise BadInput(f"{name} is not set: the step needs {purpose}")
+    return value

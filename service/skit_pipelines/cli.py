@@ -667,22 +667,28 @@ def _demo_data(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _show(
+    args: argparse.Namespace,
+    out: TextIO,
+    messages: Message | Sequence[Message],
+    text: Callable[[], Sequence[str]],
+) -> int:
+    """Prints the messages as JSON with --output json, else the text lines."""
+    if args.output == "json":
+        _print_json(messages, out)
+    else:
+        _emit(text(), out)
+    return EXIT_OK
+
+
 def _pipelines_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
     pipelines = client.list_pipelines()
-    if args.output == "json":
-        _print_json(pipelines, out)
-    else:
-        _emit(pipelines_table(pipelines), out)
-    return EXIT_OK
+    return _show(args, out, pipelines, lambda: pipelines_table(pipelines))
 
 
 def _pipelines_get(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
     pipeline = client.get_pipeline(args.name)
-    if args.output == "json":
-        _print_json(pipeline, out)
-    else:
-        _emit(describe_pipeline(pipeline), out)
-    return EXIT_OK
+    return _show(args, out, pipeline, lambda: describe_pipeline(pipeline))
 
 
 def _read_param_file(path: str) -> dict[str, Any]:
@@ -718,11 +724,9 @@ def _runs_create(client: PipelinesClient, args: argparse.Namespace, out: TextIO)
 
 def _runs_get(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
     run = client.get_run(args.name)
-    if args.output == "json":
-        _print_json(run, out)
-    else:
-        _emit(describe_run(run, datetime.now(UTC), ascii_only=_ascii_only(out)), out)
-    return EXIT_OK
+    return _show(
+        args, out, run, lambda: describe_run(run, datetime.now(UTC), ascii_only=_ascii_only(out))
+    )
 
 
 def _runs_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -735,20 +739,12 @@ def _runs_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -
         page_size=min(args.limit, 1000) if args.limit else None,
     )
     runs = list(itertools.islice(runs_iter, args.limit or None))
-    if args.output == "json":
-        _print_json(runs, out)
-    else:
-        _emit(runs_table(runs), out)
-    return EXIT_OK
+    return _show(args, out, runs, lambda: runs_table(runs))
 
 
 def _runs_cancel(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
     run = client.cancel_run(args.name)
-    if args.output == "json":
-        _print_json(run, out)
-    else:
-        print(f"{run.name} {run_state_label(run.state)}", file=out)
-    return EXIT_OK
+    return _show(args, out, run, lambda: [f"{run.name} {run_state_label(run.state)}"])
 
 
 def _runs_watch(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:

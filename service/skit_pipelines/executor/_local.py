@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -813,29 +813,35 @@ def _dag_outputs(
             selectors = [source["valueFromParameter"]]
         else:
             selectors = (source.get("valueFromOneof") or {}).get("parameterSelectors") or []
-        for selector in selectors:
-            outcome = outcomes.get(selector["producerSubtask"])
-            key = selector["outputParameterKey"]
-            if (
-                outcome is not None
-                and outcome.state is _State.SUCCEEDED
-                and key in outcome.parameters
-            ):
-                parameters[name] = outcome.parameters[key]
-                break
+        found = _first_selected(selectors, "outputParameterKey", outcomes, lambda o: o.parameters)
+        if found is not _MISSING:
+            parameters[name] = found
     artifacts: dict[str, tuple[Artifact, ...]] = {}
     for name, source in (declared.get("artifacts") or {}).items():
-        for selector in source.get("artifactSelectors") or []:
-            outcome = outcomes.get(selector["producerSubtask"])
-            key = selector["outputArtifactKey"]
-            if (
-                outcome is not None
-                and outcome.state is _State.SUCCEEDED
-                and key in outcome.artifacts
-            ):
-                artifacts[name] = outcome.artifacts[key]
-                break
+        selectors = source.get("artifactSelectors") or []
+        found = _first_selected(selectors, "outputArtifactKey", outcomes, lambda o: o.artifacts)
+        if found is not _MISSING:
+            artifacts[name] = found
     return parameters, artifacts
+
+
+_MISSING = object()
+
+
+def _first_selected(
+    selectors: list[Mapping[str, Any]],
+    key_field: str,
+    outcomes: Mapping[str, _Outcome],
+    values_of: Callable[[_Outcome], Mapping[str, Any]],
+) -> Any:
+    for selector in selectors:
+        outcome = outcomes.get(selector["producerSubtask"])
+        if outcome is None or outcome.state is not _State.SUCCEEDED:
+            continue
+        values = values_of(outcome)
+        if selector[key_field] in values:
+            return values[selector[key_field]]
+    return _MISSING
 
 
 def _cache_key(
