@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF := $(VENV)/buf/node_modules/.bin/buf
+PY_SOURCES := service lib images pipelines tests benchmarks
 
 .PHONY: run test bench lint proto lock clean
 
@@ -24,16 +27,26 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-lint: $(STAMP)
-	$(BIN)/ruff check service lib images pipelines tests benchmarks
-	buf lint
+## ruff (lint and format) and buf lint (buf comes from npm, into .venv/buf).
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BUF) lint
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
 
 ## Regenerate the committed gRPC code after editing protos/.
 proto: $(STAMP)
 	$(BIN)/python service/skit_pipelines/protogen.py
 
+## Re-lock the root requirements and each image's (constrained by the root lock).
 lock:
 	uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
+	for dir in $(patsubst %/requirements.in,%,$(wildcard images/*/requirements.in)); do \
+	  uv pip compile $$dir/requirements.in -c requirements.lock --generate-hashes \
+	    --python-version 3.11 -o $$dir/requirements.lock; \
+	done
 
 clean:
 	rm -rf $(VENV) .skit-pipelines

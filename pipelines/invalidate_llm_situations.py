@@ -15,8 +15,11 @@ invalidate_situations = components.load_component_from_file(
     str(_IMAGES / "invalidate_situations" / "component.yaml")
 )
 
+
 # Named, so the run's outputs read "report" and "invalidated_count" rather than kfp's "Output".
-Outputs = NamedTuple("Outputs", [("report", dsl.Artifact), ("invalidated_count", int)])
+class Outputs(NamedTuple):
+    report: dsl.Artifact
+    invalidated_count: int
 
 
 @dsl.pipeline(

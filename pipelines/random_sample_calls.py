@@ -13,8 +13,11 @@ _IMAGES = Path(__file__).resolve().parent.parent / "images"
 
 fetch_calls = components.load_component_from_file(str(_IMAGES / "fetch_calls" / "component.yaml"))
 
+
 # Named, so the run's outputs read "calls" and "call_count" rather than kfp's "Output".
-Outputs = NamedTuple("Outputs", [("calls", dsl.Dataset), ("call_count", int)])
+class Outputs(NamedTuple):
+    calls: dsl.Dataset
+    call_count: int
 
 
 @dsl.pipeline(

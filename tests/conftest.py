@@ -156,8 +156,14 @@ def buf() -> Path:
                 pytest.fail("npm is needed to install buf for the end-to-end tests")
             subprocess.run(
                 [
-                    npm, "install", "--silent", "--no-audit", "--no-fund",
-                    "--prefix", str(BUF_PREFIX), f"@bufbuild/buf@{BUF_VERSION}",
+                    npm,
+                    "install",
+                    "--silent",
+                    "--no-audit",
+                    "--no-fund",
+                    "--prefix",
+                    str(BUF_PREFIX),
+                    f"@bufbuild/buf@{BUF_VERSION}",
                 ],
                 check=True,
                 timeout=300,

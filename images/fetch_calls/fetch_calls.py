@@ -117,8 +117,16 @@ class Filters:
         """The filters that are set, for messages."""
         shown = []
         for name in (
-            "start_date", "end_date", "lang", "client_id", "flow_ids", "template_id", "states",
-            "intents", "call_type", "min_duration",
+            "start_date",
+            "end_date",
+            "lang",
+            "client_id",
+            "flow_ids",
+            "template_id",
+            "states",
+            "intents",
+            "call_type",
+            "min_duration",
         ):
             value = getattr(self, name)
             if not value:

@@ -121,8 +121,15 @@ class _ThrowawayServer:
 
     def stop(self) -> None:
         subprocess.run(
-            [*self.as_postgres, self.pg_ctl, "-D", str(self.root / "data"), "-m", "immediate",
-             "stop"],
+            [
+                *self.as_postgres,
+                self.pg_ctl,
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
             capture_output=True,
             check=False,
         )
@@ -172,8 +179,18 @@ def _start_throwaway_server() -> tuple[_ThrowawayServer | None, str]:
         as_postgres = ("runuser", "-u", "postgres", "--")
     data = root / "data"
     init = subprocess.run(
-        [*as_postgres, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-         "--no-sync"],
+        [
+            *as_postgres,
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -186,8 +203,20 @@ def _start_throwaway_server() -> tuple[_ThrowawayServer | None, str]:
         port = _free_port()
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         start = subprocess.run(
-            [*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "server.log"),
-             "-w", "-t", "30", "start"],
+            [
+                *as_postgres,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
 from skit.pipelines.v1 import (
     pipeline_pb2,
     pipeline_service_pb2,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import struct_pb2
+
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines import cli
 from skit_pipelines.client import PipelinesClient

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines import cli
 from skit_pipelines.client import (

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+
 from skit.pipelines.v1 import run_pb2
 from skit_pipelines import cli
 from skit_pipelines.client import FieldViolation, RPCError

@@ -39,8 +39,15 @@ def test_folder_has_every_required_file(folder):
     name = folder.name
     assert re.fullmatch(r"[a-z][a-z0-9_]*", name)
     for required in (
-        "component.yaml", "Dockerfile", f"{name}.py", "VERSION", "CHANGELOG.md",
-        "requirements.in", "requirements.lock", "README.md", f"tests/test_{name}.py",
+        "component.yaml",
+        "Dockerfile",
+        f"{name}.py",
+        "VERSION",
+        "CHANGELOG.md",
+        "requirements.in",
+        "requirements.lock",
+        "README.md",
+        f"tests/test_{name}.py",
     ):
         assert (folder / required).is_file(), f"{name}/{required} is missing"
 

@@ -133,8 +133,12 @@ def test_call_filters_select_exactly_the_matching_calls(run, calls_db, args, che
 
 def test_states_and_intents_must_hold_on_the_same_turn(run, calls_db):
     code, rows, _ = run(
-        "--states", '["CONFIRM_DATE"]', "--intents", '["_confirm_", "yes"]',
-        "--call-quantity", "100000",
+        "--states",
+        '["CONFIRM_DATE"]',
+        "--intents",
+        '["_confirm_", "yes"]',
+        "--call-quantity",
+        "100000",
     )
     assert code == 0
     with connect(calls_db) as db:
@@ -153,8 +157,14 @@ def test_states_and_intents_must_hold_on_the_same_turn(run, calls_db):
 
 def test_dates_are_inclusive_local_days_in_the_given_timezone(run, calls_db):
     code, rows, _ = run(
-        "--start-date", "2026-10-10", "--end-date", "2026-10-12",
-        "--timezone", "Asia/Kolkata", "--call-quantity", "100000",
+        "--start-date",
+        "2026-10-10",
+        "--end-date",
+        "2026-10-12",
+        "--timezone",
+        "Asia/Kolkata",
+        "--call-quantity",
+        "100000",
     )
     assert code == 0
     with connect(calls_db) as db:
@@ -238,8 +248,19 @@ def test_sample_is_uniform_and_bounded():
 def test_runs_as_a_module_in_its_image_folder(calls_db, tmp_path):
     """As the local executor runs it: `python3 -m fetch_calls` with cwd = the image folder."""
     result = subprocess.run(
-        [sys.executable, "-m", "fetch_calls", "--call-quantity", "5", "--flow-ids", "[]",
-         "--calls", str(tmp_path / "calls.csv"), "--call-count", str(tmp_path / "count")],
+        [
+            sys.executable,
+            "-m",
+            "fetch_calls",
+            "--call-quantity",
+            "5",
+            "--flow-ids",
+            "[]",
+            "--calls",
+            str(tmp_path / "calls.csv"),
+            "--call-count",
+            str(tmp_path / "count"),
+        ],
         cwd=FOLDER,
         env={**os.environ, "CALLS_DB_URL": calls_db},
         capture_output=True,
@@ -256,8 +277,18 @@ def test_postgresql_gives_the_same_csv_as_sqlite(run, postgres_dsn, tmp_path):
     sqlite_calls = sqlite_url(tmp_path / "calls.db")
     generate(sqlite_calls, sqlite_url(tmp_path / "metrics.db"), seed=5, calls=300)
     generate(postgres_dsn, postgres_dsn, seed=5, calls=300)
-    args = ("--call-quantity", "60", "--seed", "11", "--timezone", "Asia/Kolkata",
-            "--start-date", "2026-10-05", "--states", '["PURPOSE", "INIT"]')
+    args = (
+        "--call-quantity",
+        "60",
+        "--seed",
+        "11",
+        "--timezone",
+        "Asia/Kolkata",
+        "--start-date",
+        "2026-10-05",
+        "--states",
+        '["PURPOSE", "INIT"]',
+    )
     code, from_sqlite, count = run(*args, url=sqlite_calls)
     assert code == 0
     assert count == 60
@@ -267,8 +298,10 @@ def test_postgresql_gives_the_same_csv_as_sqlite(run, postgres_dsn, tmp_path):
     def normalised(rows: list[dict]) -> list[dict]:
         # jsonb re-serialises documents (key order, spacing); compare their values.
         return [
-            {k: json.loads(v) if k in ("utterances", "slots", "entities") else v
-             for k, v in row.items()}
+            {
+                k: json.loads(v) if k in ("utterances", "slots", "entities") else v
+                for k, v in row.items()
+            }
             for row in rows
         ]
 

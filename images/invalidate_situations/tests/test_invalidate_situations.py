@@ -139,8 +139,14 @@ def test_bad_ids_fail_with_exit_2(run, metrics_db, capsys, ids):
 def test_missing_database_url_is_bad_input(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("METRICS_DB_URL", raising=False)
     code = invalidate_situations.main(
-        ["--situation-ids", "[1]", "--invalidated-count", str(tmp_path / "n"),
-         "--report", str(tmp_path / "r")]
+        [
+            "--situation-ids",
+            "[1]",
+            "--invalidated-count",
+            str(tmp_path / "n"),
+            "--report",
+            str(tmp_path / "r"),
+        ]
     )
     assert code == 2
     assert "METRICS_DB_URL is not set" in one_line(capsys.readouterr().err)
@@ -164,8 +170,17 @@ def test_long_unknown_lists_are_shortened():
 def test_runs_as_a_module_in_its_image_folder(metrics_db, tmp_path):
     valid, _ = valid_and_invalid(metrics_db)
     result = subprocess.run(
-        [sys.executable, "-m", "invalidate_situations", "--situation-ids", f"[{valid[0]}]",
-         "--invalidated-count", str(tmp_path / "count"), "--report", str(tmp_path / "r.json")],
+        [
+            sys.executable,
+            "-m",
+            "invalidate_situations",
+            "--situation-ids",
+            f"[{valid[0]}]",
+            "--invalidated-count",
+            str(tmp_path / "count"),
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
         cwd=FOLDER,
         env={**os.environ, "METRICS_DB_URL": metrics_db},
         capture_output=True,

@@ -23,14 +23,42 @@ IST = ZoneInfo("Asia/Kolkata")
 """The demo clients are Indian: call times, dates and entities are local to India."""
 
 CALL_COLUMNS = (
-    "id", "uuid", "client_id", "client_uuid", "flow_id", "flow_uuid", "flow_name",
-    "flow_version", "template_id", "language", "asr_provider", "call_type", "call_end_status",
-    "disposition", "previous_disposition", "blocking_disposition", "started_at",
-    "duration_seconds", "audio_url", "call_url",
+    "id",
+    "uuid",
+    "client_id",
+    "client_uuid",
+    "flow_id",
+    "flow_uuid",
+    "flow_name",
+    "flow_version",
+    "template_id",
+    "language",
+    "asr_provider",
+    "call_type",
+    "call_end_status",
+    "disposition",
+    "previous_disposition",
+    "blocking_disposition",
+    "started_at",
+    "duration_seconds",
+    "audio_url",
+    "call_url",
 )
 TURN_COLUMNS = (
-    "id", "uuid", "call_id", "turn_index", "reftime", "state", "utterances", "bot_response",
-    "intent", "intent_score", "slots", "entities", "audio_url", "asr_latency_ms",
+    "id",
+    "uuid",
+    "call_id",
+    "turn_index",
+    "reftime",
+    "state",
+    "utterances",
+    "bot_response",
+    "intent",
+    "intent_score",
+    "slots",
+    "entities",
+    "audio_url",
+    "asr_latency_ms",
     "slu_latency_ms",
 )
 
@@ -41,11 +69,40 @@ _NAMESPACE = uuid.UUID("6f1c2a4e-3b7d-4c38-9a51-2f0e8d6b9c11")
 
 # Calls per local hour of day (collection calls outside 08:00-19:00 are timing breaches),
 # and per weekday (Monday first).
-_HOUR_WEIGHTS = (0, 0, 0, 0, 0, 0, 0, 0.15, 0.5, 1.0, 1.2, 1.2, 1.2, 0.9, 1.1, 1.1, 1.1, 1.1,
-                 0.8, 0.3, 0.15, 0.05, 0, 0)
+_HOUR_WEIGHTS = (
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0.15,
+    0.5,
+    1.0,
+    1.2,
+    1.2,
+    1.2,
+    0.9,
+    1.1,
+    1.1,
+    1.1,
+    1.1,
+    0.8,
+    0.3,
+    0.15,
+    0.05,
+    0,
+    0,
+)
 _WEEKDAY_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 0.9, 0.35)
-_PREVIOUS_DISPOSITIONS = (("", 0.5), ("NO_RESPONSE", 0.2), ("CALLBACK", 0.15), ("PTP", 0.1),
-                          ("CALL_DROPPED", 0.05))
+_PREVIOUS_DISPOSITIONS = (
+    ("", 0.5),
+    ("NO_RESPONSE", 0.2),
+    ("CALLBACK", 0.15),
+    ("PTP", 0.1),
+    ("CALL_DROPPED", 0.05),
+)
 _BLOCKING = {"WRONG_NUMBER", "ALREADY_PAID", "RENEWAL_CONFIRMED"}
 _SLOT_STATES_PAYMENT = {"PURPOSE", "NEGOTIATE", "CONFIRM_DATE"}
 _CLIENTS = {client.id: client for client in v.CLIENTS}
@@ -310,8 +367,14 @@ class _Conversation:
         if entity is not None:
             kind, text, value = entity
             entities.append(
-                {"type": kind, "text": text, "start": start, "end": start + len(text),
-                 "value": value, "score": round(rng.uniform(0.8, 0.99), 4)}
+                {
+                    "type": kind,
+                    "text": text,
+                    "start": start,
+                    "end": start + len(text),
+                    "value": value,
+                    "score": round(rng.uniform(0.8, 0.99), 4),
+                }
             )
             if understood == intent:
                 slot = self._slot_name(kind, state)

@@ -13,15 +13,34 @@ from typing import Any
 from skit_pipelines.demo import vocabulary as v
 
 SITUATION_COLUMNS = (
-    "id", "situation", "scenario", "scenario_category", "is_valid", "created_at",
+    "id",
+    "situation",
+    "scenario",
+    "scenario_category",
+    "is_valid",
+    "created_at",
     "invalidated_at",
 )
 PROMPT_COLUMNS = (
-    "id", "situation_id", "client_id", "template_id", "project_name", "model", "temperature",
-    "n_iter", "n_choice", "prompt", "created_at",
+    "id",
+    "situation_id",
+    "client_id",
+    "template_id",
+    "project_name",
+    "model",
+    "temperature",
+    "n_iter",
+    "n_choice",
+    "prompt",
+    "created_at",
 )
 CONVERSATION_COLUMNS = (
-    "id", "prompt_id", "situation_id", "conversation", "project_name", "created_at",
+    "id",
+    "prompt_id",
+    "situation_id",
+    "conversation",
+    "project_name",
+    "created_at",
 )
 
 INVALID_SHARE = 0.15
@@ -102,22 +121,43 @@ def metrics_rows(
         )
         n_choice = 2
         prompts.append(
-            (prompt_id, situation_id, client_id, template_id, project, "gpt-4o-mini",
-             rng.choice((0.5, 0.7, 0.9)), 1, n_choice, prompt, timestamp(created))
+            (
+                prompt_id,
+                situation_id,
+                client_id,
+                template_id,
+                project,
+                "gpt-4o-mini",
+                rng.choice((0.5, 0.7, 0.9)),
+                1,
+                n_choice,
+                prompt,
+                timestamp(created),
+            )
         )
         for _ in range(n_choice):
             conversation = _conversation(rng, client, template_id, _SCENARIO_INTENT[scenario])
             conversations.append(
-                (len(conversations) + 1, prompt_id, situation_id,
-                 json.dumps(conversation, ensure_ascii=False), project, timestamp(created))
+                (
+                    len(conversations) + 1,
+                    prompt_id,
+                    situation_id,
+                    json.dumps(conversation, ensure_ascii=False),
+                    project,
+                    timestamp(created),
+                )
             )
     return MetricsRows(situations, prompts, conversations)
 
 
 def _conversation(rng: random.Random, client: str, template_id: int, intent: str) -> list[dict]:
     """A short English bot/user exchange reaching the situation's point."""
-    context = {"client": client, "amount": f"{rng.randrange(15, 450) * 100:,}",
-               "digits": f"{rng.randrange(10_000):04d}", "date": "15 November"}
+    context = {
+        "client": client,
+        "amount": f"{rng.randrange(15, 450) * 100:,}",
+        "digits": f"{rng.randrange(10_000):04d}",
+        "date": "15 November",
+    }
     says = v.CALLER_SAYS["en"]
     fill = {"date": "next friday", "time": "after six", "number": "4821"}
     turns = [{"role": "bot", "text": v.bot_prompt(template_id, "en", "INIT").format(**context)}]
