@@ -64,7 +64,8 @@ def pipeline_from_spec(spec: Mapping[str, Any]) -> Pipeline:
                 type=kind,
                 required=not has_default and not definition.get("isOptional", False),
                 default=_coerce_default(kind, definition["defaultValue"]) if has_default else None,
-                description=definition.get("description", ""),
+                # Docstring descriptions keep their line breaks; a parameter's doc is one line.
+                description=" ".join(definition.get("description", "").split()),
             )
         )
     description = info.get("description", "")

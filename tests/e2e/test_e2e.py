@@ -167,10 +167,11 @@ def test_cli_tour_runs_both_pipelines(server) -> None:
         "create",
         "invalidate-llm-situations",
         "--param",
-        "situation_ids=[1, 2]",
+        "situation_ids=[3, 4]",
         "--watch",
     )
     assert "SUCCEEDED" in invalidated.stdout
+    assert "invalidated_count=2" in invalidated.stdout
     unknown = server.cli(
         "runs",
         "create",
