@@ -73,6 +73,9 @@ class Application:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health NOT_SERVING first, then calls and streams get `grace` seconds."""
         await self.health.enter_graceful_shutdown()
+        # Watch streams never end on their own while runs go on: end them now with
+        # UNAVAILABLE so their clients resume elsewhere, instead of waiting out the grace.
+        await self.store.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         await self.backend.shutdown()
         await self.store.close()

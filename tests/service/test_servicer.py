@@ -355,3 +355,16 @@ async def test_reflection_lists_and_describes_the_service(service, version) -> N
         f"grpc.reflection.{version}.ServerReflection",
     } <= listed
     assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_shutdown_ends_watch_streams_with_unavailable(service) -> None:
+    run = await service.stub.CreateRun(create_request())
+    stream = service.stub.WatchRun(pb.WatchRunRequest(name=run.name))
+    assert (await next_message(stream)).revision == 1
+    await service.store.hub.close()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(stream.read(), 5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info, _ = details(caught.value)
+    assert info.reason == "SHUTTING_DOWN" and "after_revision = 1" in caught.value.details()
+    assert service.store.hub.watcher_count() == 0

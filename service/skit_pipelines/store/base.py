@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skit_pipelines.domain import Run, RunState
+from skit_pipelines.errors import Unavailable
 
 
 def sortable_time(value: datetime) -> str:
@@ -66,6 +67,17 @@ class RevisionHub:
         self._watchers: dict[str, int] = {}
         self._recent: dict[str, deque[Run]] = {}
         self._recent_per_run = recent_per_run
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Ends every watch (with Unavailable) so clients reconnect elsewhere; for shutdown."""
+        self._closed = True
+        for condition in list(self._conditions.values()):
+            await self._notify(condition)
 
     def watcher_count(self, run_id: str | None = None) -> int:
         if run_id is None:
@@ -185,7 +197,13 @@ class RunStore(ABC):
             while not current.state.terminal or current.revision > last:
                 async with condition:
                     await condition.wait_for(
-                        lambda last=last: self.hub.latest_revision(run_id) > last
+                        lambda last=last: self.hub.closed or self.hub.latest_revision(run_id) > last
+                    )
+                if self.hub.closed:
+                    raise Unavailable(
+                        "the server is shutting down; reconnect with after_revision"
+                        f" = {last} to continue",
+                        reason="SHUTTING_DOWN",
                     )
                 newer = self.hub.recent_after(run_id, last)
                 if newer is None:
