@@ -39,9 +39,9 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 def prepare_config(config: ServerConfig) -> ServerConfig:
-    """Fills in the demo databases when the embedded default has none configured."""
-    wanted = {"CALLS_DB_URL", "METRICS_DB_URL"}
-    if not config.demo_data or wanted <= set(config.step_env):
+    """With demo data on (the embedded default), creates the demo databases on first start
+    and hands their URLs to the steps, except where the configuration names its own."""
+    if not config.demo_data:
         return config
     from skit_pipelines.demo import ensure_demo_data
 
