@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
 
+import asyncio
 import fcntl
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from skit.pipelines.v1 import pipeline_service_pb2_grpc
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.catalog import Catalog, pipeline_from_spec
 from skit_pipelines.config import ServerConfig
-from skit_pipelines.domain import Pipeline, Run
+from skit_pipelines.domain import LogLine, Pipeline, Run
 from skit_pipelines.runs import RunController
 from skit_pipelines.server import SERVICE_NAME, create_grpc_server
 from skit_pipelines.store.sqlite import SqliteRunStore
@@ -88,6 +89,7 @@ class FakeBackend(Backend):
         self.cancelled: list[str] = []
         self.sinks: dict[str, RunSink] = {}
         self.cancel_completes = True
+        self.logs: dict[tuple[str, str], list[LogLine]] = {}
 
     async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         self.submitted.append(run.id)
@@ -100,6 +102,19 @@ class FakeBackend(Backend):
 
     async def shutdown(self) -> None:
         pass
+
+    async def read_logs(self, run: Run, step: str, attempt: int, still_writing):
+        lines = self.logs.setdefault((run.id, step), [])
+        sent = 0
+        while True:
+            writing = still_writing()
+            for line in lines[sent:]:
+                if attempt in (0, line.attempt):
+                    yield line
+            sent = len(lines)
+            if not writing:
+                return
+            await asyncio.sleep(0.01)
 
 
 @dataclass

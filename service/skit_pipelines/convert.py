@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
-from skit.pipelines.v1 import pipeline_pb2, run_pb2
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines import domain
 
 
@@ -115,3 +115,18 @@ def pipeline(item: domain.Pipeline, *, with_spec: bool = False) -> pipeline_pb2.
     if with_spec:
         message.pipeline_spec.update(dict(item.spec))
     return message
+
+
+_LOG_STREAMS = {
+    "stdout": pipeline_service_pb2.LOG_STREAM_STDOUT,
+    "stderr": pipeline_service_pb2.LOG_STREAM_STDERR,
+}
+
+
+def log_line(item: domain.LogLine) -> pipeline_service_pb2.LogLine:
+    return pipeline_service_pb2.LogLine(
+        time=timestamp(item.time),
+        stream=_LOG_STREAMS.get(item.stream, pipeline_service_pb2.LOG_STREAM_UNSPECIFIED),
+        text=item.text,
+        attempt=item.attempt,
+    )

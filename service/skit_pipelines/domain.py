@@ -157,3 +157,14 @@ class Pipeline:
     @property
     def name(self) -> str:
         return f"pipelines/{self.id}"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a step wrote."""
+
+    time: datetime
+    stream: str
+    """"stdout" or "stderr"."""
+    text: str
+    attempt: int

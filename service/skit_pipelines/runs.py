@@ -6,6 +6,7 @@ backend only executes (and reports back through the RunSink methods below).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -18,8 +19,17 @@ from typing import Any
 from skit_pipelines import names
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog, resolve_parameters
-from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, RunState, Step
-from skit_pipelines.errors import AlreadyExists, InvalidArgument
+from skit_pipelines.domain import (
+    Artifact,
+    ErrorInfo,
+    LogLine,
+    Pipeline,
+    Run,
+    RunState,
+    Step,
+    StepState,
+)
+from skit_pipelines.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
 
 logger = logging.getLogger(__name__)
@@ -163,12 +173,16 @@ class RunController:
             creator=request.creator,
             backend=self._backend.name,
         )
-        request_hash = request.request_hash()
+        return await self._insert_and_submit(run, pipeline, request.request_hash())
+
+    async def _insert_and_submit(self, run: Run, pipeline: Pipeline, request_hash: str) -> Run:
+        """Stores the run with its request hash before anything is submitted, so a replayed
+        request_id finds it; then hands it to the backend."""
         outcome = await self._store.create_run(run, request_hash)
         if not outcome.created:
             if outcome.request_hash != request_hash:
                 raise AlreadyExists(
-                    f"request_id {request.request_id!r} was already used for a different request,"
+                    f"request_id {run.request_id!r} was already used for a different request,"
                     f" which created {outcome.run.name}",
                     resource_name=outcome.run.name,
                     reason="REQUEST_ID_REUSED",
@@ -177,6 +191,53 @@ class RunController:
         logger.info("created %s of %s", run.name, pipeline.name, extra={"run": run.id})
         await self._submit(run, pipeline)
         return run
+
+    async def retry_run(
+        self, name: str, *, run_id: str = "", request_id: str = "", creator: str = ""
+    ) -> Run:
+        """A new run of a failed or cancelled run, reusing the steps that succeeded."""
+        source = await self._store.get_run(names.parse_name(name, "runs"))
+        if run_id:
+            names.check_id(run_id, field="run_id")
+        if request_id:
+            names.check_request_id(request_id)
+        if source.state not in (RunState.FAILED, RunState.CANCELLED):
+            raise FailedPrecondition(
+                f"{source.name} is {source.state.name}; only FAILED or CANCELLED runs can be"
+                " retried",
+                reason="RUN_NOT_RETRYABLE",
+            )
+        pipeline = self._catalog.get(source.pipeline)
+        if pipeline.version != source.pipeline_version:
+            raise FailedPrecondition(
+                f"{source.name} ran pipeline version {source.pipeline_version}, which this"
+                f" server no longer has (it has {pipeline.version})",
+                reason="PIPELINE_VERSION_GONE",
+            )
+        reused = tuple(
+            replace(step, state=StepState.CACHED, cached=True)
+            for step in source.steps
+            if step.state in (StepState.SUCCEEDED, StepState.CACHED)
+        )
+        now = self._clock()
+        run = Run(
+            id=run_id or names.new_run_id(source.pipeline),
+            pipeline=source.pipeline,
+            pipeline_version=source.pipeline_version,
+            parameters=source.parameters,
+            labels=source.labels,
+            state=RunState.QUEUED,
+            create_time=now,
+            update_time=now,
+            revision=1,
+            steps=reused,
+            request_id=request_id,
+            retry_of=source.name,
+            creator=creator,
+            backend=self._backend.name,
+        )
+        request_hash = hashlib.sha256(f"retry\0{source.name}\0{run_id}".encode()).hexdigest()
+        return await self._insert_and_submit(run, pipeline, request_hash)
 
     async def _submit(self, run: Run, pipeline: Pipeline) -> None:
         try:
@@ -236,7 +297,46 @@ class RunController:
         return run
 
     def watch_run(self, name: str, after_revision: int = 0) -> AsyncIterator[Run]:
+        if after_revision < 0:
+            raise InvalidArgument("after_revision must not be negative", field="after_revision")
         return self._store.watch(names.parse_name(name, "runs"), after_revision)
+
+    async def read_step_logs(
+        self, run_name: str, step_name: str, *, follow: bool = False, attempt: int = 0
+    ) -> AsyncIterator[LogLine]:
+        run = await self._store.get_run(names.parse_name(run_name, "runs", field="run"))
+        if attempt < 0:
+            raise InvalidArgument("attempt must not be negative", field="attempt")
+        step = next((s for s in run.steps if s.name == step_name), None)
+        if step is None:
+            raise NotFound(
+                f"{run.name} has no step {step_name[:200]!r}"
+                f" (steps: {', '.join(s.name for s in run.steps) or 'none yet'})",
+                reason="STEP_NOT_FOUND",
+            )
+        finished = asyncio.Event()
+        watcher = None
+        if follow and not (step.state.terminal or run.state.terminal):
+            watcher = asyncio.create_task(self._set_when_step_ends(run.id, step_name, finished))
+        else:
+            finished.set()
+        try:
+            async for line in self._backend.read_logs(
+                run, step_name, attempt, lambda: not finished.is_set()
+            ):
+                yield line
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _set_when_step_ends(self, run_id: str, step_name: str, done: asyncio.Event) -> None:
+        try:
+            async for run in self._store.watch(run_id):
+                step = next((s for s in run.steps if s.name == step_name), None)
+                if run.state.terminal or (step is not None and step.state.terminal):
+                    break
+        finally:
+            done.set()
 
     # Lifecycle
 

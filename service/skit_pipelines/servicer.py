@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import OrderedDict
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "pipelines.skit.ai"
 _CONVERTED_REVISIONS = 1024
+_LOG_BATCH_LINES = 500
+_LOG_BATCH_WAIT = 0.05
 _CODES: list[tuple[type[PipelinesError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
@@ -87,6 +90,7 @@ def error_status(exc: BaseException) -> status_pb2.Status:
 
 
 _Request = TypeVar("_Request")
+_Item = TypeVar("_Item")
 _Response = TypeVar("_Response")
 
 
@@ -211,3 +215,57 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
         async for run in self._controller.watch_run(request.name, request.after_revision):
             yield self._watch_message(run)
+
+    @_unary
+    async def RetryRun(  # type: ignore[override]
+        self, request: pipeline_service_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        run = await self._controller.retry_run(
+            request.name, run_id=request.run_id, request_id=request.request_id
+        )
+        return convert.run(run)
+
+    @_streaming
+    async def ReadStepLogs(  # type: ignore[override]
+        self, request: pipeline_service_pb2.ReadStepLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pipeline_service_pb2.ReadStepLogsResponse]:
+        lines = self._controller.read_step_logs(
+            request.run, request.step, follow=request.follow, attempt=request.attempt
+        )
+        async for batch in batched(lines, max_items=_LOG_BATCH_LINES, max_wait=_LOG_BATCH_WAIT):
+            yield pipeline_service_pb2.ReadStepLogsResponse(
+                lines=[convert.log_line(line) for line in batch]
+            )
+
+
+async def batched(
+    items: AsyncIterator[_Item], *, max_items: int, max_wait: float
+) -> AsyncIterator[list[_Item]]:
+    """Groups a stream into lists: a list is sent when full, or when `max_wait` passes
+    without a new item, so a followed log is neither chatty nor delayed."""
+    iterator = aiter(items)
+    batch: list[_Item] = []
+    pending: asyncio.Task[_Item] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=max_wait if batch else None)
+            if not done:
+                yield batch
+                batch = []
+                continue
+            try:
+                batch.append(pending.result())
+            except StopAsyncIteration:
+                break
+            finally:
+                pending = None
+            if len(batch) >= max_items:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    finally:
+        if pending is not None:
+            pending.cancel()

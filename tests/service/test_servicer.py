@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from skit.pipelines.v1 import pipeline_pb2, run_pb2
 from skit.pipelines.v1 import pipeline_service_pb2 as pb
-from skit_pipelines.domain import ErrorInfo, Step, StepState
+from skit_pipelines.domain import ErrorInfo, LogLine, Step, StepState
 from skit_pipelines.server import SERVICE_NAME
 
 
@@ -368,3 +368,123 @@ async def test_shutdown_ends_watch_streams_with_unavailable(service) -> None:
     info, _ = details(caught.value)
     assert info.reason == "SHUTTING_DOWN" and "after_revision = 1" in caught.value.details()
     assert service.store.hub.watcher_count() == 0
+
+
+async def finish_run(service, run: run_pb2.Run, *, fail_second: bool) -> str:
+    run_id = run.name.removeprefix("runs/")
+    sink = service.backend.sinks[run_id]
+    await sink.run_started(run_id)
+    await sink.step_changed(
+        run_id,
+        Step(name="first", state=StepState.SUCCEEDED, output_parameters={"n": 1}),
+    )
+    if fail_second:
+        error = ErrorInfo(code=2, message="boom", reason="STEP_FAILED")
+        await sink.step_changed(run_id, Step(name="second", state=StepState.FAILED, error=error))
+        await sink.run_failed(run_id, error)
+    else:
+        await sink.run_succeeded(run_id, (), {})
+    return run_id
+
+
+async def test_retry_run_reuses_succeeded_steps_in_a_linked_run(service) -> None:
+    run = await service.stub.CreateRun(create_request(labels={"team": "slu"}))
+    await finish_run(service, run, fail_second=True)
+    retry = await service.stub.RetryRun(pb.RetryRunRequest(name=run.name, request_id="r-1"))
+    assert retry.name != run.name and retry.retry_of == run.name
+    assert retry.state == run_pb2.RUN_STATE_QUEUED
+    assert retry.parameters == run.parameters and retry.labels == run.labels
+    assert [(s.name, s.state, s.cached) for s in retry.steps] == [
+        ("first", run_pb2.STEP_STATE_CACHED, True)
+    ]
+    assert dict(retry.steps[0].output_parameters.items()) == {"n": 1}
+    again = await service.stub.RetryRun(pb.RetryRunRequest(name=run.name, request_id="r-1"))
+    assert again.name == retry.name
+    assert service.backend.submitted[-1] == retry.name.removeprefix("runs/")
+
+
+@pytest.mark.parametrize("fail_second", [False, None])
+async def test_only_failed_or_cancelled_runs_can_be_retried(service, fail_second) -> None:
+    run = await service.stub.CreateRun(create_request())
+    if fail_second is not None:
+        await finish_run(service, run, fail_second=fail_second)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.RetryRun(pb.RetryRunRequest(name=run.name))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(caught.value)[0].reason == "RUN_NOT_RETRYABLE"
+
+
+def log(text: str, attempt: int = 1, stream: str = "stdout") -> LogLine:
+    return LogLine(time=datetime.now(UTC), stream=stream, text=text, attempt=attempt)
+
+
+async def test_read_step_logs_of_a_finished_step(service) -> None:
+    run = await service.stub.CreateRun(create_request())
+    run_id = await finish_run(service, run, fail_second=True)
+    service.backend.logs[(run_id, "second")] = [
+        log("starting"),
+        log("boom", stream="stderr"),
+        log("retrying", attempt=2),
+    ]
+    request = pb.ReadStepLogsRequest(run=run.name, step="second")
+    lines = [line async for batch in service.stub.ReadStepLogs(request) for line in batch.lines]
+    assert [(line.text, line.stream, line.attempt) for line in lines] == [
+        ("starting", pb.LOG_STREAM_STDOUT, 1),
+        ("boom", pb.LOG_STREAM_STDERR, 1),
+        ("retrying", pb.LOG_STREAM_STDOUT, 2),
+    ]
+    only_second = pb.ReadStepLogsRequest(run=run.name, step="second", attempt=2)
+    texts = [ln.text async for b in service.stub.ReadStepLogs(only_second) for ln in b.lines]
+    assert texts == ["retrying"]
+
+
+async def test_follow_streams_lines_until_the_step_ends(service) -> None:
+    run = await service.stub.CreateRun(create_request())
+    run_id = run.name.removeprefix("runs/")
+    sink = service.backend.sinks[run_id]
+    await sink.step_changed(run_id, Step(name="first", state=StepState.RUNNING))
+    buffer = service.backend.logs.setdefault((run_id, "first"), [])
+    buffer.append(log("one"))
+    stream = service.stub.ReadStepLogs(
+        pb.ReadStepLogsRequest(run=run.name, step="first", follow=True)
+    )
+    first = await asyncio.wait_for(stream.read(), 5)
+    assert [line.text for line in first.lines] == ["one"]
+    buffer.append(log("two"))
+    second = await asyncio.wait_for(stream.read(), 5)
+    assert [line.text for line in second.lines] == ["two"]
+    await sink.step_changed(run_id, Step(name="first", state=StepState.SUCCEEDED))
+    assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF
+    assert await stream.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("run_name", "step", "code"),
+    [
+        ("runs/ghost", "first", grpc.StatusCode.NOT_FOUND),
+        (None, "nope", grpc.StatusCode.NOT_FOUND),
+        ("ghost", "first", grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_read_step_logs_errors(service, run_name, step, code) -> None:
+    run = await service.stub.CreateRun(create_request())
+    await finish_run(service, run, fail_second=True)
+    request = pb.ReadStepLogsRequest(run=run_name or run.name, step=step)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in service.stub.ReadStepLogs(request):
+            pass
+    assert caught.value.code() == code
+
+
+async def test_logs_unavailable_backend_is_failed_precondition(service, monkeypatch) -> None:
+    from skit_pipelines.backends.base import Backend
+
+    monkeypatch.setattr(type(service.backend), "read_logs", Backend.read_logs)
+    run = await service.stub.CreateRun(create_request())
+    await finish_run(service, run, fail_second=True)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in service.stub.ReadStepLogs(
+            pb.ReadStepLogsRequest(run=run.name, step="first")
+        ):
+            pass
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

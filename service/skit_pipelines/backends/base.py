@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, Step
+from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, Step
+from skit_pipelines.errors import FailedPrecondition
 
 
 class RunSink(Protocol):
@@ -41,6 +42,16 @@ class Backend(ABC):
     @abstractmethod
     async def shutdown(self) -> None:
         """Stops executing without recording the runs as cancelled, so a restart resumes them."""
+
+    async def read_logs(
+        self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]
+    ) -> AsyncIterator[LogLine]:
+        """A step's log lines (attempt 0: every attempt in order). While `still_writing()`
+        is true, waits for more lines; then ends once what was written has been read."""
+        raise FailedPrecondition(
+            f"the {self.name} backend keeps no step logs", reason="LOGS_UNAVAILABLE"
+        )
+        yield  # an async generator, like the implementations
 
     def active_runs(self) -> int:
         """Runs submitted and not finished yet."""

@@ -76,6 +76,16 @@ class PipelineServiceStub:
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
+        self.RetryRun = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/RetryRun',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.RetryRunRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_run__pb2.Run.FromString,
+                _registered_method=True)
+        self.ReadStepLogs = channel.unary_stream(
+                '/skit.pipelines.v1.PipelineService/ReadStepLogs',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -141,6 +151,24 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryRun(self, request, context):
+        """Starts a NEW run of a FAILED or CANCELLED run's pipeline version with the same
+        parameters and labels, linked by retry_of. Steps that succeeded are reused (shown as
+        CACHED), the rest rerun. FAILED_PRECONDITION when the run is not retryable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadStepLogs(self, request, context):
+        """Streams a step's output lines (stdout and stderr), from the start. With follow,
+        keeps streaming while the step runs and ends once it has finished; without, ends
+        after the lines written so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +206,16 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.FromString,
                     response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'RetryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRun,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.RetryRunRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_run__pb2.Run.SerializeToString,
+            ),
+            'ReadStepLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadStepLogs,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +412,60 @@ class PipelineService:
             '/skit.pipelines.v1.PipelineService/WatchRun',
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.SerializeToString,
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/RetryRun',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.RetryRunRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadStepLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/ReadStepLogs',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,
