@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from skit.pipelines.v1 import pipeline_pb2, run_pb2
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines.client import PipelinesClient, RPCError, run_name
 from skit_pipelines.config import ServerConfig
 
@@ -747,6 +747,26 @@ def _runs_cancel(client: PipelinesClient, args: argparse.Namespace, out: TextIO)
     return _show(args, out, run, lambda: [f"{run.name} {run_state_label(run.state)}"])
 
 
+def _runs_retry(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    run = client.retry_run(args.name, run_id=args.run_id, request_id=args.request_id)
+    if not args.watch:
+        return _show(args, out, run, lambda: [run.name])
+    if args.output != "json":
+        print(run.name, file=out, flush=True)
+    return watch(client, run.name, out, output=args.output, live=_is_live(args, out))
+
+
+def _runs_logs(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    lines = client.read_step_logs(args.name, args.step, follow=args.follow, attempt=args.attempt)
+    for line in lines:
+        if args.output == "json":
+            _print_json(line, out)
+            continue
+        marker = "!" if line.stream == pipeline_service_pb2.LOG_STREAM_STDERR else " "
+        print(f"{format_time(line.time)} #{line.attempt}{marker} {line.text}", file=out, flush=True)
+    return EXIT_OK
+
+
 def _runs_watch(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
     return watch(
         client,
@@ -914,6 +934,28 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     cancel = runs.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("name", help='"abc" or "runs/abc"')
     cancel.set_defaults(remote=_runs_cancel)
+
+    retry = runs.add_parser(
+        "retry",
+        parents=[common],
+        help="start a new run of a failed or cancelled run, reusing its succeeded steps",
+    )
+    retry.add_argument("name", help='"abc" or "runs/abc"')
+    retry.add_argument("--run-id", help="id of the new run (default: chosen by the server)")
+    retry.add_argument("--request-id", help="idempotency key: a retry with the same id is a no-op")
+    retry.add_argument("--watch", action="store_true", help="follow the new run until it ends")
+    retry.set_defaults(remote=_runs_retry)
+
+    logs = runs.add_parser("logs", parents=[common], help="print a step's output")
+    logs.add_argument("name", help='"abc" or "runs/abc"')
+    logs.add_argument("step", help='the step name as `runs get` shows it, e.g. "fetch-calls"')
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the step finishes"
+    )
+    logs.add_argument(
+        "--attempt", type=_count, default=0, metavar="N", help="only attempt N (default: all)"
+    )
+    logs.set_defaults(remote=_runs_logs)
 
     watch_ = runs.add_parser(
         "watch",

@@ -258,6 +258,31 @@ class PipelinesClient:
         request = pipeline_service_pb2.CancelRunRequest(name=run_name(run))
         return self._call(self._stub.CancelRun, request)
 
+    def retry_run(
+        self, run: str, *, run_id: str | None = None, request_id: str | None = None
+    ) -> run_pb2.Run:
+        """Starts a new run of a failed or cancelled run, reusing its succeeded steps."""
+        request = pipeline_service_pb2.RetryRunRequest(
+            name=run_name(run), run_id=run_id or "", request_id=request_id or ""
+        )
+        return self._call(self._stub.RetryRun, request)
+
+    def read_step_logs(
+        self, run: str, step: str, *, follow: bool = False, attempt: int = 0
+    ) -> Iterator[pipeline_service_pb2.LogLine]:
+        """A step's log lines; with `follow`, until the step finishes (no deadline then)."""
+        request = pipeline_service_pb2.ReadStepLogsRequest(
+            run=run_name(run), step=step, follow=follow, attempt=attempt
+        )
+        stream = self._stub.ReadStepLogs(request, timeout=None if follow else self.timeout)
+        try:
+            for response in stream:
+                yield from response.lines
+        except grpc.RpcError as error:
+            raise RPCError.from_grpc(error) from error
+        finally:
+            stream.cancel()
+
     def watch_run(self, run: str, after_revision: int = 0) -> Iterator[run_pb2.Run]:
         """Full snapshots of a run as it changes, until it reaches a terminal state.
 

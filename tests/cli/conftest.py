@@ -123,6 +123,7 @@ class FakePipelineService(pipeline_service_pb2_grpc.PipelineServiceServicer):
     drop_watch_after: int | None = None
     """The first WatchRun fails with UNAVAILABLE after this many snapshots."""
     requests: list[Any] = field(default_factory=list)
+    logs: dict[tuple[str, str], list[pipeline_service_pb2.LogLine]] = field(default_factory=dict)
     get_run_delay: float = 0.0
     """Seconds GetRun sleeps before answering, to run into deadlines."""
 
@@ -201,6 +202,27 @@ class FakePipelineService(pipeline_service_pb2_grpc.PipelineServiceServicer):
         cancelled.CopyFrom(self.runs[request.name])
         cancelled.state = run_pb2.RUN_STATE_CANCELLING
         return cancelled
+
+    def RetryRun(self, request, context):
+        self.requests.append(request)
+        source = self.runs.get(request.name)
+        if source is None:
+            abort(context, code_pb2.NOT_FOUND, f"run {request.name} not found", "RUN_NOT_FOUND")
+        retried = run_pb2.Run()
+        retried.CopyFrom(source)
+        retried.name = f"runs/{request.run_id or 'retried-1'}"
+        retried.retry_of = source.name
+        retried.state = run_pb2.RUN_STATE_QUEUED
+        self.runs[retried.name] = retried
+        return retried
+
+    def ReadStepLogs(self, request, context):
+        self.requests.append(request)
+        lines = self.logs.get((request.run, request.step))
+        if lines is None:
+            abort(context, code_pb2.NOT_FOUND, f"no step {request.step}", "STEP_NOT_FOUND")
+        for start in range(0, len(lines), 2):
+            yield pipeline_service_pb2.ReadStepLogsResponse(lines=lines[start : start + 2])
 
     def WatchRun(self, request, context):
         self.requests.append(request)

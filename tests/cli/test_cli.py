@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines import cli
@@ -295,6 +295,48 @@ def test_runs_cancel_prints_the_new_state(server, fake, make_run, capsys):
     assert run_cli(server, "runs", "cancel", "runs/abc") == 0
 
     assert capsys.readouterr().out == "runs/abc CANCELLING\n"
+
+
+def test_runs_retry_prints_the_new_run(server, fake, make_run, capsys):
+    fake.runs["runs/abc"] = make_run()
+
+    assert run_cli(server, "runs", "retry", "abc", "--request-id", "r-1") == 0
+
+    assert capsys.readouterr().out == "runs/retried-1\n"
+    (request,) = fake.received(pipeline_service_pb2.RetryRunRequest)
+    assert (request.name, request.request_id) == ("runs/abc", "r-1")
+
+
+def test_runs_logs_prints_lines_with_attempt_and_stderr_marks(server, fake, capsys):
+    def line(text, stream=pipeline_service_pb2.LOG_STREAM_STDOUT, attempt=1):
+        return pipeline_service_pb2.LogLine(
+            time=timestamp_pb2.Timestamp(seconds=1795687205),
+            stream=stream,
+            text=text,
+            attempt=attempt,
+        )
+
+    fake.logs[("runs/abc", "fetch-calls")] = [
+        line("sampling 20 calls"),
+        line("no calls match", pipeline_service_pb2.LOG_STREAM_STDERR),
+        line("sampling again", attempt=2),
+    ]
+
+    assert run_cli(server, "runs", "logs", "abc", "fetch-calls", "--follow") == 0
+
+    assert capsys.readouterr().out.splitlines() == [
+        "2026-11-26T10:00:05Z #1  sampling 20 calls",
+        "2026-11-26T10:00:05Z #1! no calls match",
+        "2026-11-26T10:00:05Z #2  sampling again",
+    ]
+    (request,) = fake.received(pipeline_service_pb2.ReadStepLogsRequest)
+    assert request.follow and request.step == "fetch-calls"
+
+
+def test_runs_logs_of_an_unknown_step_fails_clearly(server, capsys):
+    assert run_cli(server, "runs", "logs", "abc", "nope") == 1
+
+    assert "STEP_NOT_FOUND" in capsys.readouterr().err
 
 
 # runs watch
