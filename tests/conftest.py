@@ -130,11 +130,19 @@ class ServiceHarness:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, typed_pipeline: Pipeline) -> AsyncIterator[ServiceHarness]:
+def service_config(tmp_path: Path) -> ServerConfig:
+    """The configuration the `service` fixture serves with; override to change it."""
+    return ServerConfig(port=0, home=tmp_path)
+
+
+@pytest.fixture
+async def service(
+    tmp_path: Path, typed_pipeline: Pipeline, service_config: ServerConfig
+) -> AsyncIterator[ServiceHarness]:
     store = SqliteRunStore(tmp_path / "runs.db")
     backend = FakeBackend()
     controller = RunController(store, Catalog({typed_pipeline.id: typed_pipeline}), backend)
-    server, port, health = await create_grpc_server(controller, ServerConfig(port=0, home=tmp_path))
+    server, port, health = await create_grpc_server(controller, service_config)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

@@ -52,6 +52,8 @@ class ServerConfig:
     """gRPC send/receive message size limit."""
     watch_history_limit: int = 10_000
     """Revisions per run kept for WatchRun replay."""
+    tokens_file: Path | None = None
+    """Turns authentication on: principals with roles and token hashes (see auth.py)."""
 
     @property
     def images_root(self) -> Path:
@@ -106,6 +108,7 @@ class ServerConfig:
             home=Path(env["SKIT_HOME"]) if "SKIT_HOME" in env else None,
             project_root=Path(env["SKIT_PROJECT_ROOT"]) if "SKIT_PROJECT_ROOT" in env else None,
             store_url=env.get("SKIT_STORE"),
+            tokens_file=Path(env["SKIT_TOKENS_FILE"]) if "SKIT_TOKENS_FILE" in env else None,
             artifacts_url=env.get("SKIT_ARTIFACTS"),
             demo_data=env["SKIT_DEMO_DATA"] not in ("0", "false", "no")
             if "SKIT_DEMO_DATA" in env

@@ -52,6 +52,10 @@ class AlreadyExists(PipelinesError):
         self.resource_name = resource_name
 
 
+class PermissionDenied(PipelinesError):
+    reason = "PERMISSION_DENIED"
+
+
 class FailedPrecondition(PipelinesError):
     reason = "FAILED_PRECONDITION"
 

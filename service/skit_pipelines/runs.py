@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skit_pipelines import names
+from skit_pipelines.auth import ANONYMOUS_ADMIN, Principal
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog, resolve_parameters
 from skit_pipelines.domain import (
@@ -29,7 +30,13 @@ from skit_pipelines.domain import (
     Step,
     StepState,
 )
-from skit_pipelines.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from skit_pipelines.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
 
 logger = logging.getLogger(__name__)
@@ -193,10 +200,16 @@ class RunController:
         return run
 
     async def retry_run(
-        self, name: str, *, run_id: str = "", request_id: str = "", creator: str = ""
+        self,
+        name: str,
+        *,
+        run_id: str = "",
+        request_id: str = "",
+        principal: Principal = ANONYMOUS_ADMIN,
     ) -> Run:
         """A new run of a failed or cancelled run, reusing the steps that succeeded."""
         source = await self._store.get_run(names.parse_name(name, "runs"))
+        _check_owner(principal, source, "retry")
         if run_id:
             names.check_id(run_id, field="run_id")
         if request_id:
@@ -233,7 +246,7 @@ class RunController:
             steps=reused,
             request_id=request_id,
             retry_of=source.name,
-            creator=creator,
+            creator=principal.name,
             backend=self._backend.name,
         )
         request_hash = hashlib.sha256(f"retry\0{source.name}\0{run_id}".encode()).hexdigest()
@@ -289,8 +302,9 @@ class RunController:
             )
         return runs, next_token
 
-    async def cancel_run(self, name: str) -> Run:
+    async def cancel_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> Run:
         run_id = names.parse_name(name, "runs")
+        _check_owner(principal, await self._store.get_run(run_id), "cancel")
         run = await self._store.update_run(run_id, _to_cancelling)
         if run.state is RunState.CANCELLING:
             await self._backend.cancel(run_id)
@@ -416,6 +430,15 @@ class RunController:
 
         run = await self._store.update_run(run_id, finished)
         logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
+
+
+def _check_owner(principal: Principal, run: Run, action: str) -> None:
+    if not principal.may_act_on(run.creator):
+        raise PermissionDenied(
+            f"{principal.name} may not {action} {run.name}, which {run.creator or 'another'}"
+            " created; only its creator or an admin may",
+            reason="NOT_RUN_OWNER",
+        )
 
 
 def _to_cancelling(run: Run) -> Run:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 from skit_pipelines import jsonlog, reflection
 from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ServerConfig
@@ -86,7 +87,10 @@ async def create_grpc_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one)."""
-    server = grpc.aio.server(options=_grpc_options(config))
+    interceptors = []
+    if config.tokens_file is not None:
+        interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
+    server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
     pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(
         PipelineServicer(controller), server
     )

@@ -16,12 +16,14 @@ from grpc_status import rpc_status
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
 from skit_pipelines import convert
+from skit_pipelines.auth import current_principal
 from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PipelinesError,
     Unavailable,
 )
@@ -38,6 +40,7 @@ _CODES: list[tuple[type[PipelinesError], int]] = [
     (NotFound, code_pb2.NOT_FOUND),
     (AlreadyExists, code_pb2.ALREADY_EXISTS),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (Unavailable, code_pb2.UNAVAILABLE),
 ]
 
@@ -170,6 +173,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
                 labels=dict(request.run.labels),
                 run_id=request.run_id,
                 request_id=request.request_id,
+                creator=current_principal().name,
             )
         )
         return convert.run(run)
@@ -207,7 +211,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def CancelRun(  # type: ignore[override]
         self, request: pipeline_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.Run:
-        return convert.run(await self._controller.cancel_run(request.name))
+        run = await self._controller.cancel_run(request.name, principal=current_principal())
+        return convert.run(run)
 
     @_streaming
     async def WatchRun(  # type: ignore[override]
@@ -221,7 +226,10 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_service_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.Run:
         run = await self._controller.retry_run(
-            request.name, run_id=request.run_id, request_id=request.request_id
+            request.name,
+            run_id=request.run_id,
+            request_id=request.request_id,
+            principal=current_principal(),
         )
         return convert.run(run)
 
