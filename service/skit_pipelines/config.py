@@ -54,6 +54,15 @@ class ServerConfig:
     """Revisions per run kept for WatchRun replay."""
     tokens_file: Path | None = None
     """Turns authentication on: principals with roles and token hashes (see auth.py)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the server; with tls_key_file, serves TLS only."""
+    tls_key_file: Path | None = None
+    """PEM private key of the server."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS); its common
+    name may stand for a principal in the tokens file."""
+    insecure: bool = False
+    """Allow listening on a non-loopback address without authentication."""
 
     @property
     def images_root(self) -> Path:
@@ -108,7 +117,13 @@ class ServerConfig:
             home=Path(env["SKIT_HOME"]) if "SKIT_HOME" in env else None,
             project_root=Path(env["SKIT_PROJECT_ROOT"]) if "SKIT_PROJECT_ROOT" in env else None,
             store_url=env.get("SKIT_STORE"),
-            tokens_file=Path(env["SKIT_TOKENS_FILE"]) if "SKIT_TOKENS_FILE" in env else None,
+            tokens_file=_path(env, "SKIT_TOKENS_FILE"),
+            tls_cert_file=_path(env, "SKIT_TLS_CERT"),
+            tls_key_file=_path(env, "SKIT_TLS_KEY"),
+            tls_client_ca_file=_path(env, "SKIT_TLS_CLIENT_CA"),
+            insecure=env["SKIT_INSECURE"] in ("1", "true", "yes")
+            if "SKIT_INSECURE" in env
+            else None,
             artifacts_url=env.get("SKIT_ARTIFACTS"),
             demo_data=env["SKIT_DEMO_DATA"] not in ("0", "false", "no")
             if "SKIT_DEMO_DATA" in env
@@ -121,3 +136,7 @@ class ServerConfig:
             else None,
             step_env=step_env or None,
         )
+
+
+def _path(env: Mapping[str, str], key: str) -> Path | None:
+    return Path(env[key]) if env.get(key) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, replace
@@ -82,6 +83,43 @@ class Application:
         await self.store.close()
 
 
+class ExposureError(ValueError):
+    """The configuration would expose an unauthenticated server beyond this machine."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServerConfig) -> None:
+    if _is_loopback(config.host) or config.tokens_file is not None or config.insecure:
+        return
+    raise ExposureError(
+        f"refusing to listen on {config.host} without authentication: pass --tokens-file"
+        " (or, to expose an unauthenticated server knowingly, --insecure)"
+    )
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert_file is None and config.tls_key_file is None:
+        if config.tls_client_ca_file is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 async def create_grpc_server(
     controller: RunController, config: ServerConfig
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -99,7 +137,13 @@ async def create_grpc_server(
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    check_exposure(config)
+    address = f"{config.host}:{config.port}"
+    credentials = server_credentials(config)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     return server, port, health_servicer
