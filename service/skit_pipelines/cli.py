@@ -25,8 +25,9 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
-from skit_pipelines.client import PipelinesClient, RPCError, run_name
+from skit_pipelines.client import PipelinesClient, RPCError, TlsOptions, run_name
 from skit_pipelines.config import ServerConfig
+from skit_pipelines.errors import PipelinesError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -633,8 +634,30 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     # Imported here: the client commands need neither the server nor its dependencies.
     from skit_pipelines.server import serve
 
-    config = _config_from_env().with_overrides(host=args.host, port=args.port, home=args.home)
+    config = _config_from_env().with_overrides(
+        host=args.host,
+        port=args.port,
+        home=args.home,
+        tokens_file=args.tokens_file,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
+        insecure=args.insecure,
+    )
     return serve(config)
+
+
+def _tokens_add(args: argparse.Namespace, out: TextIO) -> int:
+    from skit_pipelines.auth import add_token
+
+    token = add_token(args.tokens_file, args.name, args.role)
+    print(token, file=out)
+    print(
+        f"created a {args.role} token for {args.name}; it is shown only now"
+        f" (the file keeps its hash): {args.tokens_file}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _config_from_env() -> ServerConfig:
@@ -819,7 +842,45 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--port", type=int, help="port to listen on, 0 for any (SKIT_PORT; default 50051)"
     )
     serve.add_argument("--home", type=Path, help=_HOME_HELP)
+    serve.add_argument(
+        "--tokens-file",
+        type=Path,
+        help="turn authentication on with this tokens file (SKIT_TOKENS_FILE)",
+    )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (SKIT_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key (SKIT_TLS_KEY)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA: mutual TLS (SKIT_TLS_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without authentication (SKIT_INSECURE)",
+    )
     serve.set_defaults(local=_serve)
+
+    tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(
+        dest="tokens_command", required=True, metavar="COMMAND"
+    )
+    tokens_add = tokens.add_parser(
+        "add",
+        help="create a token, print it once, store only its hash",
+        description="Create a token for a principal. The token is printed once; the tokens "
+        "file keeps only its SHA-256 hash, the principal name and the role.",
+    )
+    tokens_add.add_argument("name", help="the principal, e.g. reports-service")
+    tokens_add.add_argument(
+        "--role",
+        required=True,
+        choices=("viewer", "runner", "admin"),
+        help="viewer: read and watch; runner: also create, cancel and retry its own runs;"
+        " admin: everything",
+    )
+    tokens_add.add_argument("--tokens-file", type=Path, required=True)
+    tokens_add.set_defaults(local=_tokens_add)
 
     demo = commands.add_parser(
         "demo-data",
@@ -1002,6 +1063,22 @@ def _add_connection_options(
         default=default(30.0),
         help="deadline of each call, watches excepted (default 30)",
     )
+    parser.add_argument(
+        "--token",
+        default=default(environ.get("SKIT_TOKEN") if environ is not None else None),
+        help="bearer token (SKIT_TOKEN)",
+    )
+    for flag, env, what in (
+        ("--tls-ca", "SKIT_TLS_CA", "PEM roots to trust; turns TLS on"),
+        ("--tls-cert", "SKIT_TLS_CLIENT_CERT", "client certificate for mutual TLS"),
+        ("--tls-key", "SKIT_TLS_CLIENT_KEY", "client key for mutual TLS"),
+    ):
+        parser.add_argument(
+            flag,
+            type=Path,
+            default=default(Path(environ[env]) if environ and environ.get(env) else None),
+            help=f"{what} ({env})",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1015,13 +1092,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "local"):
             return args.local(args, out)
-        with PipelinesClient(args.server, timeout=args.timeout) as client:
+        tls = None
+        if args.tls_ca or args.tls_cert or args.tls_key:
+            tls = TlsOptions(
+                ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key
+            )
+        with PipelinesClient(
+            args.server, timeout=args.timeout, token=args.token, tls=tls
+        ) as client:
             return args.remote(client, args, out)
     except RPCError as error:
         _emit(error_lines(error, args.server), sys.stderr)
         return EXIT_FAILURE
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except PipelinesError as error:
+        print(f"error: {error.message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -132,6 +133,60 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return timestamp
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (also over plain loopback
+    channels, where gRPC's own call credentials refuse to go)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            method=details.method,
+            timeout=details.timeout,
+            metadata=[*(details.metadata or ()), self._metadata],
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+            compression=details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How the client verifies the server and, for mutual TLS, proves who it is."""
+
+    ca_cert: Path | None = None
+    """PEM roots to trust (default: the system's)."""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
 class PipelinesClient:
     """A synchronous PipelineService client. Use it as a context manager, or call close().
 
@@ -140,21 +195,33 @@ class PipelinesClient:
         timeout: Deadline in seconds of every unary call. WatchRun has none.
     """
 
-    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: TlsOptions | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if tls is None:
+            channel = grpc.insecure_channel(target, options=options)
+        else:
+            channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        self._raw_channel = channel
+        if token is not None:
+            channel = grpc.intercept_channel(channel, _BearerToken(token))
+        self._channel = channel
         self._stub = pipeline_service_pb2_grpc.PipelineServiceStub(self._channel)
 
     def close(self) -> None:
         """Closes the channel; calls in flight, watches included, end with CANCELLED."""
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> PipelinesClient:
         return self

@@ -16,6 +16,10 @@ STEP_ENV_PREFIX = "SKIT_STEP_ENV_"
 """SKIT_STEP_ENV_CALLS_DB_URL=... hands CALLS_DB_URL to the steps whose component declares it."""
 
 
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting to change."""
+
+
 def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 

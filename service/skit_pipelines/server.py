@@ -17,7 +17,7 @@ from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
-from skit_pipelines.config import ServerConfig
+from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer
 from skit_pipelines.store.sqlite import SqliteRunStore
@@ -83,7 +83,7 @@ class Application:
         await self.store.close()
 
 
-class ExposureError(ValueError):
+class ExposureError(ConfigError):
     """The configuration would expose an unauthenticated server beyond this machine."""
 
 
@@ -108,10 +108,10 @@ def check_exposure(config: ServerConfig) -> None:
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert_file is None and config.tls_key_file is None:
         if config.tls_client_ca_file is not None:
-            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if config.tls_cert_file is None or config.tls_key_file is None:
-        raise ValueError("TLS needs both --tls-cert and --tls-key")
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
     client_ca = config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
@@ -198,7 +198,12 @@ async def _serve(config: ServerConfig) -> None:
 
 
 def serve(config: ServerConfig) -> int:
-    """Runs the service until SIGTERM/SIGINT; returns the process exit code."""
+    """Runs the service until SIGTERM/SIGINT; returns the process exit code (2 when the
+    configuration cannot work)."""
     jsonlog.configure()
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as error:
+        logger.error("cannot start: %s", error)
+        return 2
     return 0

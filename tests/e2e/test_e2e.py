@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -191,3 +192,69 @@ def test_sigterm_drains_and_exits_zero(server_control, tmp_path: Path) -> None:
     assert stop(running, timeout=30) == 0
     log = running.log.read_text()
     assert "shutting down" in log
+
+
+def test_authenticated_server_through_the_cli(server_control, tmp_path: Path) -> None:
+    start, stop = server_control
+    tokens = tmp_path / "tokens.json"
+    home = tmp_path / "home"
+    home.mkdir()
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skit_pipelines.cli",
+            "tokens",
+            "add",
+            "ci-bot",
+            "--role",
+            "runner",
+            "--tokens-file",
+            str(tokens),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = created.stdout.strip()
+    assert token.startswith("skp_") and token not in tokens.read_text()
+    running = start(home, "--tokens-file", str(tokens))
+    try:
+        refused = running.cli("pipelines", "list", check=False)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        run = running.cli(
+            "--token",
+            token,
+            "runs",
+            "create",
+            "random-sample-calls",
+            "--param",
+            "call_quantity=2",
+            "--watch",
+        )
+        assert "SUCCEEDED" in run.stdout
+    finally:
+        assert stop(running) == 0
+
+
+def test_refuses_to_expose_an_unauthenticated_server(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skit_pipelines.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--home",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--tokens-file" in result.stdout + result.stderr
