@@ -65,6 +65,8 @@ class ServerConfig:
     tls_client_ca_file: Path | None = None
     """PEM CA bundle: clients must present a certificate it signed (mutual TLS); its common
     name may stand for a principal in the tokens file."""
+    max_streams_per_principal: int = 10_000
+    """Open WatchRun/ReadStepLogs streams one principal may hold; more get RESOURCE_EXHAUSTED."""
     insecure: bool = False
     """Allow listening on a non-loopback address without authentication."""
 
@@ -125,6 +127,9 @@ class ServerConfig:
             tls_cert_file=_path(env, "SKIT_TLS_CERT"),
             tls_key_file=_path(env, "SKIT_TLS_KEY"),
             tls_client_ca_file=_path(env, "SKIT_TLS_CLIENT_CA"),
+            max_streams_per_principal=int(env["SKIT_MAX_STREAMS_PER_PRINCIPAL"])
+            if "SKIT_MAX_STREAMS_PER_PRINCIPAL" in env
+            else None,
             insecure=env["SKIT_INSECURE"] in ("1", "true", "yes")
             if "SKIT_INSECURE" in env
             else None,

@@ -60,6 +60,16 @@ class FailedPrecondition(PipelinesError):
     reason = "FAILED_PRECONDITION"
 
 
+class ResourceExhausted(PipelinesError):
+    """A limit was hit; worth retrying after `retry_after` seconds."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
 class Unavailable(PipelinesError):
     """Transient: the only error a client should retry."""
 

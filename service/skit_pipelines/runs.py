@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,8 @@ from skit_pipelines.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
 )
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
 
@@ -129,11 +132,15 @@ class RunController:
         backend: Backend,
         *,
         clock: Clock = _utcnow,
+        max_streams_per_principal: int = 10_000,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._backend = backend
         self._clock = clock
+        self._max_streams = max_streams_per_principal
+        self._streams: dict[str, int] = {}
+        self._draining = False
 
     @property
     def store(self) -> RunStore:
@@ -156,7 +163,39 @@ class RunController:
 
     # Runs
 
+    def drain(self) -> None:
+        """Refuses new runs from now on (UNAVAILABLE, so clients retry on another replica)."""
+        self._draining = True
+
+    def _check_accepting(self) -> None:
+        if self._draining:
+            raise Unavailable(
+                "the server is shutting down and accepts no new runs; retry on another replica",
+                reason="SHUTTING_DOWN",
+            )
+
+    @contextlib.asynccontextmanager
+    async def _stream_slot(self, principal: Principal) -> AsyncIterator[None]:
+        held = self._streams.get(principal.name, 0)
+        if held >= self._max_streams:
+            raise ResourceExhausted(
+                f"{principal.name or 'this client'} already has {held} open streams (the"
+                f" limit); close some or retry later",
+                retry_after=5.0,
+                reason="TOO_MANY_STREAMS",
+            )
+        self._streams[principal.name] = held + 1
+        try:
+            yield
+        finally:
+            remaining = self._streams[principal.name] - 1
+            if remaining:
+                self._streams[principal.name] = remaining
+            else:
+                del self._streams[principal.name]
+
     async def create_run(self, request: CreateRunInput) -> Run:
+        self._check_accepting()
         pipeline_id = names.parse_name(request.pipeline, "pipelines", field="run.pipeline")
         if request.run_id:
             names.check_id(request.run_id, field="run_id")
@@ -208,6 +247,7 @@ class RunController:
         principal: Principal = ANONYMOUS_ADMIN,
     ) -> Run:
         """A new run of a failed or cancelled run, reusing the steps that succeeded."""
+        self._check_accepting()
         source = await self._store.get_run(names.parse_name(name, "runs"))
         _check_owner(principal, source, "retry")
         if run_id:
@@ -310,13 +350,31 @@ class RunController:
             await self._backend.cancel(run_id)
         return run
 
-    def watch_run(self, name: str, after_revision: int = 0) -> AsyncIterator[Run]:
+    async def watch_run(
+        self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[Run]:
+        run_id = names.parse_name(name, "runs")
         if after_revision < 0:
             raise InvalidArgument("after_revision must not be negative", field="after_revision")
-        return self._store.watch(names.parse_name(name, "runs"), after_revision)
+        async with self._stream_slot(principal):
+            async for run in self._store.watch(run_id, after_revision):
+                yield run
 
     async def read_step_logs(
-        self, run_name: str, step_name: str, *, follow: bool = False, attempt: int = 0
+        self,
+        run_name: str,
+        step_name: str,
+        *,
+        follow: bool = False,
+        attempt: int = 0,
+        principal: Principal = ANONYMOUS_ADMIN,
+    ) -> AsyncIterator[LogLine]:
+        async with self._stream_slot(principal):
+            async for line in self._read_step_logs(run_name, step_name, follow, attempt):
+                yield line
+
+    async def _read_step_logs(
+        self, run_name: str, step_name: str, follow: bool, attempt: int
     ) -> AsyncIterator[LogLine]:
         run = await self._store.get_run(names.parse_name(run_name, "runs", field="run"))
         if attempt < 0:

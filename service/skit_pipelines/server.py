@@ -75,6 +75,7 @@ class Application:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health NOT_SERVING first, then calls and streams get `grace` seconds."""
         await self.health.enter_graceful_shutdown()
+        self.controller.drain()
         # Watch streams never end on their own while runs go on: end them now with
         # UNAVAILABLE so their clients resume elsewhere, instead of waiting out the grace.
         await self.store.hub.close()

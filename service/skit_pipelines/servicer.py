@@ -7,10 +7,11 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,6 +26,7 @@ from skit_pipelines.errors import (
     NotFound,
     PermissionDenied,
     PipelinesError,
+    ResourceExhausted,
     Unavailable,
 )
 from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
@@ -41,6 +43,7 @@ _CODES: list[tuple[type[PipelinesError], int]] = [
     (AlreadyExists, code_pb2.ALREADY_EXISTS),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
 ]
 
@@ -76,6 +79,10 @@ def error_status(exc: BaseException) -> status_pb2.Status:
             error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
         ),
     )
+    if isinstance(exc, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=exc.retry_after))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if isinstance(exc, InvalidArgument) and exc.violations:
         details.append(
             _pack(
@@ -218,7 +225,10 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def WatchRun(  # type: ignore[override]
         self, request: pipeline_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
-        async for run in self._controller.watch_run(request.name, request.after_revision):
+        runs = self._controller.watch_run(
+            request.name, request.after_revision, principal=current_principal()
+        )
+        async for run in runs:
             yield self._watch_message(run)
 
     @_unary
@@ -238,7 +248,11 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_service_pb2.ReadStepLogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pipeline_service_pb2.ReadStepLogsResponse]:
         lines = self._controller.read_step_logs(
-            request.run, request.step, follow=request.follow, attempt=request.attempt
+            request.run,
+            request.step,
+            follow=request.follow,
+            attempt=request.attempt,
+            principal=current_principal(),
         )
         async for batch in batched(lines, max_items=_LOG_BATCH_LINES, max_wait=_LOG_BATCH_WAIT):
             yield pipeline_service_pb2.ReadStepLogsResponse(

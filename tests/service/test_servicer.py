@@ -488,3 +488,42 @@ async def test_logs_unavailable_backend_is_failed_precondition(service, monkeypa
         ):
             pass
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_streams_per_principal_are_bounded_with_retry_info(service) -> None:
+    service.controller._max_streams = 2
+    run = await service.stub.CreateRun(create_request())
+    streams = [service.stub.WatchRun(pb.WatchRunRequest(name=run.name)) for _ in range(2)]
+    for stream in streams:
+        await next_message(stream)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await next_message(service.stub.WatchRun(pb.WatchRunRequest(name=run.name)))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(caught.value)
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+    assert retry.retry_delay.seconds == 5
+    streams[0].cancel()
+    for _ in range(100):
+        if service.controller._streams.get("", 0) < 2:
+            break
+        await asyncio.sleep(0.01)
+    third = service.stub.WatchRun(pb.WatchRunRequest(name=run.name))
+    assert (await next_message(third)).revision == 1
+
+
+async def test_draining_server_refuses_new_runs_with_unavailable(service) -> None:
+    run = await service.stub.CreateRun(create_request())
+    await service.backend.sinks[run.name.removeprefix("runs/")].run_cancelled(
+        run.name.removeprefix("runs/")
+    )
+    service.controller.drain()
+    for call in (
+        service.stub.CreateRun(create_request()),
+        service.stub.RetryRun(pb.RetryRunRequest(name=run.name)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert details(caught.value)[0].reason == "SHUTTING_DOWN"
+    assert (await service.stub.GetRun(pb.GetRunRequest(name=run.name))).name == run.name
