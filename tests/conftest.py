@@ -117,6 +117,11 @@ class FakeBackend(Backend):
             await asyncio.sleep(0.01)
 
 
+@pytest.fixture(scope="session")
+def fake_backend_class() -> type[FakeBackend]:
+    return FakeBackend
+
+
 @dataclass
 class ServiceHarness:
     controller: RunController

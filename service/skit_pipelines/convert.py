@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from google.rpc import status_pb2
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines import domain
+from skit_pipelines.errors import InvalidArgument
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -31,8 +33,29 @@ def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+def from_struct(message: struct_pb2.Struct, *, field: str) -> dict[str, Any]:
+    """The Struct as plain values; InvalidArgument (naming the field) for NaN or infinity,
+    which JSON and the pipeline parameters cannot carry."""
+    return {key: _from_value(item, f"{field}.{key}") for key, item in message.fields.items()}
+
+
+def _from_value(message: struct_pb2.Value, field: str) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(message.number_value):
+            raise InvalidArgument("numbers must be finite (no NaN or infinity)", field=field)
+        return message.number_value
+    if kind == "struct_value":
+        return from_struct(message.struct_value, field=field)
+    if kind == "list_value":
+        return [
+            _from_value(item, f"{field}[{i}]") for i, item in enumerate(message.list_value.values)
+        ]
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
 
 
 def value(item: Any) -> struct_pb2.Value:

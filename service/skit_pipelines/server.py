@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
+from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines import jsonlog, reflection
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.auth import AuthInterceptor, TokenFile
@@ -19,7 +19,7 @@ from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.runs import RunController
-from skit_pipelines.servicer import PipelineServicer
+from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.sqlite import SqliteRunStore
 
 logger = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ async def create_grpc_server(
     if config.tokens_file is not None:
         interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
-    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(
-        PipelineServicer(controller), server
-    )
+    add_to_server(PipelineServicer(controller), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -7,11 +7,13 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, message_factory
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -104,12 +106,65 @@ _Item = TypeVar("_Item")
 _Response = TypeVar("_Response")
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """What the server receives instead of a request whose bytes do not parse."""
+
+    message_type: str
+    problem: str
+
+
+def _lenient_parser(message_class: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    # grpc's own deserializer turns a parse failure into UNKNOWN; a malformed request is
+    # the client's mistake, so it becomes INVALID_ARGUMENT in the handler wrappers.
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return _Malformed(message_class.DESCRIPTOR.full_name, str(error))
+
+    return parse
+
+
+def _reject_malformed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(
+            f"the request is not a valid {request.message_type}: {request.problem}",
+            reason="MALFORMED_REQUEST",
+        )
+
+
+def add_to_server(servicer: PipelineServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer like the generated add_..._to_server, but with request
+    parsers that let malformed bytes reach the error mapping."""
+    service = pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"]
+    handlers = {}
+    for method in service.methods:
+        parse = _lenient_parser(message_factory.GetMessageClass(method.input_type))
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=parse,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def _unary(
     method: Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]],
 ) -> Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
         try:
+            _reject_malformed(request)
             return await method(self, request, context)
         except Exception as exc:
             await context.abort_with_status(rpc_status.to_status(error_status(exc)))
@@ -126,6 +181,7 @@ def _streaming(
         self: Any, request: _Request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[_Response]:
         try:
+            _reject_malformed(request)
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:
@@ -176,7 +232,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         run = await self._controller.create_run(
             CreateRunInput(
                 pipeline=request.run.pipeline,
-                parameters=convert.from_struct(request.run.parameters),
+                parameters=convert.from_struct(request.run.parameters, field="run.parameters"),
                 labels=dict(request.run.labels),
                 run_id=request.run_id,
                 request_id=request.request_id,
