@@ -1,0 +1,68 @@
+"""Load: many watchers plus a steady stream of creates, for a bounded time. Every watcher
+sees every revision in order, no call fails, and memory growth is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import psutil
+import pytest
+from google.protobuf import struct_pb2
+
+from skit.pipelines.v1 import pipeline_service_pb2 as pb
+from skit.pipelines.v1 import run_pb2
+from skit_pipelines.domain import Step, StepState
+
+pytestmark = pytest.mark.xdist_group("load")
+
+WATCHERS = 300
+SECONDS = 4.0
+CREATES_PER_SECOND = 40
+
+
+def create_request() -> pb.CreateRunRequest:
+    parameters = struct_pb2.Struct()
+    parameters.update({"greeting": "load"})
+    return pb.CreateRunRequest(run=run_pb2.Run(pipeline="pipelines/typed", parameters=parameters))
+
+
+async def test_watchers_and_creates_under_load(service) -> None:
+    process = psutil.Process()
+    gc.collect()
+    rss_before = process.memory_info().rss
+    target = await service.stub.CreateRun(create_request())
+    target_id = target.name.removeprefix("runs/")
+    sink = service.backend.sinks[target_id]
+
+    async def watch() -> list[int]:
+        revisions = []
+        async for message in service.stub.WatchRun(pb.WatchRunRequest(name=target.name)):
+            revisions.append(message.run.revision)
+        return revisions
+
+    watchers = [asyncio.create_task(watch()) for _ in range(WATCHERS)]
+    created = 0
+    deadline = time.monotonic() + SECONDS
+    await sink.run_started(target_id)
+    step = 0
+    while time.monotonic() < deadline:
+        await asyncio.gather(*(service.stub.CreateRun(create_request()) for _ in range(4)))
+        created += 4
+        step += 1
+        await sink.step_changed(target_id, Step(name=f"s{step}", state=StepState.SUCCEEDED))
+        await asyncio.sleep(4 / CREATES_PER_SECOND)
+    await sink.run_succeeded(target_id, (), {})
+    final = await service.stub.GetRun(pb.GetRunRequest(name=target.name))
+    results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
+    for revisions in results:
+        assert revisions[0] >= 1 and revisions == list(range(revisions[0], final.revision + 1))
+    gc.collect()
+    growth = (process.memory_info().rss - rss_before) / 2**20
+    print(
+        f"load: {WATCHERS} watchers x {final.revision} revisions, {created} creates in"
+        f" {SECONDS:.0f}s, RSS growth {growth:.1f} MiB"
+    )
+    assert created >= SECONDS * CREATES_PER_SECOND / 2
+    assert service.store.hub.watcher_count() == 0
