@@ -1,4 +1,4 @@
-"""The versioned schema of the calls and metrics databases.
+"""The versioned schema of the calls, metrics and annotations databases.
 
 Schema changes only ever happen here, applied by `migrate` (the demo generator, a deploy
 step, an operator); components check the version with `require_schema` and never run DDL.
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 CALLS = "calls"
 METRICS = "metrics"
+ANNOTATIONS = "annotations"
 
 _TABLE = "skit_schema_migrations"
 
@@ -177,11 +178,78 @@ _METRICS_MIGRATIONS = (
             "CREATE INDEX compliance_breaches_call_idx ON compliance_breaches (call_uuid)",
         ),
     ),
+    Migration(
+        2,
+        "compliance judgements keyed by call, policy version and judge",
+        (
+            "ALTER TABLE compliance_breaches ADD COLUMN policy_version TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE compliance_breaches ADD COLUMN judge TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE compliance_breaches ADD COLUMN updated_at {timestamp}",
+            # Partial: rows of the original system have no policy version and may repeat a
+            # call (it inserted without a key), so only versioned judgements must be unique.
+            """
+            CREATE UNIQUE INDEX compliance_breaches_judgement_key
+                ON compliance_breaches (call_uuid, policy_version, judge)
+                WHERE policy_version <> ''
+            """,
+        ),
+    ),
+)
+
+# The annotation store: projects (Label Studio projects and Tog jobs share one id space,
+# told apart by `source`), their tasks (the annotated item as the tool showed it, in `data`)
+# and every annotation made on a task, so disagreement between annotators is kept.
+_ANNOTATIONS_MIGRATIONS = (
+    Migration(
+        1,
+        "annotation projects, tasks and annotations",
+        (
+            """
+            CREATE TABLE annotation_projects (
+                id {pk},
+                source TEXT NOT NULL CHECK (source IN ('label_studio', 'tog')),
+                name TEXT NOT NULL,
+                task_type TEXT NOT NULL
+                    CHECK (task_type IN ('intent', 'entity', 'transcription')),
+                language TEXT NOT NULL DEFAULT '',
+                client_id BIGINT,
+                created_at {timestamp} NOT NULL DEFAULT {now},
+                UNIQUE (source, name)
+            )
+            """,
+            """
+            CREATE TABLE annotation_tasks (
+                id {pk},
+                project_id BIGINT NOT NULL REFERENCES annotation_projects (id) ON DELETE CASCADE,
+                data {json} NOT NULL,
+                call_uuid TEXT NOT NULL DEFAULT '',
+                conversation_uuid TEXT NOT NULL DEFAULT '',
+                language TEXT NOT NULL DEFAULT '',
+                reftime {timestamp},
+                is_gold BOOLEAN NOT NULL DEFAULT FALSE,
+                created_at {timestamp} NOT NULL DEFAULT {now}
+            )
+            """,
+            "CREATE INDEX annotation_tasks_project_idx ON annotation_tasks (project_id)",
+            """
+            CREATE TABLE annotations (
+                id {pk},
+                task_id BIGINT NOT NULL REFERENCES annotation_tasks (id) ON DELETE CASCADE,
+                annotator TEXT NOT NULL,
+                tag {json} NOT NULL,
+                tagged_at {timestamp} NOT NULL
+            )
+            """,
+            "CREATE INDEX annotations_task_idx ON annotations (task_id, tagged_at)",
+            "CREATE INDEX annotations_tagged_at_idx ON annotations (tagged_at)",
+        ),
+    ),
 )
 
 MIGRATIONS: dict[str, tuple[Migration, ...]] = {
     CALLS: _CALLS_MIGRATIONS,
     METRICS: _METRICS_MIGRATIONS,
+    ANNOTATIONS: _ANNOTATIONS_MIGRATIONS,
 }
 """Each schema's full history, oldest first."""
 
@@ -191,9 +259,9 @@ def latest_version(schema: str) -> int:
 
 
 def migrate(db: Database, schema: str) -> list[int]:
-    """Applies the migrations of `schema` ("calls" or "metrics") that `db` lacks, each in
-    its own transaction, and returns their versions. Safe to run concurrently: PostgreSQL
-    takes an advisory lock and SQLite its write lock."""
+    """Applies the migrations of `schema` ("calls", "metrics" or "annotations") that `db`
+    lacks, each in its own transaction, and returns their versions. Safe to run concurrently:
+    PostgreSQL takes an advisory lock and SQLite its write lock."""
     applied: list[int] = []
     with db.transaction():
         _lock(db)

@@ -643,6 +643,12 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
         insecure=args.insecure,
+        store_url=args.store,
+        artifacts_url=args.artifacts,
+        s3_endpoint_url=args.s3_endpoint_url,
+        backend=args.backend,
+        kfp_host=args.kfp_host,
+        kfp_ui_url=args.kfp_ui_url,
     )
     return serve(config)
 
@@ -675,14 +681,22 @@ def _demo_data(args: argparse.Namespace, out: TextIO) -> int:
     from skit_pipelines.demo import generate
 
     config = _config_from_env().with_overrides(home=args.home)
-    if not (args.calls_db_url and args.metrics_db_url):
+    if not (args.calls_db_url and args.metrics_db_url and args.annotations_db_url):
         config.demo_root.mkdir(parents=True, exist_ok=True)
     calls_db_url = args.calls_db_url or _sqlite_url(config.demo_root / "calls.db")
     metrics_db_url = args.metrics_db_url or _sqlite_url(config.demo_root / "metrics.db")
+    # With databases named elsewhere, an annotation store appears only where it is named too.
+    annotations_db_url = args.annotations_db_url or (
+        None
+        if args.calls_db_url or args.metrics_db_url
+        else _sqlite_url(config.demo_root / "annotations.db")
+    )
     # Only what was given: generate's own defaults apply otherwise.
     given = {"seed": args.seed, "calls": args.calls}
     options = {key: value for key, value in given.items() if value is not None}
-    summary = generate(calls_db_url, metrics_db_url, **options)
+    summary = generate(
+        calls_db_url, metrics_db_url, annotations_db_url=annotations_db_url, **options
+    )
     if isinstance(summary, Mapping):
         _emit([f"{key}: {value}" for key, value in summary.items()], out)
     else:
@@ -860,6 +874,43 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=None,
         help="allow a non-loopback address without authentication (SKIT_INSECURE)",
     )
+    scale_out = serve.add_argument_group(
+        "scale-out",
+        "several replicas share a PostgreSQL run store and S3 artifacts, and may run"
+        " pipelines on Kubeflow; the KFP credentials come from SKIT_KFP_TOKEN or"
+        " SKIT_KFP_COOKIE, never from flags",
+    )
+    scale_out.add_argument(
+        "--store",
+        metavar="URL",
+        help="run store: sqlite:///path or postgresql://user@host/db (SKIT_STORE;"
+        " default sqlite under --home)",
+    )
+    scale_out.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="artifact store: file:///path or s3://bucket/prefix (SKIT_ARTIFACTS;"
+        " default a directory under --home)",
+    )
+    scale_out.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="S3 endpoint override, e.g. MinIO (SKIT_S3_ENDPOINT_URL; default: the AWS"
+        " configuration's)",
+    )
+    scale_out.add_argument(
+        "--backend",
+        choices=("local", "kubeflow"),
+        help="where runs execute (SKIT_BACKEND; default local)",
+    )
+    scale_out.add_argument(
+        "--kfp-host", metavar="URL", help="Kubeflow Pipelines API endpoint (SKIT_KFP_HOST)"
+    )
+    scale_out.add_argument(
+        "--kfp-ui-url",
+        metavar="URL",
+        help="Kubeflow Pipelines UI base URL for run links (SKIT_KFP_UI_URL; default --kfp-host)",
+    )
     serve.set_defaults(local=_serve)
 
     tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(
@@ -895,6 +946,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--metrics-db-url", help="metrics database (default sqlite:///<home>/demo/metrics.db)"
+    )
+    demo.add_argument(
+        "--annotations-db-url",
+        help="annotation store (default sqlite:///<home>/demo/annotations.db)",
     )
     demo.set_defaults(local=_demo_data)
 

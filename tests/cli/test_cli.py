@@ -587,7 +587,7 @@ def test_demo_data_defaults_to_sqlite_files_under_home(monkeypatch, tmp_path: Pa
     assert calls == [
         (
             (f"sqlite:///{home}/demo/calls.db", f"sqlite:///{home}/demo/metrics.db"),
-            {"calls": 10},
+            {"calls": 10, "annotations_db_url": f"sqlite:///{home}/demo/annotations.db"},
         )
     ]
     assert (home / "demo").is_dir()
@@ -610,4 +610,9 @@ def test_demo_data_passes_explicit_urls_and_seed(monkeypatch, tmp_path: Path):
     )  # fmt: skip
 
     assert code == 0
-    assert calls == [(("postgresql://db/calls", "postgresql://db/metrics"), {"seed": 7})]
+    assert calls == [
+        (
+            ("postgresql://db/calls", "postgresql://db/metrics"),
+            {"seed": 7, "annotations_db_url": None},
+        )
+    ]

@@ -217,7 +217,7 @@ def test_migrations_are_versioned_and_idempotent(tmp_path):
         assert schema_version(db, CALLS) == 0
         assert migrate(db, CALLS) == [1]
         assert migrate(db, CALLS) == []
-        assert migrate(db, METRICS) == [1]
+        assert migrate(db, METRICS) == list(range(1, latest_version(METRICS) + 1))
         assert schema_version(db, CALLS) == latest_version(CALLS)
         assert schema_version(db, METRICS) == latest_version(METRICS)
 
@@ -231,12 +231,13 @@ def test_default_generation_is_fast(tmp_path):
 def test_ensure_demo_data_creates_once_and_returns_absolute_urls(tmp_path):
     root = tmp_path / "demo"
     env = ensure_demo_data(root)
-    assert env == {
+    assert env.items() >= {
         "CALLS_DB_URL": f"sqlite:///{root / CALLS_DB}",
         "METRICS_DB_URL": f"sqlite:///{root / METRICS_DB}",
-    }
+        "ANNOTATIONS_DB_URL": f"sqlite:///{root / 'annotations.db'}",
+    }.items()
     assert env["CALLS_DB_URL"].startswith("sqlite:////")
-    assert sorted(p.name for p in root.iterdir()) == [CALLS_DB, METRICS_DB]
+    assert {CALLS_DB, METRICS_DB, "annotations.db"} <= {p.name for p in root.iterdir()}
     stamp = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
 
     assert ensure_demo_data(root) == env

@@ -16,6 +16,9 @@ IMAGES = ROOT / "images"
 FOLDERS = sorted(p for p in IMAGES.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
 INPUT_TYPES = {"String", "Integer", "Float", "Boolean", "JsonArray", "JsonObject"}
+"""Typed parameters: no comma-separated strings standing in for lists."""
+ARTIFACT_TYPES = {"Artifact", "Dataset", "Model", "Metrics", "HTML", "Markdown"}
+"""Artifacts, which a component reads through {inputPath: ...}."""
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
 
 
@@ -67,8 +70,12 @@ def test_component_spec_matches_the_folder(folder):
     assert container["command"] == ["python3", "-m", name]
     env = (spec.get("metadata") or {}).get("annotations", {}).get("skit.ai/env", "")
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", var) for var in env.split())
+    paths = _input_paths(container.get("args", []))
     for item in spec.get("inputs", []):
-        assert item.get("type") in INPUT_TYPES, item["name"]
+        if item["name"] in paths:
+            assert item.get("type") in ARTIFACT_TYPES, item["name"]
+        else:
+            assert item.get("type") in INPUT_TYPES, item["name"]
         assert item.get("description"), item["name"]
     for item in spec.get("outputs", []):
         assert item.get("description"), item["name"]
@@ -103,3 +110,13 @@ def test_image_lock_agrees_with_the_root_lock(folder):
         if line.strip() and not line.startswith("#")
     }
     assert wanted <= set(image), "requirements.lock is stale: regenerate it"
+
+
+def _input_paths(args: object) -> set[str]:
+    """Names of the inputs the container reads as files ({inputPath: name}), at any depth."""
+    if isinstance(args, dict):
+        found = {args["inputPath"]} if "inputPath" in args else set()
+        return found.union(*(_input_paths(value) for value in args.values()))
+    if isinstance(args, list):
+        return set().union(*(_input_paths(item) for item in args))
+    return set()

@@ -1,9 +1,11 @@
-"""Deterministic, realistic demo data for the calls and metrics databases.
+"""Deterministic, realistic demo data for the calls, metrics and annotations databases.
 
-- `generate(calls_db_url, metrics_db_url, seed=..., calls=..., start=..., days=...)` writes
-  any amount of it to SQLite or PostgreSQL (the CLI and benchmarks call this).
-- `ensure_demo_data(demo_root)` gives the embedded service its two SQLite databases on first
-  start and returns the step environment (CALLS_DB_URL, METRICS_DB_URL) pointing at them.
+- `generate(calls_db_url, metrics_db_url, seed=..., calls=..., start=..., days=...,
+  annotations_db_url=...)` writes any amount of it to SQLite or PostgreSQL (the CLI and
+  benchmarks call this); `write_annotations` adds the annotation store to a calls database.
+- `ensure_demo_data(demo_root)` gives the embedded service its SQLite databases on first
+  start and returns the step environment (CALLS_DB_URL, METRICS_DB_URL, ANNOTATIONS_DB_URL)
+  pointing at them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from skit_pipelines.demo.generator import (
     DemoDataExists,
     DemoSummary,
     generate,
+    write_annotations,
 )
 
 __all__ = [
@@ -26,4 +29,5 @@ __all__ = [
     "DemoSummary",
     "ensure_demo_data",
     "generate",
+    "write_annotations",
 ]

@@ -10,19 +10,21 @@ import secrets
 from pathlib import Path
 
 from skit_components.db import connect, sqlite_url
-from skit_components.migrations import CALLS, METRICS, migrate
-from skit_pipelines.demo.generator import generate
+from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
+from skit_pipelines.demo.generator import generate, write_annotations
 
 logger = logging.getLogger(__name__)
 
 CALLS_DB = "calls.db"
 METRICS_DB = "metrics.db"
+ANNOTATIONS_DB = "annotations.db"
 _TEMP = re.compile(r"^(?P<name>.+\.db)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 def ensure_demo_data(demo_root: Path) -> dict[str, str]:
-    """Creates `demo_root/calls.db` and `demo_root/metrics.db` unless they exist, and returns
-    the step environment pointing at them: {"CALLS_DB_URL": ..., "METRICS_DB_URL": ...}.
+    """Creates `demo_root/calls.db`, `metrics.db` and `annotations.db` unless they exist, and
+    returns the step environment pointing at them: {"CALLS_DB_URL": ..., "METRICS_DB_URL":
+    ..., "ANNOTATIONS_DB_URL": ...}.
 
     Idempotent and crash-safe: databases are generated under temporary names and linked into
     place only when complete, so an existing file is always a complete database (it only
@@ -52,10 +54,38 @@ def ensure_demo_data(demo_root: Path) -> dict[str, str]:
         finally:
             for temporary in temporaries.values():
                 temporary.unlink(missing_ok=True)
-    for path, schema in ((calls_path, CALLS), (metrics_path, METRICS)):
+    annotations_path = demo_root / ANNOTATIONS_DB
+    if not annotations_path.exists():
+        _create_annotations(calls_path, annotations_path)
+    for path, schema in (
+        (calls_path, CALLS),
+        (metrics_path, METRICS),
+        (annotations_path, ANNOTATIONS),
+    ):
         with connect(sqlite_url(path)) as db:
             migrate(db, schema)
-    return {"CALLS_DB_URL": sqlite_url(calls_path), "METRICS_DB_URL": sqlite_url(metrics_path)}
+    return {
+        "CALLS_DB_URL": sqlite_url(calls_path),
+        "METRICS_DB_URL": sqlite_url(metrics_path),
+        "ANNOTATIONS_DB_URL": sqlite_url(annotations_path),
+    }
+
+
+def _create_annotations(calls_path: Path, annotations_path: Path) -> None:
+    """The annotation store, made from the calls database in place (which may predate it),
+    so that its tasks always name calls the steps can find; linked in as the others are."""
+    temporary = annotations_path.with_name(
+        f"{annotations_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    try:
+        tasks, annotations = write_annotations(sqlite_url(calls_path), sqlite_url(temporary))
+        _fsync(temporary)
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, annotations_path)
+        _fsync(annotations_path.parent)
+        logger.info("created demo annotation store: %d tasks, %d annotations", tasks, annotations)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _remove_abandoned_temporaries(demo_root: Path) -> None:

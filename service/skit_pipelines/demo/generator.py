@@ -11,8 +11,16 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from skit_components.db import SQLITE, Database, connect
-from skit_components.migrations import CALLS, METRICS, migrate
+from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
 from skit_pipelines.demo import vocabulary as v
+from skit_pipelines.demo.annotations import (
+    ANNOTATION_COLUMNS,
+    PROJECT_COLUMNS,
+    TASK_COLUMNS,
+    AnnotationSimulator,
+    project_rows,
+    read_turns,
+)
 from skit_pipelines.demo.calls import (
     CALL_COLUMNS,
     IST,
@@ -66,6 +74,9 @@ class DemoSummary:
     prompts: int
     generated_conversations: int
     seconds: float
+    annotation_tasks: int = 0
+    """Tasks in the annotation store (0 when it was not written)."""
+    annotations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -83,8 +94,9 @@ def generate(
     start: date | None = None,
     days: int = DEFAULT_DAYS,
     replace: bool = False,
+    annotations_db_url: str | None = None,
 ) -> DemoSummary:
-    """Migrates both databases and fills them with deterministic demo data.
+    """Migrates the databases and fills them with deterministic demo data.
 
     Args:
         calls_db_url: sqlite:///path (created if missing) or postgresql://...
@@ -94,6 +106,7 @@ def generate(
         start: first local day with calls; defaults to `days` days before DEMO_END.
         days: how many days the calls spread over.
         replace: delete existing demo rows first instead of raising DemoDataExists.
+        annotations_db_url: also write the annotation store there (see `write_annotations`).
     """
     if calls < 0 or days < 1:
         raise ValueError(f"calls must be >= 0 and days >= 1, got calls={calls}, days={days}")
@@ -149,6 +162,10 @@ def generate(
             _write(db, "generated_conversations", CONVERSATION_COLUMNS, rows.conversations)
         _finish(db, ("situation_scenario_mapper", "prompt_details", "generated_conversations"))
 
+    annotated = (0, 0)
+    if annotations_db_url is not None:
+        annotated = write_annotations(calls_db_url, annotations_db_url, seed=seed, replace=replace)
+
     summary = DemoSummary(
         seed=seed,
         calls=calls_written,
@@ -166,6 +183,8 @@ def generate(
         prompts=len(rows.prompts),
         generated_conversations=len(rows.conversations),
         seconds=round(time.perf_counter() - began, 3),
+        annotation_tasks=annotated[0],
+        annotations=annotated[1],
     )
     logger.info(
         "demo data: %d calls, %d turns, %d situations in %.2fs",
@@ -227,3 +246,49 @@ def _finish(db: Database, tables: Sequence[str]) -> None:
             f"COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"
         )
         db.execute(f"ANALYZE {table}")
+
+
+def write_annotations(
+    calls_db_url: str, annotations_db_url: str, *, seed: int = 0, replace: bool = False
+) -> tuple[int, int]:
+    """Migrates the annotation store and fills it with projects, tasks and annotations made
+    from the turns of the calls database (see `demo.annotations`); returns (tasks,
+    annotations). The same calls and seed give identical rows on either engine."""
+    tables = ("annotations", "annotation_tasks", "annotation_projects")
+    with connect(calls_db_url) as calls_db, connect(annotations_db_url, create=True) as db:
+        _prepare(db, ANNOTATIONS, tables, replace=replace)
+        first = calls_db.fetchone("SELECT min(started_at) FROM calls")
+        if first and first[0] is not None:
+            opened = calls_db.dialect.to_datetime(first[0]) - timedelta(days=7)
+        else:
+            opened = datetime.combine(DEMO_END, datetime.min.time(), IST)
+        simulator = AnnotationSimulator(
+            random.Random(f"annotations:{seed}"), timestamp=db.dialect.timestamp_param
+        )
+        tasks_written = annotations_written = 0
+        with db.transaction():
+            _write(
+                db,
+                "annotation_projects",
+                PROJECT_COLUMNS,
+                project_rows(db.dialect.timestamp_param(opened)),
+            )
+            task_rows: list[tuple] = []
+            annotation_rows: list[tuple] = []
+            for turn in read_turns(calls_db):
+                tasks, annotations = simulator.simulate(turn)
+                task_rows.extend(tasks)
+                annotation_rows.extend(annotations)
+                if len(task_rows) >= _CHUNK_CALLS:
+                    _write(db, "annotation_tasks", TASK_COLUMNS, task_rows)
+                    _write(db, "annotations", ANNOTATION_COLUMNS, annotation_rows)
+                    tasks_written += len(task_rows)
+                    annotations_written += len(annotation_rows)
+                    task_rows, annotation_rows = [], []
+            _write(db, "annotation_tasks", TASK_COLUMNS, task_rows)
+            _write(db, "annotations", ANNOTATION_COLUMNS, annotation_rows)
+            tasks_written += len(task_rows)
+            annotations_written += len(annotation_rows)
+        _finish(db, tables[::-1])
+    logger.info("annotation store: %d tasks, %d annotations", tasks_written, annotations_written)
+    return tasks_written, annotations_written

@@ -1,0 +1,120 @@
+"""evaluate-asr end to end on the demo data: the run controller, the local backend and the
+local executor in process, running the real components."""
+
+# No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
+
+import asyncio
+import csv
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.backends.local import LocalBackend, StoreStepCache
+from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
+from skit_pipelines.demo import ensure_demo_data
+from skit_pipelines.domain import Run, RunState, StepState
+from skit_pipelines.executor import ExecutorConfig, LocalExecutor
+from skit_pipelines.runs import CreateRunInput, RunController
+from skit_pipelines.store.sqlite import SqliteRunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = "evaluate_asr"
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return ensure_demo_data(tmp_path_factory.mktemp("home") / "demo")
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    pipeline = pipeline_from_spec(compile_module(ROOT / "pipelines" / f"{PIPELINE}.py"))
+    return Catalog({pipeline.id: pipeline})
+
+
+@pytest.fixture
+def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
+    async def _run(**parameters) -> Run:
+        store = SqliteRunStore(tmp_path / "runs.db")
+        executor = LocalExecutor(
+            ExecutorConfig(
+                images_root=ROOT / "images", work_root=tmp_path / "work", step_env=demo_env
+            ),
+            LocalArtifactStore(tmp_path / "artifacts"),
+            cache=StoreStepCache(store),
+        )
+        backend = LocalBackend(executor)
+        controller = RunController(store, catalog, backend)
+        try:
+            (pipeline,) = catalog.list()
+            run = await controller.create_run(
+                CreateRunInput(pipeline=pipeline.name, parameters=parameters)
+            )
+
+            async def finished() -> Run:
+                async for snapshot in controller.watch_run(run.name):
+                    if snapshot.state.terminal:
+                        return snapshot
+                raise AssertionError("the watch ended before the run did")
+
+            return await asyncio.wait_for(finished(), 120)
+        finally:
+            await backend.shutdown()
+            await store.close()
+
+    return _run
+
+
+def output_csv(run: Run, name: str) -> list[dict]:
+    (artifact,) = [a for a in run.outputs if a.name == name]
+    path = Path(unquote(urlparse(artifact.uri).path))
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+async def test_defaults_score_every_transcription_project(run_pipeline):
+    run = await run_pipeline()
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert {s.name: s.state for s in run.steps} == {
+        "fetch-tagged-dataset": StepState.SUCCEEDED,
+        "asr-metrics": StepState.SUCCEEDED,
+    }
+    metrics = {row["language"]: row for row in output_csv(run, "metrics")}
+    assert list(metrics) == ["all", "en", "hi", "ta", "te"]
+    wer, cer = run.output_parameters["wer"], run.output_parameters["cer"]
+    assert wer == pytest.approx(float(metrics["all"]["wer"]))
+    assert cer == pytest.approx(float(metrics["all"]["cer"]))
+    # The demo ASR gets about one word in eight wrong, more in the smaller languages.
+    assert 0.05 < cer < wer < 0.25
+    assert all(0.03 < float(m["wer"]) < 0.4 for m in metrics.values())
+    utterances = output_csv(run, "utterances")
+    assert len(utterances) == int(metrics["all"]["utterances"]) > 500
+    assert sum(int(m["utterances"]) for k, m in metrics.items() if k != "all") == len(utterances)
+
+    (report,) = [a for a in run.outputs if a.name == "report"]
+    text = Path(unquote(urlparse(report.uri).path)).read_text(encoding="utf-8")
+    assert text.startswith("# ASR evaluation")
+    assert f"WER **{wer:.2%}**" in text
+    assert "## Worst 20 utterances" in text and "## Most frequent word errors" in text
+    # Annotators marked some audio unintelligible: left out, and said so.
+    assert "Left out:" in text
+
+
+async def test_one_project_and_a_shorter_worst_list(run_pipeline):
+    run = await run_pipeline(project_ids=[32], worst_count=3)
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert [row["language"] for row in output_csv(run, "metrics")] == ["all", "hi"]
+    (report,) = [a for a in run.outputs if a.name == "report"]
+    assert "## Worst 3 utterances" in Path(unquote(urlparse(report.uri).path)).read_text()
+
+
+async def test_an_intent_project_fails_the_run_with_one_clear_reason(run_pipeline):
+    run = await run_pipeline(project_ids=[11])
+    assert run.state is RunState.FAILED
+    assert {s.name: s.state for s in run.steps} == {
+        "fetch-tagged-dataset": StepState.FAILED,
+        "asr-metrics": StepState.SKIPPED,
+    }
+    assert "task_type is transcription but 11 is intent" in run.error.message
