@@ -14,13 +14,18 @@ from pathlib import Path
 
 import yaml
 
-from skit_pipelines.errors import NotFound
+from skit_pipelines.errors import InvalidArgument, NotFound
 
 IMAGE_REPOSITORY_PREFIX = "skit-pipelines/"
 ENV_ANNOTATION = "skit.ai/env"
 """component.yaml metadata annotation listing the environment variables (secrets, database
 URLs) the component reads; a step receives only these from the service configuration."""
+TIMEOUT_ANNOTATION = "skit.ai/timeout"
+"""component.yaml metadata annotation bounding one attempt of a step, e.g. "600s", "15m",
+"1h30m". KFP v2 IR has no per-task timeout, so the image folder carries it."""
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IMAGE_REF = re.compile(
     r"^(?:.+/)?(?P<repo>[a-z0-9][a-z0-9._-]*)(?::[\w.-]+)?(?:@sha256:[0-9a-f]+)?$"
 )
@@ -34,10 +39,35 @@ class ImageFolder:
     version: str
     """The VERSION file's content (semver)."""
     declared_env: tuple[str, ...]
+    timeout_seconds: float | None = None
+    """The `skit.ai/timeout` annotation in seconds; None when the component declares none
+    (or "0")."""
 
     @property
     def image(self) -> str:
         return f"{IMAGE_REPOSITORY_PREFIX}{self.name.replace('_', '-')}:{self.version}"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "600s", "15m", "1h30m", "1.5h", "250ms" or "90".
+
+    Accepts the protobuf JSON form the IR uses ("3600s", "0.5s") and Go-style sums of
+    units; a bare number is seconds.
+
+    Raises:
+        ValueError: the text is not a non-negative duration.
+    """
+    stripped = text.strip().lower()
+    try:
+        seconds = float(stripped)
+    except ValueError:
+        parts = _DURATION_PART.findall(stripped)
+        if not parts or "".join(n + u for n, u in parts) != stripped:
+            raise ValueError(f"not a duration: {text!r}") from None
+        seconds = sum(float(n) * _SECONDS_PER_UNIT[u] for n, u in parts)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"not a non-negative duration: {text!r}")
+    return seconds
 
 
 def folder_name_for_image(image: str) -> str:
@@ -53,8 +83,21 @@ def _load_folder(path: Path) -> ImageFolder:
     annotations = (spec.get("metadata") or {}).get("annotations") or {}
     declared = tuple(re.split(r"[\s,]+", annotations.get(ENV_ANNOTATION, "").strip()))
     version = (path / "VERSION").read_text().strip() if (path / "VERSION").exists() else "0.0.0"
+    timeout: float | None = None
+    if annotations.get(TIMEOUT_ANNOTATION) not in (None, ""):
+        try:
+            timeout = parse_duration(str(annotations[TIMEOUT_ANNOTATION]))
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"{path / 'component.yaml'}: {TIMEOUT_ANNOTATION}: {exc}",
+                reason="INVALID_COMPONENT",
+            ) from None
     return ImageFolder(
-        name=path.name, path=path, version=version, declared_env=tuple(e for e in declared if e)
+        name=path.name,
+        path=path,
+        version=version,
+        declared_env=tuple(e for e in declared if e),
+        timeout_seconds=timeout or None,
     )
 
 

@@ -386,6 +386,13 @@ class RunController:
                 f" (steps: {', '.join(s.name for s in run.steps) or 'none yet'})",
                 reason="STEP_NOT_FOUND",
             )
+        # A step RetryRun reused ran in the run it retried (or further back): read it there.
+        while step.cached and run.retry_of:
+            source = await self._store.get_run(names.parse_name(run.retry_of, "runs"))
+            earlier = next((s for s in source.steps if s.name == step_name), None)
+            if earlier is None:
+                break
+            run, step = source, earlier
         finished = asyncio.Event()
         watcher = None
         if follow and not (step.state.terminal or run.state.terminal):

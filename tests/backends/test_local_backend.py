@@ -25,22 +25,30 @@ name: Nap
 inputs:
 - {name: seconds, type: Float}
 - {name: fail_with, type: String, default: ""}
+- {name: fail_unless_exists, type: String, default: ""}
+- {name: label, type: String, default: "nap"}
 outputs:
 - {name: note, type: Dataset}
 implementation:
   container:
     image: skit-pipelines/nap:0.1.0
     command: [python3, nap.py]
-    args: [{inputValue: seconds}, {inputValue: fail_with}, {outputPath: note}]
+    args: [{inputValue: seconds}, {inputValue: fail_with}, {inputValue: fail_unless_exists},
+      {inputValue: label}, {outputPath: note}]
 """
 
+# Appends its label to executions.log next to itself, so tests can count what really ran.
 NAP_SCRIPT = """
-import sys, time
-seconds, fail_with, out = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-time.sleep(seconds)
-if fail_with:
-    print(fail_with, file=sys.stderr)
+import os, sys, time
+seconds, fail_with, fail_unless, label, out = sys.argv[1:6]
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "executions.log"), "a") as f:
+    f.write(label + "\\n")
+print(f"{label}: sleeping {seconds}s", flush=True)
+time.sleep(float(seconds))
+if fail_with or (fail_unless and not os.path.exists(fail_unless)):
+    print(fail_with or f"{fail_unless} is missing", file=sys.stderr)
     sys.exit(3)
+print(f"{label}: done", flush=True)
 open(out, "w").write(f"slept {seconds}")
 """
 
@@ -49,10 +57,10 @@ def _compile_nap_pipeline(tmp: Path) -> dict:
     nap = components.load_component_from_text(NAP_COMPONENT)
 
     @dsl.pipeline(name="naps")
-    def naps(seconds: float = 0.0, fail_with: str = "") -> dsl.Dataset:
-        first = nap(seconds=seconds, fail_with=fail_with)
+    def naps(seconds: float = 0.0, fail_with: str = "", second_needs: str = "") -> dsl.Dataset:
+        first = nap(seconds=seconds, fail_with=fail_with, label="first")
         first.set_caching_options(False)
-        second = nap(seconds=0.0).after(first)
+        second = nap(seconds=0.0, fail_unless_exists=second_needs, label="second").after(first)
         second.set_caching_options(False)
         return second.outputs["note"]
 
@@ -179,3 +187,58 @@ async def test_unfinished_runs_resume_after_restart(tmp_path: Path, naps_pipelin
         assert done.state is RunState.SUCCEEDED
     finally:
         await second.close()
+
+
+def executions(root: Path) -> list[str]:
+    log = root / "images" / "nap" / "executions.log"
+    return log.read_text().split() if log.exists() else []
+
+
+async def test_retry_run_reuses_the_succeeded_step_and_reruns_the_rest(
+    harness: Harness, tmp_path: Path
+) -> None:
+    flag = tmp_path / "flag"
+    failed = await harness.until(await harness.create(second_needs=str(flag)), terminal)
+    assert failed.state is RunState.FAILED and executions(tmp_path) == ["first", "second"]
+    flag.touch()
+    retry = await harness.controller.retry_run(failed.name)
+    done = await harness.until(retry, terminal)
+    assert done.state is RunState.SUCCEEDED, done.error
+    assert [(s.name, s.state, s.cached) for s in done.steps] == [
+        ("nap", StepState.CACHED, True),
+        ("nap-2", StepState.SUCCEEDED, False),
+    ]
+    assert executions(tmp_path) == ["first", "second", "second"]
+    assert done.retry_of == failed.name
+
+
+async def test_step_logs_after_the_step_and_while_it_runs(harness: Harness) -> None:
+    run = await harness.create(seconds=1.0)
+    await harness.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
+    followed = [
+        line.text async for line in harness.controller.read_step_logs(run.name, "nap", follow=True)
+    ]
+    assert followed == ["first: sleeping 1.0s", "first: done"]
+    await harness.until(run, terminal)
+    lines = [line async for line in harness.controller.read_step_logs(run.name, "nap-2")]
+    assert [(line.stream, line.text, line.attempt) for line in lines] == [
+        ("stdout", "second: sleeping 0.0s", 1),
+        ("stdout", "second: done", 1),
+    ]
+
+
+async def test_failed_step_logs_mark_stderr(harness: Harness) -> None:
+    run = await harness.until(await harness.create(fail_with="no rows"), terminal)
+    lines = [line async for line in harness.controller.read_step_logs(run.name, "nap")]
+    assert ("stderr", "no rows") in [(line.stream, line.text) for line in lines]
+
+
+async def test_logs_of_a_reused_step_come_from_the_run_it_retried(
+    harness: Harness, tmp_path: Path
+) -> None:
+    failed = await harness.until(
+        await harness.create(second_needs=str(tmp_path / "never")), terminal
+    )
+    retry = await harness.until(await harness.controller.retry_run(failed.name), terminal)
+    lines = [line.text async for line in harness.controller.read_step_logs(retry.name, "nap")]
+    assert lines == ["first: sleeping 0.0s", "first: done"]

@@ -36,12 +36,15 @@ class RunningServer:
         return result
 
 
-def _wait_for_address(process: subprocess.Popen[str], log: Path, timeout: float) -> str:
+def _wait_for_address(
+    process: subprocess.Popen[str], log: Path, timeout: float, offset: int = 0
+) -> str:
+    """The address from this process's "serving" line (the log may hold earlier starts')."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited {process.returncode}:\n{log.read_text()}")
-        for line in log.read_text().splitlines():
+        for line in log.read_text()[offset:].splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
@@ -53,10 +56,11 @@ def _wait_for_address(process: subprocess.Popen[str], log: Path, timeout: float)
     raise AssertionError(f"server did not start in {timeout}s:\n{log.read_text()}")
 
 
-def start_server(home: Path, *extra: str) -> RunningServer:
+def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
     log = home / "server.log"
     home.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as sink:
+    offset = len(log.read_text()) if log.exists() else 0
+    with log.open("a") as sink:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -72,9 +76,9 @@ def start_server(home: Path, *extra: str) -> RunningServer:
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-    address = _wait_for_address(process, log, timeout=60)
+    address = _wait_for_address(process, log, timeout=60, offset=offset)
     with grpc.insecure_channel(address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10

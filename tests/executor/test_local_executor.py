@@ -164,7 +164,7 @@ async def test_linear_chain_passes_parameters_and_artifacts(tmp_path: Path) -> N
         assert steps[name].start_time <= steps[name].end_time
         assert steps[name].image == IMAGE
     assert steps["append-text"].component == "append-text"
-    assert not (tmp_path / "work" / "run-1").exists()
+    assert not (tmp_path / "work" / "runs" / "run-1").exists()
 
 
 async def test_unconsumed_artifacts_are_the_outputs_when_none_are_declared(
@@ -575,7 +575,7 @@ async def test_cancel_kills_the_process_group_and_reports_cancelled(tmp_path: Pa
         executor.execute("run-1", compile_spec(sleepy, tmp_path), {}, recorder)
     )
     deadline = time.monotonic() + 20
-    while not pidfile.exists():
+    while not pidfile.exists() or StepState.RUNNING not in recorder.states("sleeper"):
         assert time.monotonic() < deadline, "the sleeper never started"
         await asyncio.sleep(0.02)
     leader, child = map(int, pidfile.read_text().split())
@@ -598,7 +598,7 @@ async def test_cancel_kills_the_process_group_and_reports_cancelled(tmp_path: Pa
         StepState.CANCELLED,
     ]
     assert recorder.states("emit") == [StepState.PENDING, StepState.CANCELLED]
-    assert not (tmp_path / "work" / "run-1").exists()
+    assert not (tmp_path / "work" / "runs" / "run-1").exists()
 
 
 # Environment

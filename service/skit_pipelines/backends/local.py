@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, Step
-from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed
+from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
+from skit_pipelines.errors import NotFound
+from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed, read_step_logs
 from skit_pipelines.store.base import RunStore
 
 logger = logging.getLogger(__name__)
+
+_REUSABLE = (StepState.SUCCEEDED, StepState.CACHED)
 
 
 class _SinkObserver:
@@ -74,7 +78,12 @@ class LocalBackend(Backend):
             async with self._slots:
                 await sink.run_started(run.id)
                 result = await self._executor.execute(
-                    run.id, pipeline.spec, run.parameters, _SinkObserver(sink, run.id)
+                    run.id,
+                    pipeline.spec,
+                    run.parameters,
+                    _SinkObserver(sink, run.id),
+                    # Steps completed before a crash, or reused by RetryRun (then CACHED).
+                    reuse={s.name: s for s in run.steps if s.state in _REUSABLE},
                 )
             await sink.run_succeeded(run.id, result.outputs, result.output_parameters)
         except PipelineFailed as failure:
@@ -95,6 +104,23 @@ class LocalBackend(Backend):
         if task is None:
             return
         task.cancel()
+
+    async def read_logs(
+        self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]
+    ) -> AsyncIterator[LogLine]:
+        lines = read_step_logs(
+            self._executor.logs_root, run.id, step, attempt=attempt, follow=still_writing
+        )
+        try:
+            async for line in lines:
+                yield line
+        except FileNotFoundError:
+            raise NotFound(
+                f"{run.name} has no logs for step {step!r}"
+                + (f" attempt {attempt}" if attempt else "")
+                + " (a step whose outputs came from the cache never ran here)",
+                reason="LOGS_NOT_FOUND",
+            ) from None
 
     async def shutdown(self) -> None:
         self._shutting_down = True

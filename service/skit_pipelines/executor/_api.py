@@ -18,7 +18,8 @@ class ExecutorConfig:
     images_root: Path
     """The project's `images/` folder; image references resolve to folders below it."""
     work_root: Path
-    """Scratch space: one subdirectory per run and step, removed when the step ends."""
+    """Scratch space: `runs/<run>/<step>` below it, removed when the step ends; step logs
+    go to `logs/` below it unless `logs_root` says otherwise."""
     max_parallel_steps: int = 4
     """How many step processes of all runs sharing the executor may run at once."""
     cancel_grace_seconds: float = 10.0
@@ -28,6 +29,16 @@ class ExecutorConfig:
     receives only the ones its image folder declares."""
     python: str = sys.executable
     """The interpreter that replaces a command's leading `python`/`python3`."""
+    default_step_timeout_seconds: float | None = None
+    """How long one attempt of a step may run when its image folder declares no
+    `skit.ai/timeout`; None means no limit."""
+    logs_root: Path | None = None
+    """Where step logs are kept (see `step_log_path`); None means `work_root / "logs"`."""
+
+    @property
+    def resolved_logs_root(self) -> Path:
+        """`logs_root`, or its default below `work_root`."""
+        return self.logs_root if self.logs_root is not None else self.work_root / "logs"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 It plays the part of KFP's driver and launcher: walks the DAGs (conditions, loops, exit
 handlers), resolves each task's inputs, substitutes the container placeholders, runs the
-command in the image's folder, and uploads what the step produced.
+command in the image's folder, and uploads what the step produced. A failed attempt is
+retried as the task's `retryPolicy` says; an attempt that outlives its image folder's
+`skit.ai/timeout` is stopped; steps completed earlier (resume, RetryRun) are reused.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 from skit_pipelines.artifacts import ArtifactStore
 from skit_pipelines.domain import Artifact, ErrorInfo, Step, StepState
@@ -40,16 +44,20 @@ from skit_pipelines.executor._command import (
     resolve,
     uses_executor_output,
 )
-from skit_pipelines.executor._process import StepProcess, exit_reason, last_error_line
+from skit_pipelines.executor._logs import AttemptLog, step_log_path
+from skit_pipelines.executor._process import StepProcess, exit_reason
 from skit_pipelines.executor._values import ParameterTypeError, coerce, parse_output, to_text
-from skit_pipelines.images import ImageFolder, resolve_image
+from skit_pipelines.images import ImageFolder, parse_duration, resolve_image
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _UNKNOWN = 2
+_DEADLINE_EXCEEDED = 4
 _STEP_FAILED = "STEP_FAILED"
+_STEP_TIMEOUT = "STEP_TIMEOUT"
+_REUSABLE = (StepState.SUCCEEDED, StepState.CACHED)
 _RUN_ALWAYS = "ALL_UPSTREAM_TASKS_COMPLETED"
 _PYTHON = re.compile(r"python(?:3(?:\.\d+)?)?")
 _SELF_REFERENCE = re.compile(r"\{\{\$\.inputs\.parameters\['([^']*)'\]\}\}")
@@ -72,10 +80,26 @@ class _Outcome:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     artifacts: Mapping[str, tuple[Artifact, ...]] = field(default_factory=dict)
     error: ErrorInfo | None = None
+    fresh: bool = True
+    """Produced in this call rather than all taken from `reuse`: what depends on it
+    cannot be reused, since its earlier result came from different inputs."""
 
     @property
     def ok(self) -> bool:
         return self.state in (_State.SUCCEEDED, _State.NOT_TRIGGERED)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What every attempt of a container step runs."""
+
+    folder: ImageFolder
+    container: Mapping[str, Any]
+    component: Mapping[str, Any]
+    templates: list[str]
+    parameters: Mapping[str, Any]
+    artifacts: Mapping[str, tuple[Artifact, ...]]
+    timeout_seconds: float | None
 
 
 class _InputError(ValueError):
@@ -88,13 +112,58 @@ class _Scope:
 
     parameters: Mapping[str, Any]
     artifacts: Mapping[str, tuple[Artifact, ...]]
+    fresh: bool = False
+    """The DAG's inputs came from something produced in this call (see _Outcome.fresh)."""
+
+
+@dataclass(frozen=True)
+class _RetryPolicy:
+    """A task's `retryPolicy`, as kfp's `set_retry` compiles it."""
+
+    max_retries: int
+    backoff_seconds: float
+    factor: float
+    max_duration_seconds: float
+
+    @classmethod
+    def of(cls, task: Mapping[str, Any]) -> _RetryPolicy | None:
+        """None when the task is not retried; raises ValueError for a malformed policy."""
+        policy = task.get("retryPolicy") or {}
+        retries = int(policy.get("maxRetryCount") or 0)
+        if retries <= 0:
+            return None
+        # Defaults are kfp's (RetryPolicy.to_proto), for IR written by hand.
+        return cls(
+            max_retries=retries,
+            backoff_seconds=parse_duration(str(policy.get("backoffDuration") or "0s")),
+            factor=float(policy.get("backoffFactor") or 2.0),
+            max_duration_seconds=parse_duration(str(policy.get("backoffMaxDuration") or "3600s")),
+        )
+
+    def delay(self, failed_attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before the next attempt, or None when there is none.
+
+        `elapsed` is the time since the first attempt started: like Argo's
+        backoff.maxDuration, no attempt starts later than `max_duration_seconds` after it.
+        """
+        if failed_attempt > self.max_retries:
+            return None
+        delay = self.backoff_seconds * self.factor ** (failed_attempt - 1)
+        if elapsed + delay > self.max_duration_seconds:
+            return None
+        return delay
 
 
 class _Run:
     """The state of one `execute` call."""
 
     def __init__(
-        self, run_id: str, spec: Mapping[str, Any], observer: RunObserver, work_dir: Path
+        self,
+        run_id: str,
+        spec: Mapping[str, Any],
+        observer: RunObserver,
+        work_dir: Path,
+        reuse: Mapping[str, Step],
     ) -> None:
         self.id = run_id
         self.components: Mapping[str, Any] = spec.get("components") or {}
@@ -108,17 +177,31 @@ class _Run:
         """Steps reported but not yet terminal: what a cancel has to report CANCELLED."""
         self.produced: list[Artifact] = []
         self.consumed: set[str] = set()
+        self.reuse = {n: s for n, s in reuse.items() if s.state in _REUSABLE}
+        self.awaiting_reuse: dict[str, Step] = {}
+        """Reuse candidates not reported yet: their PENDING would regress a completed step
+        (after a resume the store already holds it), so they wait for the decision."""
 
     async def report(self, step: Step) -> None:
+        self.awaiting_reuse.pop(step.name, None)
         if step.state.terminal:
             self.live.pop(step.name, None)
         else:
             self.live[step.name] = step
         await self.observer.step_changed(step)
 
-    def fail(self, task: str, reason: str) -> ErrorInfo:
+    def fail(
+        self,
+        task: str,
+        reason: str,
+        *,
+        code: int = _UNKNOWN,
+        error_reason: str = _STEP_FAILED,
+        attempts: int = 1,
+    ) -> ErrorInfo:
+        after = f" after {attempts} attempts" if attempts > 1 else ""
         error = ErrorInfo(
-            code=_UNKNOWN, message=f"step {task} failed: {reason}", reason=_STEP_FAILED
+            code=code, message=f"step {task} failed{after}: {reason}", reason=error_reason
         )
         if self.failure is None:
             self.failure = error
@@ -138,6 +221,28 @@ class _Run:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _step_error(message: str) -> ErrorInfo:
+    return ErrorInfo(code=_UNKNOWN, message=message, reason=_STEP_FAILED)
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _gone_artifacts(uris: Sequence[str]) -> list[str]:
+    """The file:// URIs whose file is missing. Blocking.
+
+    Other schemes count as present: checking them would mean a request per artifact,
+    and a gone one fails the step that reads it, which the retry policy can rerun.
+    """
+    gone = []
+    for uri in uris:
+        parsed = urlparse(uri)
+        if parsed.scheme == "file" and not Path(unquote(parsed.path)).exists():
+            gone.append(uri)
+    return gone
 
 
 def _task_name(key: str, task: Mapping[str, Any]) -> str:
@@ -212,6 +317,11 @@ class LocalExecutor:
             "PYTHONUNBUFFERED": "1",
         }
 
+    @property
+    def logs_root(self) -> Path:
+        """Where step logs are kept: read them with `read_step_logs(logs_root, run, step)`."""
+        return self._config.resolved_logs_root
+
     def _step_slots(self) -> asyncio.Semaphore:
         # A semaphore binds to the loop it first waits in; a fresh loop (asyncio.run per
         # call, as in tests and benchmarks) needs a fresh one.
@@ -227,17 +337,31 @@ class LocalExecutor:
         spec: Mapping[str, Any],
         parameters: Mapping[str, Any],
         observer: RunObserver,
+        *,
+        reuse: Mapping[str, Step] | None = None,
     ) -> RunResult:
         """Runs the pipeline to the end.
 
+        Args:
+            reuse: Steps completed earlier, by name: after a crash, the run's own
+                completed steps (resume); for RetryRun, the succeeded steps of the failed
+                run, converted to CACHED by the caller. A step named here with state
+                SUCCEEDED or CACHED is not executed: its Step value is reported unchanged
+                as its final state and its outputs feed what follows. The executor runs
+                it after all, as a new step, when its outputs are incomplete (a declared
+                output missing, or an artifact URI that is empty or, for file:// URIs,
+                gone from the store), or when something it depends on was not reused
+                (its earlier result came from other inputs); that is why an exit handler
+                reruns whenever a step inside its ExitHandler ran.
+
         Raises:
-            PipelineFailed: a step failed (after running steps finished and exit
-                handlers ran).
+            PipelineFailed: a step failed (after its retries, after running steps
+                finished and exit handlers ran).
             asyncio.CancelledError: the caller cancelled; step processes were stopped and
                 their steps reported CANCELLED.
         """
-        work_dir = self._config.work_root / run_id
-        run = _Run(run_id, spec, observer, work_dir)
+        work_dir = self._config.work_root / "runs" / run_id
+        run = _Run(run_id, spec, observer, work_dir, reuse or {})
         root = spec.get("root") or {}
         try:
             outcome = await self._run_dag(run, root, "", "pipeline", dict(parameters), {})
@@ -245,6 +369,9 @@ class LocalExecutor:
             end = _now()
             for step in list(run.live.values()):
                 await run.report(replace(step, state=StepState.CANCELLED, end_time=end))
+            # Completed before this call, so not cancelled: report them as they were.
+            for step in list(run.awaiting_reuse.values()):
+                await run.report(step)
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
@@ -276,27 +403,33 @@ class LocalExecutor:
         label: str,
         parameters: Mapping[str, Any],
         artifacts: Mapping[str, tuple[Artifact, ...]],
+        fresh: bool = False,
     ) -> _Outcome:
         dag = component.get("dag") or {}
         tasks: Mapping[str, Any] = dag.get("tasks") or {}
         try:
-            scope = _Scope(_with_defaults(component, parameters, required=False), artifacts)
+            scope = _Scope(_with_defaults(component, parameters, required=False), artifacts, fresh)
         except (ParameterTypeError, _InputError) as exc:
             return _Outcome(_State.FAILED, error=run.fail(label, str(exc)))
         for key, task in tasks.items():
             component_of_task = run.components.get((task.get("componentRef") or {}).get("name"))
             if component_of_task is not None and run.container(component_of_task) is not None:
-                await run.report(self._new_step(run, prefix + _task_name(key, task), task))
+                name = prefix + _task_name(key, task)
+                if not fresh and name in run.reuse:
+                    run.awaiting_reuse[name] = run.reuse[name]
+                else:
+                    await run.report(self._new_step(run, name, task))
         futures: dict[str, asyncio.Task[_Outcome]] = {}
         for key, task in tasks.items():
             futures[key] = _spawn(self._run_task(run, prefix, key, task, scope, futures))
         outcomes = dict(zip(futures, await _supervise(list(futures.values())), strict=True))
+        fresh_out = fresh or any(o.fresh for o in outcomes.values())
         failed = [o for o in outcomes.values() if not o.ok]
         if failed:
             error = next((o.error for o in failed if o.error is not None), None)
             return _Outcome(_State.FAILED, error=error or run.failure)
         parameters_out, artifacts_out = _dag_outputs(dag, outcomes)
-        return _Outcome(_State.SUCCEEDED, parameters_out, artifacts_out)
+        return _Outcome(_State.SUCCEEDED, parameters_out, artifacts_out, fresh=fresh_out)
 
     async def _run_task(
         self,
@@ -317,10 +450,18 @@ class LocalExecutor:
         if deps:
             await asyncio.wait([futures[d] for d in deps])
         upstream = {d: futures[d].result() for d in deps}
+        fresh = scope.fresh or any(o.fresh for o in upstream.values())
         try:
             component = run.component(task)
         except _InputError as exc:
             return _Outcome(_State.FAILED, error=run.fail(name, str(exc)))
+        if name in run.awaiting_reuse:
+            # Before the failure check: a step that completed stays completed even when
+            # something else in this run has failed since.
+            reused = None if fresh else await self._reuse(run, name, component)
+            if reused is not None:
+                return reused
+            await run.report(self._new_step(run, name, task))
         policy = task.get("triggerPolicy") or {}
         always = policy.get("strategy") == _RUN_ALWAYS
         if not always and (run.failure is not None or not all(o.ok for o in upstream.values())):
@@ -331,13 +472,17 @@ class LocalExecutor:
             condition = policy.get("condition")
             if condition and not evaluate_condition(condition, parameters):
                 await self._skip(run, name, task, component)
-                return _Outcome(_State.NOT_TRIGGERED)
+                return _Outcome(_State.NOT_TRIGGERED, fresh=fresh)
         except (_InputError, ExpressionError, ParameterTypeError) as exc:
             return await self._task_failed(run, name, task, component, str(exc))
         if "dag" in component:
             if "parameterIterator" in task or "artifactIterator" in task:
-                return await self._run_loop(run, name, task, component, parameters, artifacts)
-            return await self._run_dag(run, component, f"{name}/", name, parameters, artifacts)
+                return await self._run_loop(
+                    run, name, task, component, parameters, artifacts, fresh
+                )
+            return await self._run_dag(
+                run, component, f"{name}/", name, parameters, artifacts, fresh
+            )
         return await self._run_container(run, name, task, component, parameters, artifacts, always)
 
     async def _run_loop(
@@ -348,6 +493,7 @@ class LocalExecutor:
         component: Mapping[str, Any],
         parameters: Mapping[str, Any],
         artifacts: Mapping[str, tuple[Artifact, ...]],
+        fresh: bool,
     ) -> _Outcome:
         iterations: list[tuple[Mapping[str, Any], Mapping[str, tuple[Artifact, ...]]]]
         try:
@@ -378,11 +524,12 @@ class LocalExecutor:
         async def iteration(index: int, inputs: tuple[Mapping[str, Any], Any]) -> _Outcome:
             label = f"{name}[{index}]"
             if gate is None:
-                return await self._run_dag(run, component, f"{label}/", label, *inputs)
+                return await self._run_dag(run, component, f"{label}/", label, *inputs, fresh)
             async with gate:
-                return await self._run_dag(run, component, f"{label}/", label, *inputs)
+                return await self._run_dag(run, component, f"{label}/", label, *inputs, fresh)
 
         outcomes = await _supervise([_spawn(iteration(i, x)) for i, x in enumerate(iterations)])
+        fresh_out = fresh or any(o.fresh for o in outcomes)
         failed = [o for o in outcomes if not o.ok]
         if failed:
             error = next((o.error for o in failed if o.error is not None), None)
@@ -396,7 +543,9 @@ class LocalExecutor:
             key: tuple(a for o in outcomes for a in o.artifacts.get(key, ()))
             for key in outputs.get("artifacts") or {}
         }
-        return _Outcome(_State.SUCCEEDED, collected_parameters, collected_artifacts)
+        return _Outcome(
+            _State.SUCCEEDED, collected_parameters, collected_artifacts, fresh=fresh_out
+        )
 
     def _resolve_inputs(
         self,
@@ -486,18 +635,60 @@ class LocalExecutor:
         step = run.live.get(name) or self._new_step(run, name, task)
         return await self._step_failed(run, step, reason)
 
-    async def _step_failed(self, run: _Run, step: Step, reason: str) -> _Outcome:
-        logger.info("runs/%s: step %s failed: %s", run.id, step.name, reason)
-        error = run.fail(step.name, reason)
+    async def _step_failed(
+        self, run: _Run, step: Step, failure: ErrorInfo | str, attempts: int = 1
+    ) -> _Outcome:
+        if isinstance(failure, str):
+            failure = _step_error(failure)
+        logger.info("runs/%s: step %s failed: %s", run.id, step.name, failure.message)
+        error = run.fail(
+            step.name,
+            failure.message,
+            code=failure.code,
+            error_reason=failure.reason,
+            attempts=attempts,
+        )
+        if attempts > 1:
+            failure = replace(failure, message=f"{failure.message} (after {attempts} attempts)")
         await run.report(
-            replace(
-                step,
-                state=StepState.FAILED,
-                end_time=_now(),
-                error=ErrorInfo(code=_UNKNOWN, message=reason, reason=_STEP_FAILED),
-            )
+            replace(step, state=StepState.FAILED, attempt=attempts, end_time=_now(), error=failure)
         )
         return _Outcome(_State.FAILED, error=error)
+
+    async def _reuse(self, run: _Run, name: str, component: Mapping[str, Any]) -> _Outcome | None:
+        """Reports a step completed earlier and returns its outputs; None to run it instead."""
+        step = run.awaiting_reuse[name]
+        outputs = component.get("outputDefinitions") or {}
+        by_name = {a.name: a for a in step.output_artifacts}
+        problem = ""
+        values = dict(step.output_parameters)
+        for key, definition in (outputs.get("parameters") or {}).items():
+            if key not in values:
+                problem = f"it has no output parameter {key!r}"
+                break
+            try:
+                # The store may hand back 4.0 for 4: downstream sees what a run would pass.
+                values[key] = coerce(values[key], definition.get("parameterType"))
+            except ParameterTypeError as exc:
+                problem = f"output parameter {key!r}: {exc}"
+                break
+        declared = list(outputs.get("artifacts") or {})
+        if not problem:
+            missing = [n for n in declared if n not in by_name or not by_name[n].uri]
+            if missing:
+                problem = f"it has no output artifact {', '.join(map(repr, missing))}"
+        if not problem and declared:
+            gone = await asyncio.to_thread(_gone_artifacts, [by_name[n].uri for n in declared])
+            if gone:
+                problem = f"its artifact {gone[0]} is gone"
+        if problem:
+            logger.info("runs/%s: not reusing step %s (%s); running it", run.id, name, problem)
+            return None
+        run.produced.extend(step.output_artifacts)
+        await run.report(step)
+        return _Outcome(
+            _State.SUCCEEDED, values, {a.name: (a,) for a in step.output_artifacts}, fresh=False
+        )
 
     async def _run_container(
         self,
@@ -522,6 +713,10 @@ class LocalExecutor:
             parameters = _with_defaults(component, parameters, required=True)
         except (PipelinesError, ParameterTypeError, _InputError) as exc:
             return await self._step_failed(run, step, str(exc))
+        try:
+            retry = _RetryPolicy.of(task)
+        except ValueError as exc:
+            return await self._step_failed(run, step, f"bad retryPolicy: {exc}")
         run.consumed.update(a.uri for found in artifacts.values() for a in found)
         templates = [*container.get("command", ()), *container.get("args", ())]
         cache = self._cache if (task.get("cachingOptions") or {}).get("enableCache") else None
@@ -531,13 +726,16 @@ class LocalExecutor:
             hit = cache.get(cache_key)
             if hit is not None:
                 return await self._cached(run, step, hit)
-        async with self._step_slots():
-            if run.failure is not None and not always:
-                await run.report(replace(step, state=StepState.SKIPPED, end_time=_now()))
-                return _Outcome(_State.SKIPPED)
-            outcome = await self._spawn_step(
-                run, step, folder, container, component, templates, parameters, artifacts
-            )
+        work = _Work(
+            folder=folder,
+            container=container,
+            component=component,
+            templates=templates,
+            parameters=parameters,
+            artifacts=artifacts,
+            timeout_seconds=folder.timeout_seconds or self._config.default_step_timeout_seconds,
+        )
+        outcome = await self._run_attempts(run, step, work, retry, always)
         if cache is not None and outcome.state is _State.SUCCEEDED:
             cache.put(
                 cache_key,
@@ -569,19 +767,67 @@ class LocalExecutor:
             _State.SUCCEEDED, dict(hit.output_parameters), {a.name: (a,) for a in restored}
         )
 
-    async def _spawn_step(
-        self,
-        run: _Run,
-        step: Step,
-        folder: ImageFolder,
-        container: Mapping[str, Any],
-        component: Mapping[str, Any],
-        templates: list[str],
-        parameters: Mapping[str, Any],
-        artifacts: Mapping[str, tuple[Artifact, ...]],
+    async def _run_attempts(
+        self, run: _Run, step: Step, work: _Work, retry: _RetryPolicy | None, always: bool
     ) -> _Outcome:
+        """Runs attempts until one succeeds or the retry policy gives up.
+
+        Between attempts the step is PENDING with the next attempt's number and the failed
+        attempt's error, and holds no step slot.
+        """
+        attempt = 1
+        first_start = 0.0
+        while True:
+            async with self._step_slots():
+                if run.failure is not None and not always:
+                    if attempt == 1:
+                        await run.report(replace(step, state=StepState.SKIPPED, end_time=_now()))
+                        return _Outcome(_State.SKIPPED)
+                    # Another step failed during the backoff: nothing new starts.
+                    assert step.error is not None
+                    return await self._step_failed(run, step, step.error, attempt - 1)
+                if attempt == 1:
+                    first_start = time.monotonic()
+                step, result = await self._attempt(run, step, attempt, work)
+            if not isinstance(result, ErrorInfo):
+                values, stored = result
+                run.produced.extend(stored)
+                await run.report(
+                    replace(
+                        step,
+                        state=StepState.SUCCEEDED,
+                        end_time=_now(),
+                        output_artifacts=stored,
+                        output_parameters=values,
+                    )
+                )
+                return _Outcome(_State.SUCCEEDED, values, {a.name: (a,) for a in stored})
+            delay = retry.delay(attempt, time.monotonic() - first_start) if retry else None
+            if delay is None:
+                return await self._step_failed(run, step, result, attempt)
+            logger.info(
+                "runs/%s: step %s attempt %s failed (%s); retrying in %.3gs",
+                run.id,
+                step.name,
+                attempt,
+                result.message,
+                delay,
+            )
+            attempt += 1
+            step = replace(step, state=StepState.PENDING, attempt=attempt, error=result)
+            await run.report(step)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, run: _Run, step: Step, attempt: int, work: _Work
+    ) -> tuple[Step, tuple[dict[str, Any], tuple[Artifact, ...]] | ErrorInfo]:
+        """One run of the step's command: the step as last reported, and the outputs or why
+        the attempt failed. Reports RUNNING once the process has started."""
         step_dir = run.work_dir / step.name
-        outputs = component.get("outputDefinitions") or {}
+        if attempt > 1:
+            await asyncio.to_thread(shutil.rmtree, step_dir, True)
+        outputs = work.component.get("outputDefinitions") or {}
         output_parameters: Mapping[str, Any] = outputs.get("parameters") or {}
         output_artifacts: Mapping[str, Any] = outputs.get("artifacts") or {}
         (step_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -589,17 +835,17 @@ class LocalExecutor:
             (step_dir / "artifacts").mkdir(exist_ok=True)
         if output_parameters:
             (step_dir / "parameters").mkdir(exist_ok=True)
-        input_definitions = (component.get("inputDefinitions") or {}).get("artifacts") or {}
+        input_definitions = (work.component.get("inputDefinitions") or {}).get("artifacts") or {}
         try:
             local_inputs = (
-                await asyncio.to_thread(self._localize, artifacts, input_definitions, step_dir)
-                if artifacts
+                await asyncio.to_thread(self._localize, work.artifacts, input_definitions, step_dir)
+                if work.artifacts
                 else {}
             )
         except (PipelinesError, OSError) as exc:
-            return await self._step_failed(run, step, f"cannot read an input artifact: {exc}")
+            return step, _step_error(f"cannot read an input artifact: {exc}")
         context = CommandContext(
-            parameters=parameters,
+            parameters=work.parameters,
             input_artifacts=local_inputs,
             output_artifacts={
                 n: LocalArtifact(n, str(step_dir / "artifacts" / n), "", _schema(d))
@@ -616,36 +862,62 @@ class LocalExecutor:
             },
         )
         try:
-            argv = resolve(templates, context)
+            argv = resolve(work.templates, context)
         except PlaceholderError as exc:
-            return await self._step_failed(run, step, str(exc))
+            return step, _step_error(str(exc))
         if not argv:
-            return await self._step_failed(run, step, "the container has no command")
+            return step, _step_error("the container has no command")
         if _PYTHON.fullmatch(argv[0]):
             argv[0] = self._config.python
-        stderr = step_dir / "stderr.log"
+        log_path = step_log_path(self.logs_root, run.id, step.name, attempt)
+        try:
+            log = AttemptLog(log_path)
+        except OSError as exc:
+            return step, _step_error(f"cannot create its log file: {exc}")
         try:
             process = await StepProcess.start(
                 argv,
-                cwd=folder.path,
-                env=self._environment(folder, container, step_dir / "tmp"),
-                stdout=step_dir / "stdout.log",
-                stderr=stderr,
+                cwd=work.folder.path,
+                env=self._environment(work.folder, work.container, step_dir / "tmp"),
+                log=log,
                 grace_seconds=self._config.cancel_grace_seconds,
             )
         except OSError as exc:
-            return await self._step_failed(run, step, f"cannot start {argv[0]}: {exc}")
-        running = replace(step, state=StepState.RUNNING, start_time=_now())
-        try:
-            await run.report(running)
+            log.close()
+            return step, _step_error(f"cannot start {argv[0]}: {exc}")
         except BaseException:
-            await process.stop()
+            log.close()
             raise
-        returncode = await process.wait()
+        running = replace(
+            step,
+            state=StepState.RUNNING,
+            attempt=attempt,
+            start_time=step.start_time or _now(),
+            error=None,
+        )
+        try:
+            try:
+                await run.report(running)
+            except BaseException:
+                await process.stop()
+                raise
+            limit = work.timeout_seconds
+            try:
+                if limit is None:
+                    returncode = await process.wait()
+                else:
+                    async with asyncio.timeout(limit):
+                        returncode = await process.wait()
+            except TimeoutError:
+                return running, ErrorInfo(
+                    code=_DEADLINE_EXCEEDED,
+                    message=f"timed out after {_format_seconds(limit or 0)}",
+                    reason=_STEP_TIMEOUT,
+                )
+        finally:
+            log.close()
         if returncode != 0:
-            return await self._step_failed(
-                run, running, last_error_line(stderr) or exit_reason(returncode)
-            )
+            return running, _step_error(process.last_error_line or exit_reason(returncode))
         try:
             collected = await asyncio.to_thread(
                 self._collect,
@@ -654,24 +926,13 @@ class LocalExecutor:
                 step_dir,
                 output_parameters,
                 output_artifacts,
-                uses_executor_output(templates),
+                uses_executor_output(work.templates),
             )
         except (PipelinesError, OSError) as exc:
             collected = f"cannot store its outputs: {exc}"
         if isinstance(collected, str):
-            return await self._step_failed(run, running, collected)
-        values, stored = collected
-        run.produced.extend(stored)
-        await run.report(
-            replace(
-                running,
-                state=StepState.SUCCEEDED,
-                end_time=_now(),
-                output_artifacts=stored,
-                output_parameters=values,
-            )
-        )
-        return _Outcome(_State.SUCCEEDED, values, {a.name: (a,) for a in stored})
+            return running, _step_error(collected)
+        return running, collected
 
     def _environment(
         self, folder: ImageFolder, container: Mapping[str, Any], tmp: Path

@@ -11,21 +11,62 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from skit_pipelines.executor._logs import AttemptLog
+
 logger = logging.getLogger(__name__)
 
-_TAIL_BYTES = 8192
+_DRAIN_SECONDS = 2.0
+"""How long output may keep arriving after the process group is killed: only a
+descendant that left the group (setsid) can hold a pipe open longer."""
+
+
+class _PipeToLog(asyncio.Protocol):
+    """Feeds one of a step's output pipes into its attempt log."""
+
+    def __init__(self, log: AttemptLog, stream: str) -> None:
+        self._log = log
+        self._stream = stream
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._log.feed(self._stream, data)
+
+    def eof_received(self) -> bool | None:
+        self._log.end(self._stream)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._log.end(self._stream)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class StepProcess:
-    """A running step command. `wait` turns cancellation into SIGTERM, then SIGKILL."""
+    """A running step command. `wait` turns cancellation into SIGTERM, then SIGKILL.
 
-    def __init__(self, process: asyncio.subprocess.Process, grace_seconds: float) -> None:
+    stdout and stderr go through pipes into an AttemptLog, read by the event loop.
+    """
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        grace_seconds: float,
+        log: AttemptLog,
+        pipes: list[tuple[asyncio.BaseTransport, _PipeToLog]],
+    ) -> None:
         self._process = process
         self._grace = grace_seconds
+        self._log = log
+        self._pipes = pipes
 
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def last_error_line(self) -> str:
+        """The last non-empty line the step wrote to stderr, or ""."""
+        return self._log.last_stderr_line
 
     @classmethod
     async def start(
@@ -34,24 +75,82 @@ class StepProcess:
         *,
         cwd: Path,
         env: Mapping[str, str],
-        stdout: Path,
-        stderr: Path,
+        log: AttemptLog,
         grace_seconds: float,
     ) -> StepProcess:
-        with stdout.open("wb") as out, stderr.open("wb") as err:
+        """Starts the command; a cancel while it starts still gets SIGTERM and the grace."""
+        starting = asyncio.ensure_future(cls._start(argv, cwd, env, log, grace_seconds))
+        try:
+            # Shielded: cancelled half-way, asyncio would SIGKILL the child outright.
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            started = None
+            try:
+                started = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                starting.add_done_callback(_kill_when_started)
+                raise
+            except Exception:
+                pass  # It never started: nothing to stop, and the cancel stands.
+            if started is not None:
+                await started.stop()
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        log: AttemptLog,
+        grace_seconds: float,
+    ) -> StepProcess:
+        loop = asyncio.get_running_loop()
+        # Own pipes rather than PIPE: read_pipe transports can be closed if a stray
+        # descendant keeps a write end open, and protocols feed the log without a task.
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        readers = [os.fdopen(out_read, "rb", buffering=0), os.fdopen(err_read, "rb", buffering=0)]
+        try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
+                stdout=out_write,
+                stderr=err_write,
                 start_new_session=True,
             )
-        return cls(process, grace_seconds)
+        except BaseException:
+            for reader in readers:
+                reader.close()
+            raise
+        finally:
+            # The child has its copies; ours would keep the pipes from ever ending.
+            os.close(out_write)
+            os.close(err_write)
+        pipes: list[tuple[asyncio.BaseTransport, _PipeToLog]] = []
+        try:
+            for reader, stream in zip(readers, ("stdout", "stderr"), strict=True):
+                pipes.append(
+                    await loop.connect_read_pipe(lambda s=stream: _PipeToLog(log, s), reader)
+                )
+        except BaseException:
+            for transport, _ in pipes:
+                transport.close()
+            for reader in readers[len(pipes) :]:
+                reader.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise
+        return cls(process, grace_seconds, log, pipes)
 
     async def wait(self) -> int:
-        """Waits for the exit code; on cancellation stops the group, then re-raises."""
+        """Waits for the exit code; on cancellation stops the group, then re-raises.
+
+        Returns once the output is in the log.
+        """
         try:
             return await self._process.wait()
         except asyncio.CancelledError:
@@ -60,40 +159,47 @@ class StepProcess:
         finally:
             # Like a container's end: nothing the step left behind outlives it.
             self._signal_group(signal.SIGKILL)
+            await self._drain()
 
     async def stop(self) -> None:
         """SIGTERM to the group, SIGKILL after the grace period; returns once reaped."""
-        if self._process.returncode is not None:
-            return
-        self._signal_group(signal.SIGTERM)
+        if self._process.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), self._grace)
+            except TimeoutError:
+                logger.info(
+                    "step process %s outlived SIGTERM by %ss; killing it", self.pid, self._grace
+                )
+            finally:
+                self._signal_group(signal.SIGKILL)
+            await self._process.wait()
+        await self._drain()
+
+    async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._process.wait(), self._grace)
-        except TimeoutError:
-            logger.info(
-                "step process %s outlived SIGTERM by %ss; killing it", self.pid, self._grace
-            )
+            pending = [protocol.closed for _, protocol in self._pipes if not protocol.closed.done()]
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=_DRAIN_SECONDS)
+                if late:
+                    logger.info("step process %s left its output open; closing it", self.pid)
         finally:
-            self._signal_group(signal.SIGKILL)
-        await self._process.wait()
+            for transport, _ in self._pipes:
+                transport.close()
+
+    def kill(self) -> None:
+        """SIGKILL to the group, without waiting."""
+        self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, signum: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, signum)
 
 
-def last_error_line(stderr: Path) -> str:
-    """The last non-empty line of a step's stderr, or "" when there is none."""
-    try:
-        with stderr.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - _TAIL_BYTES))
-            tail = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    for line in reversed(tail.splitlines()):
-        if line.strip():
-            return line.strip()[:1000]
-    return ""
+def _kill_when_started(starting: asyncio.Future[StepProcess]) -> None:
+    """For a start abandoned by a second cancel: nothing may outlive it."""
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().kill()
 
 
 def exit_reason(returncode: int) -> str:

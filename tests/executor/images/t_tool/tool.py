@@ -65,6 +65,29 @@ def main(argv: list[str]) -> int:
         _write(args[0] + ".tmp", f"{os.getpid()} {child.pid}")
         os.replace(args[0] + ".tmp", args[0])
         time.sleep(120)
+    elif command == "flaky":  # flaky COUNTER FAILURES OUT: fails FAILURES times, then writes
+        counter = Path(args[0])
+        runs = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(runs))
+        with open(args[0] + ".times", "a") as times:
+            times.write(f"{time.time()}\n")
+        print(f"attempt {runs} starting")
+        if runs <= int(args[1]):
+            print(f"flaky: attempt {runs} failed", file=sys.stderr)
+            return 1
+        _write(args[2], f"ok after {runs}")
+    elif command == "hang-then":  # hang-then COUNTER HANGS OUT: hangs the first HANGS runs
+        counter = Path(args[0])
+        runs = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(runs))
+        if runs <= int(args[1]):
+            time.sleep(120)
+        _write(args[2], f"done on run {runs}")
+    elif command == "chatty":  # chatty LINES DELAY: interleaved stdout/stderr lines, slowly
+        for i in range(int(args[0])):
+            print(f"out {i}", flush=True)
+            print(f"err {i}", file=sys.stderr, flush=True)
+            time.sleep(float(args[1]))
     elif command == "nothing":
         pass
     else:
