@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import psutil
 import pytest
 import yaml
 from kfp import compiler, components, dsl
@@ -242,3 +243,32 @@ async def test_logs_of_a_reused_step_come_from_the_run_it_retried(
     retry = await harness.until(await harness.controller.retry_run(failed.name), terminal)
     lines = [line.text async for line in harness.controller.read_step_logs(retry.name, "nap")]
     assert lines == ["first: sleeping 0.0s", "first: done"]
+
+
+async def test_a_killed_step_process_fails_the_run_clearly(harness: Harness) -> None:
+    run = await harness.create(seconds=60.0)
+    await harness.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
+    naps = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if any(part.endswith("nap.py") for part in p.cmdline())
+    ]
+    assert len(naps) == 1
+    naps[0].kill()
+    done = await harness.until(run, terminal)
+    assert done.state is RunState.FAILED
+    assert "signal 9" in done.error.message or "SIGKILL" in done.error.message, done.error
+    assert done.steps[0].state is StepState.FAILED
+
+
+async def test_an_unwritable_artifact_store_fails_the_step_not_the_service(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # Root ignores permission bits, so block the store with a file where a directory must go.
+    (tmp_path / "artifacts" / "runs").write_text("not a directory")
+    run = await harness.until(await harness.create(), terminal)
+    assert run.state is RunState.FAILED
+    assert run.steps[0].state is StepState.FAILED and run.steps[0].error.message
+    (tmp_path / "artifacts" / "runs").unlink()
+    again = await harness.until(await harness.create(), terminal)
+    assert again.state is RunState.SUCCEEDED
