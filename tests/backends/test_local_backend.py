@@ -245,14 +245,26 @@ async def test_logs_of_a_reused_step_come_from_the_run_it_retried(
     assert lines == ["first: sleeping 0.0s", "first: done"]
 
 
+def step_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(part.endswith("nap.py") for part in process.cmdline()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 async def test_a_killed_step_process_fails_the_run_clearly(harness: Harness) -> None:
     run = await harness.create(seconds=60.0)
     await harness.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
-    naps = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if any(part.endswith("nap.py") for part in p.cmdline())
-    ]
+    # RUNNING is reported once the process is started; it may not have exec'd nap.py yet.
+    for _ in range(200):
+        naps = step_processes()
+        if naps:
+            break
+        await asyncio.sleep(0.05)
     assert len(naps) == 1
     naps[0].kill()
     done = await harness.until(run, terminal)
