@@ -12,6 +12,7 @@ from pathlib import Path
 from skit_components.db import connect, sqlite_url
 from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
 from skit_pipelines.demo.generator import generate, write_annotations
+from skit_pipelines.demo.slu_model import ensure_demo_models
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ _TEMP = re.compile(r"^(?P<name>.+\.db)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 def ensure_demo_data(demo_root: Path) -> dict[str, str]:
     """Creates `demo_root/calls.db`, `metrics.db` and `annotations.db` unless they exist, and
     returns the step environment pointing at them: {"CALLS_DB_URL": ..., "METRICS_DB_URL":
-    ..., "ANNOTATIONS_DB_URL": ...}.
+    ..., "ANNOTATIONS_DB_URL": ...}, plus MODEL_REGISTRY_URL of the model registry
+    `demo_root/models` with its production SLU model (see `demo.slu_model`).
 
     Idempotent and crash-safe: databases are generated under temporary names and linked into
     place only when complete, so an existing file is always a complete database (it only
@@ -68,6 +70,8 @@ def ensure_demo_data(demo_root: Path) -> dict[str, str]:
         "CALLS_DB_URL": sqlite_url(calls_path),
         "METRICS_DB_URL": sqlite_url(metrics_path),
         "ANNOTATIONS_DB_URL": sqlite_url(annotations_path),
+        # The registry with the production SLU model (retrain-slu, evaluate-slu).
+        "MODEL_REGISTRY_URL": ensure_demo_models(demo_root),
     }
 
 

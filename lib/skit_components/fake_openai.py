@@ -1,0 +1,163 @@
+"""A local OpenAI-compatible chat completions server for tests.
+
+Components that call an LLM read its base URL from their environment; tests point that at
+`FakeChatServer(...).url`, a real HTTP server on 127.0.0.1 with a free port, and decide
+per request what it answers (a reply, an error status, a delay past the client's timeout,
+a malformed body). It records every request it receives and the most requests it served
+at once, so tests can check what left the machine and how concurrent the client was.
+
+    with FakeChatServer(lambda request: chat_reply('{"breaches": []}')) as server:
+        os.environ["LLM_BASE_URL"] = server.url
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server answers to one request."""
+
+    status: int = 200
+    body: Any = None
+    """A JSON value, or bytes sent as they are."""
+    delay_seconds: float = 0.0
+    """Sleep this long first (past the client's timeout, to make it time out)."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the server received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+    """The parsed JSON body (None when it was not JSON)."""
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return list((self.body or {}).get("messages") or [])
+
+    @property
+    def text(self) -> str:
+        """Every message's content, joined: what the client sent out."""
+        return "\n".join(str(m.get("content", "")) for m in self.messages)
+
+
+def chat_reply(content: str, *, total_tokens: int = 42, model: str = "fake-model") -> Reply:
+    """A successful chat completion whose message content is `content`."""
+    return Reply(
+        body={
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": total_tokens - 2,
+                "completion_tokens": 2,
+                "total_tokens": total_tokens,
+            },
+        }
+    )
+
+
+class FakeChatServer:
+    """Answers POST <url>/chat/completions with `respond(request)`; 404 elsewhere."""
+
+    def __init__(self, respond: Callable[[Request], Reply]) -> None:
+        self.respond = respond
+        self.requests: list[Request] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The base URL, as OpenAI clients take it (…/v1)."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> FakeChatServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    body = None
+                request = Request(self.path, dict(self.headers.items()), body)
+                with server._lock:
+                    server.requests.append(request)
+                    server._in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                try:
+                    reply = (
+                        server.respond(request)
+                        if self.path == CHAT_PATH
+                        else Reply(404, {"error": "not found"})
+                    )
+                    if reply.delay_seconds:
+                        time.sleep(reply.delay_seconds)
+                finally:
+                    # Before answering: once the client has the answer it may send its
+                    # next request, which must not find this one still counted.
+                    with server._lock:
+                        server._in_flight -= 1
+                payload = (
+                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                )
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timed out) first
+
+        return Handler
+
+
+def unreachable_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens (connections are refused): a port
+    that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
