@@ -13,6 +13,8 @@ The server is, in order of preference:
 When none is possible the test is skipped, or fails if env SKIT_TEST_REQUIRE_POSTGRES=1
 (CI sets it, so a broken server cannot pass unnoticed as a skip).
 
+`throwaway_postgres` starts a server of the test's own, for tests that restart or stop it.
+
 Use it by loading this module as a plugin in a test module:
 `pytest_plugins = ["skit_components.testing"]`.
 """
@@ -62,6 +64,22 @@ def postgres_server() -> Iterator[str]:
         pytest.skip(message)
     try:
         yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[_ThrowawayServer]:
+    """A PostgreSQL server of this test's own (never the shared one), for tests that stop
+    or restart it: `.dsn`, `.shut_down()`, `.start_again()`."""
+    server, reason = _start_throwaway_server()
+    if server is None:
+        message = f"cannot start a throwaway PostgreSQL server: {reason}"
+        if os.environ.get(ENV_REQUIRE) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield server
     finally:
         server.stop()
 
@@ -118,6 +136,34 @@ class _ThrowawayServer:
     root: Path
     pg_ctl: str
     as_postgres: tuple[str, ...]
+    options: str = ""
+    """The postgres options it was started with (port, socket directory, ...)."""
+
+    def shut_down(self) -> None:
+        """Stops the server (fast: sessions are disconnected) and keeps its data."""
+        self._control("-m", "fast", "stop")
+
+    def start_again(self) -> None:
+        """Starts the stopped server on the same port with the same data."""
+        self._control("-o", self.options, "-l", str(self.root / "server.log"), "start")
+
+    def _control(self, *args: str) -> None:
+        subprocess.run(
+            [
+                *self.as_postgres,
+                self.pg_ctl,
+                "-D",
+                str(self.root / "data"),
+                "-w",
+                "-t",
+                "30",
+                *args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=True,
+        )
 
     def stop(self) -> None:
         subprocess.run(
@@ -223,7 +269,7 @@ def _start_throwaway_server() -> tuple[_ThrowawayServer | None, str]:
         )
         if start.returncode == 0:
             dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            return _ThrowawayServer(dsn, root, pg_ctl, as_postgres), ""
+            return _ThrowawayServer(dsn, root, pg_ctl, as_postgres, options), ""
         last_error = start.stderr.strip() or start.stdout.strip()
     shutil.rmtree(root, ignore_errors=True)
     return None, f"pg_ctl start failed: {last_error[-300:]}"

@@ -14,7 +14,6 @@ import queue
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,11 +39,6 @@ TERMINAL_RUN_STATES = frozenset(
     {run_pb2.RUN_STATE_SUCCEEDED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
 )
 
-# How many times in a row a watch resumes after losing the server (UNAVAILABLE),
-# and the first pause; the pause doubles each time, up to _RESUME_MAX_DELAY.
-_RESUME_ATTEMPTS = 5
-_RESUME_FIRST_DELAY = 0.5
-_RESUME_MAX_DELAY = 8.0
 # The live view redraws at least this often (seconds) so elapsed times keep moving.
 _LIVE_REFRESH = 0.5
 
@@ -499,37 +493,6 @@ class _LiveView:
 # Watching.
 
 
-def follow_run(
-    client: PipelinesClient,
-    name: str,
-    after_revision: int = 0,
-    *,
-    on_resume: Callable[[RPCError, float], None] | None = None,
-) -> Iterator[run_pb2.Run]:
-    """WatchRun, resumed after the last revision seen when the server becomes unreachable.
-
-    The contract replays every later revision exactly once, so a restarted server or a
-    dropped connection costs no change. Gives up after _RESUME_ATTEMPTS failures in a row.
-    """
-    revision = after_revision
-    failures = 0
-    while True:
-        try:
-            for run in client.watch_run(name, revision):
-                failures = 0
-                revision = max(revision, run.revision)
-                yield run
-            return
-        except RPCError as error:
-            if not error.retryable or failures >= _RESUME_ATTEMPTS:
-                raise
-            delay = min(_RESUME_FIRST_DELAY * 2**failures, _RESUME_MAX_DELAY)
-            failures += 1
-            if on_resume is not None:
-                on_resume(error, delay)
-            time.sleep(delay)
-
-
 def _with_ticks(items: Iterator[_T], interval: float) -> Iterator[_T | None]:
     """The items, consumed on a thread, with None whenever `interval` passes without one.
 
@@ -581,7 +544,8 @@ def watch(
         else:
             view.note(text)
 
-    snapshots = follow_run(client, name, after_revision, on_resume=on_resume)
+    # The client resumes a dropped stream (or a restarted server) after the last revision.
+    snapshots = client.watch(name, after_revision, on_resume=on_resume)
     try:
         last = _show_progress(snapshots, out, view, json_output=output == "json")
     except KeyboardInterrupt:
@@ -649,6 +613,11 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         backend=args.backend,
         kfp_host=args.kfp_host,
         kfp_ui_url=args.kfp_ui_url,
+        traces_exporter=args.traces_exporter,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_otlp=args.metrics_otlp,
+        otlp_endpoint=args.otlp_endpoint,
     )
     return serve(config)
 
@@ -910,6 +879,36 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--kfp-ui-url",
         metavar="URL",
         help="Kubeflow Pipelines UI base URL for run links (SKIT_KFP_UI_URL; default --kfp-host)",
+    )
+    observability = serve.add_argument_group(
+        "observability", "OpenTelemetry traces and metrics (README.md: Observability)"
+    )
+    observability.add_argument(
+        "--traces-exporter",
+        choices=("none", "console", "otlp"),
+        help="where spans go (SKIT_TRACES_EXPORTER; default none)",
+    )
+    observability.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://--metrics-host:PORT/metrics, 0 for any port"
+        " (SKIT_METRICS_PORT; default off)",
+    )
+    observability.add_argument(
+        "--metrics-host", help="address of /metrics (SKIT_METRICS_HOST; default 127.0.0.1)"
+    )
+    observability.add_argument(
+        "--metrics-otlp",
+        action="store_true",
+        default=None,
+        help="also push metrics over OTLP (SKIT_METRICS_OTLP)",
+    )
+    observability.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/gRPC collector, e.g. http://collector:4317 (SKIT_OTLP_ENDPOINT; default"
+        " OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317)",
     )
     serve.set_defaults(local=_serve)
 

@@ -37,9 +37,10 @@ class ServerConfig:
     project_root: Path = field(default_factory=_project_root)
     """The checkout holding pipelines/ and images/."""
     store_url: str = ""
-    """The run store: "" for SQLite at <home>/runs.db, or sqlite:///path."""
+    """The run store: "" for SQLite at <home>/runs.db, sqlite:///path, or
+    postgresql://user@host/db (shared by several replicas)."""
     artifacts_url: str = ""
-    """The artifact store: "" for <home>/artifacts, or file:///path."""
+    """The artifact store: "" for <home>/artifacts, file:///path, or s3://bucket/prefix."""
     step_env: Mapping[str, str] = field(default_factory=dict)
     """Values of the environment variables components declare (database URLs, API keys)."""
     demo_data: bool = True
@@ -69,6 +70,50 @@ class ServerConfig:
     """Open WatchRun/ReadStepLogs streams one principal may hold; more get RESOURCE_EXHAUSTED."""
     insecure: bool = False
     """Allow listening on a non-loopback address without authentication."""
+    store_pool_size: int = 10
+    """PostgreSQL connections per replica."""
+    store_retry_seconds: float = 30.0
+    """How long a PostgreSQL operation is retried through a lost connection or a server
+    restart before the call fails with UNAVAILABLE."""
+    s3_endpoint_url: str = ""
+    """Overrides the endpoint of an s3:// artifact store (MinIO, a test server). Region and
+    credentials always come from the standard AWS configuration (AWS_* variables, shared
+    config files, instance or pod roles)."""
+    s3_multipart_bytes: int = 8 * 1024 * 1024
+    """Artifacts at least this large move to and from S3 in parts of this size."""
+    backend: str = "local"
+    """Where runs execute: "local" (the embedded executor) or "kubeflow"."""
+    kfp_host: str = ""
+    """The Kubeflow Pipelines API endpoint, e.g. http://ml-pipeline.kubeflow:8888."""
+    kfp_ui_url: str = ""
+    """The KFP UI base URL for run links; empty: kfp_host."""
+    kfp_token: str = field(default="", repr=False)
+    """Bearer token for the KFP API."""
+    kfp_cookie: str = field(default="", repr=False)
+    """Cookie header value for the KFP API (e.g. "authservice_session=...")."""
+    kfp_namespace: str = ""
+    """The namespace of a multi-user KFP installation; empty: single-user."""
+    kfp_experiment: str = "skit-pipelines"
+    """The KFP experiment runs are created in."""
+    kfp_poll_seconds: float = 5.0
+    """How often the replica holding a run's lease polls KFP for it."""
+    lease_seconds: float = 30.0
+    """How long a replica may stop renewing its runs' leases before another replica takes
+    them over."""
+    traces_exporter: str = "none"
+    """Where spans go: "none", "console" (stdout) or "otlp" (to otlp_endpoint)."""
+    metrics_port: int | None = None
+    """Serves Prometheus metrics at http://metrics_host:metrics_port/metrics; None: off,
+    0: any free port."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the /metrics endpoint."""
+    metrics_otlp: bool = False
+    """Also push metrics over OTLP to otlp_endpoint (every OTEL_METRIC_EXPORT_INTERVAL ms,
+    default 60 s)."""
+    otlp_endpoint: str = ""
+    """The OTLP/gRPC collector, e.g. http://otel-collector:4317; empty: the exporter's
+    default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317). Headers and certificates
+    come from the standard OTEL_EXPORTER_OTLP_* variables, which the exporter reads."""
 
     @property
     def images_root(self) -> Path:
@@ -81,6 +126,10 @@ class ServerConfig:
     @property
     def resolved_home(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.store_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def database_path(self) -> Path:
@@ -109,7 +158,13 @@ class ServerConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         """Reads SKIT_HOST, SKIT_PORT, SKIT_HOME, SKIT_PROJECT_ROOT, SKIT_STORE, SKIT_ARTIFACTS,
-        SKIT_DEMO_DATA, SKIT_MAX_PARALLEL_STEPS, SKIT_MAX_ACTIVE_RUNS and SKIT_STEP_ENV_*."""
+        SKIT_DEMO_DATA, SKIT_MAX_PARALLEL_STEPS, SKIT_MAX_ACTIVE_RUNS, SKIT_STEP_ENV_*, the
+        scale-out settings (SKIT_STORE_POOL_SIZE, SKIT_STORE_RETRY_SECONDS,
+        SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
+        SKIT_KFP_UI_URL, SKIT_KFP_TOKEN, SKIT_KFP_COOKIE, SKIT_KFP_NAMESPACE,
+        SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_LEASE_SECONDS), the security
+        ones and telemetry's (SKIT_TRACES_EXPORTER, SKIT_METRICS_PORT, SKIT_METRICS_HOST,
+        SKIT_METRICS_OTLP, SKIT_OTLP_ENDPOINT)."""
         env = os.environ if environ is None else environ
         config = cls()
         step_env = {
@@ -144,8 +199,37 @@ class ServerConfig:
             if "SKIT_MAX_ACTIVE_RUNS" in env
             else None,
             step_env=step_env or None,
+            store_pool_size=_number(env, "SKIT_STORE_POOL_SIZE", int),
+            store_retry_seconds=_number(env, "SKIT_STORE_RETRY_SECONDS", float),
+            s3_endpoint_url=env.get("SKIT_S3_ENDPOINT_URL"),
+            s3_multipart_bytes=_number(env, "SKIT_S3_MULTIPART_BYTES", int),
+            backend=env.get("SKIT_BACKEND"),
+            kfp_host=env.get("SKIT_KFP_HOST"),
+            kfp_ui_url=env.get("SKIT_KFP_UI_URL"),
+            kfp_token=env.get("SKIT_KFP_TOKEN"),
+            kfp_cookie=env.get("SKIT_KFP_COOKIE"),
+            kfp_namespace=env.get("SKIT_KFP_NAMESPACE"),
+            kfp_experiment=env.get("SKIT_KFP_EXPERIMENT"),
+            kfp_poll_seconds=_number(env, "SKIT_KFP_POLL_SECONDS", float),
+            lease_seconds=_number(env, "SKIT_LEASE_SECONDS", float),
+            traces_exporter=env.get("SKIT_TRACES_EXPORTER"),
+            metrics_port=_number(env, "SKIT_METRICS_PORT", int),
+            metrics_host=env.get("SKIT_METRICS_HOST"),
+            metrics_otlp=env["SKIT_METRICS_OTLP"] in ("1", "true", "yes")
+            if env.get("SKIT_METRICS_OTLP")
+            else None,
+            otlp_endpoint=env.get("SKIT_OTLP_ENDPOINT"),
         )
 
 
 def _path(env: Mapping[str, str], key: str) -> Path | None:
     return Path(env[key]) if env.get(key) else None
+
+
+def _number(env: Mapping[str, str], key: str, kind: type[int] | type[float]) -> float | None:
+    if not env.get(key):
+        return None
+    try:
+        return kind(env[key])
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {env[key]!r}") from None

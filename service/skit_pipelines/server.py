@@ -5,26 +5,41 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
-from dataclasses import dataclass, replace
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines import jsonlog, reflection
-from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.artifacts import ArtifactStore, LocalArtifactStore
 from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
+from skit_pipelines.domain import RunState
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
+from skit_pipelines.store.base import RunStore
 from skit_pipelines.store.sqlite import SqliteRunStore
+from skit_pipelines.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from skit_pipelines.backends.kubeflow import KubeflowBackend
+    from skit_pipelines.backends.leased import LeasedBackend
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+
+
+_MAX_PENDING_CALLS = 20_000
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -37,6 +52,11 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # gRPC cancels calls beyond 1,000 not yet picked up by the event loop: a burst of
+        # watchers reconnecting after a restart would get CANCELLED, which clients do not
+        # retry.
+        ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
     ]
 
 
@@ -58,14 +78,16 @@ class Application:
     port: int
     controller: RunController
     backend: Backend
-    store: SqliteRunStore
+    store: RunStore
     health: health.aio.HealthServicer
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
+        self.telemetry.start()
         await self.controller.resume()
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -82,6 +104,7 @@ class Application:
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         await self.backend.shutdown()
         await self.store.close()
+        await self.telemetry.shutdown()
 
 
 class ExposureError(ConfigError):
@@ -122,11 +145,12 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 async def create_grpc_server(
-    controller: RunController, config: ServerConfig
+    controller: RunController, config: ServerConfig, telemetry: Telemetry | None = None
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one)."""
-    interceptors = []
+    # Telemetry first: rejected calls are traced and measured too.
+    interceptors = telemetry.server_interceptors(SERVICE_NAME) if telemetry else []
     if config.tokens_file is not None:
         interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
@@ -148,16 +172,88 @@ async def create_grpc_server(
     return server, port, health_servicer
 
 
-async def build_application(config: ServerConfig) -> Application:
-    # The executor and kfp are imported here so that importing this module (for
+def _scheme(url: str) -> str:
+    # Only the scheme goes into error messages: store URLs may carry passwords.
+    return urlparse(url).scheme or url.split(":", 1)[0]
+
+
+async def open_run_store(config: ServerConfig) -> RunStore:
+    """SQLite (the embedded default) or PostgreSQL (shared by replicas)."""
+    if config.uses_postgres:
+        from skit_pipelines.store.postgres import PostgresRunStore, RetryPolicy
+
+        return await PostgresRunStore.open(
+            config.store_url,
+            history_limit=config.watch_history_limit,
+            pool_size=config.store_pool_size,
+            retry=RetryPolicy(budget_seconds=config.store_retry_seconds),
+        )
+    if config.store_url and not config.store_url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"--store must be sqlite:///path or postgresql://..., not {_scheme(config.store_url)}:"
+        )
+    return SqliteRunStore(config.database_path, history_limit=config.watch_history_limit)
+
+
+def open_artifact_store(config: ServerConfig) -> ArtifactStore:
+    """A local directory (the embedded default) or an S3 bucket prefix."""
+    if config.artifacts_url.startswith("s3://"):
+        from skit_pipelines.artifacts_s3 import S3ArtifactStore, S3Settings
+
+        return S3ArtifactStore.from_url(
+            config.artifacts_url,
+            S3Settings(
+                endpoint_url=config.s3_endpoint_url,
+                multipart_threshold_bytes=config.s3_multipart_bytes,
+                multipart_chunk_bytes=config.s3_multipart_bytes,
+            ),
+        )
+    if config.artifacts_url and not config.artifacts_url.startswith("file://"):
+        raise ConfigError(
+            f"--artifacts must be file:///path or s3://bucket/prefix,"
+            f" not {_scheme(config.artifacts_url)}:"
+        )
+    return LocalArtifactStore(config.artifacts_root)
+
+
+def replica_id() -> str:
+    """This process among the replicas: the owner name of its leases."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _kubeflow_backend(config: ServerConfig, store: RunStore, catalog: Catalog) -> KubeflowBackend:
+    from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings
+    from skit_pipelines.backends.leases import LocalRunLeases, RunLeases
+    from skit_pipelines.store.postgres import PostgresRunStore
+
+    owner = replica_id()
+    leases: RunLeases
+    if isinstance(store, PostgresRunStore):
+        leases = store.leases(owner, config.lease_seconds)
+    else:
+        leases = LocalRunLeases(owner, config.lease_seconds)
+    settings = KubeflowSettings(
+        host=config.kfp_host,
+        ui_url=config.kfp_ui_url,
+        token=config.kfp_token,
+        cookie=config.kfp_cookie,
+        namespace=config.kfp_namespace,
+        experiment=config.kfp_experiment,
+        # KFP writes its artifacts next to ours when they live in S3.
+        pipeline_root=config.artifacts_url if config.artifacts_url.startswith("s3://") else "",
+        poll_seconds=config.kfp_poll_seconds,
+        lease_seconds=config.lease_seconds,
+    )
+    logger.info("running pipelines on Kubeflow at %s as %s", config.kfp_host, owner)
+    return KubeflowBackend(settings, store, leases, catalog.get)
+
+
+def _local_backend(config: ServerConfig, store: RunStore, telemetry: Telemetry) -> Backend:
+    # The executor is imported here so that importing this module (for
     # create_grpc_server) stays light.
     from skit_pipelines.backends.local import LocalBackend, StoreStepCache
     from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 
-    config = prepare_config(config)
-    catalog = await asyncio.to_thread(Catalog.load, config.pipelines_root)
-    store = SqliteRunStore(config.database_path, history_limit=config.watch_history_limit)
-    artifacts = LocalArtifactStore(config.artifacts_root)
     executor = LocalExecutor(
         ExecutorConfig(
             images_root=config.images_root,
@@ -166,13 +262,68 @@ async def build_application(config: ServerConfig) -> Application:
             cancel_grace_seconds=config.cancel_grace_seconds,
             step_env=dict(config.step_env),
         ),
-        artifacts,
+        open_artifact_store(config),
         cache=StoreStepCache(store),
     )
-    backend = LocalBackend(executor, max_active_runs=config.max_active_runs)
-    controller = RunController(store, catalog, backend)
+    return LocalBackend(
+        executor,
+        max_active_runs=config.max_active_runs,
+        trace_context=telemetry.step_trace_env if telemetry.tracing else None,
+    )
 
-    server, port, health_servicer = await create_grpc_server(controller, config)
+
+def _replicated_local_backend(
+    config: ServerConfig, store: RunStore, catalog: Catalog, telemetry: Telemetry
+) -> LeasedBackend:
+    """The local executor on replicas sharing PostgreSQL: a run executes on the replica
+    holding its lease, and a CancelRun stored by any replica reaches it."""
+    from skit_pipelines.backends.leased import LeasedBackend
+    from skit_pipelines.store.postgres import PostgresRunStore
+
+    assert isinstance(store, PostgresRunStore)
+    backend = LeasedBackend(
+        _local_backend(config, store, telemetry),
+        store.leases(replica_id(), config.lease_seconds),
+        store,
+        catalog.get,
+        renew_seconds=config.lease_seconds / 3,
+    )
+
+    async def cancel(run_id: str, revision: int, state: RunState) -> None:
+        if state is RunState.CANCELLING:
+            await backend.cancel(run_id)
+
+    store.on_remote_revision(cancel)
+    return backend
+
+
+async def build_application(
+    config: ServerConfig, *, telemetry: Telemetry | None = None
+) -> Application:
+    """The whole service; `telemetry` replaces the one the configuration asks for."""
+    telemetry = telemetry or Telemetry.from_config(config)
+    if config.backend not in ("local", "kubeflow"):
+        raise ConfigError(f"--backend must be local or kubeflow, not {config.backend!r}")
+    if config.backend == "kubeflow" and not config.kfp_host:
+        raise ConfigError("--backend kubeflow needs --kfp-host (SKIT_KFP_HOST)")
+    config = prepare_config(config)
+    catalog = await asyncio.to_thread(Catalog.load, config.pipelines_root)
+    store = await open_run_store(config)
+    backend: Backend
+    follower: KubeflowBackend | LeasedBackend | None = None
+    if config.backend == "kubeflow":
+        backend = follower = _kubeflow_backend(config, store, catalog)
+    elif config.uses_postgres:
+        backend = follower = _replicated_local_backend(config, store, catalog, telemetry)
+    else:
+        backend = _local_backend(config, store, telemetry)
+    controller = RunController(store, catalog, backend, telemetry=telemetry)
+    if follower is not None:
+        # It reports to the controller also for the runs it takes over from a replica
+        # that stopped.
+        follower.start(controller)
+
+    server, port, health_servicer = await create_grpc_server(controller, config, telemetry)
     return Application(
         config=config,
         server=server,
@@ -181,6 +332,7 @@ async def build_application(config: ServerConfig) -> Application:
         backend=backend,
         store=store,
         health=health_servicer,
+        telemetry=telemetry,
     )
 
 

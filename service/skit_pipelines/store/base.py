@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -58,12 +59,13 @@ class RevisionHub:
     """Wakes watchers of a run when a newer revision exists, and keeps the latest snapshots
     in memory so a burst of watchers does not turn into a burst of queries.
 
-    Modelled on grpc's async health servicer: one asyncio.Condition per watched key,
-    watchers counted and removed in `finally`.
+    Modelled on grpc's async health servicer (watchers counted and removed in `finally`),
+    but woken through one asyncio.Event per watched run, replaced at each revision: unlike
+    a Condition's notify_all, waking a thousand watchers costs no lock hand-offs.
     """
 
     def __init__(self, recent_per_run: int = 256) -> None:
-        self._conditions: dict[str, asyncio.Condition] = {}
+        self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, int] = {}
         self._recent: dict[str, deque[Run]] = {}
         self._recent_per_run = recent_per_run
@@ -76,8 +78,12 @@ class RevisionHub:
     async def close(self) -> None:
         """Ends every watch (with Unavailable) so clients reconnect elsewhere; for shutdown."""
         self._closed = True
-        for condition in list(self._conditions.values()):
-            await self._notify(condition)
+        for changed in self._changed.values():
+            changed.set()
+
+    def watched_runs(self) -> list[str]:
+        """The runs that have watchers in this process."""
+        return list(self._watchers)
 
     def watcher_count(self, run_id: str | None = None) -> int:
         if run_id is None:
@@ -90,15 +96,22 @@ class RevisionHub:
         if recent is not None:
             if recent and recent[-1].revision >= run.revision:
                 return
+            if recent and recent[-1].revision + 1 != run.revision:
+                # Another replica wrote the revisions in between and they have not reached
+                # this process yet: drop the older ones, so recent_after() cannot skip
+                # them and watchers read the gap from the store instead.
+                recent.clear()
             recent.append(run)
-        condition = self._conditions.get(run.id)
-        if condition is not None:
-            asyncio.get_running_loop().create_task(self._notify(condition))
+        changed = self._changed.get(run.id)
+        if changed is not None:
+            self._changed[run.id] = asyncio.Event()
+            changed.set()
 
-    @staticmethod
-    async def _notify(condition: asyncio.Condition) -> None:
-        async with condition:
-            condition.notify_all()
+    async def wait_newer(self, run_id: str, revision: int) -> None:
+        """Returns once a revision after `revision` is known, or the hub is closed; only
+        for subscribed runs."""
+        while not self._closed and self.latest_revision(run_id) <= revision:
+            await self._changed[run_id].wait()
 
     def latest_revision(self, run_id: str) -> int:
         recent = self._recent.get(run_id)
@@ -109,13 +122,13 @@ class RevisionHub:
         recent = self._recent.get(run_id)
         if not recent or recent[0].revision > revision + 1:
             return None
-        return [r for r in recent if r.revision > revision]
+        # publish() keeps them contiguous: position, not a scan (every watcher asks).
+        return list(itertools.islice(recent, revision + 1 - recent[0].revision, None))
 
-    async def subscribe(self, run_id: str) -> asyncio.Condition:
-        condition = self._conditions.setdefault(run_id, asyncio.Condition())
+    async def subscribe(self, run_id: str) -> None:
+        self._changed.setdefault(run_id, asyncio.Event())
         self._watchers[run_id] = self._watchers.get(run_id, 0) + 1
         self._recent.setdefault(run_id, deque(maxlen=self._recent_per_run))
-        return condition
 
     def unsubscribe(self, run_id: str) -> None:
         remaining = self._watchers.get(run_id, 0) - 1
@@ -123,7 +136,7 @@ class RevisionHub:
             self._watchers[run_id] = remaining
             return
         self._watchers.pop(run_id, None)
-        self._conditions.pop(run_id, None)
+        self._changed.pop(run_id, None)
         self._recent.pop(run_id, None)
 
 
@@ -178,7 +191,7 @@ class RunStore(ABC):
         """The WatchRun contract: the current snapshot first (or every revision after
         `after_revision`, or the current snapshot when that is too old to replay), then
         each later revision exactly once, ending after a terminal state."""
-        condition = await self.hub.subscribe(run_id)
+        await self.hub.subscribe(run_id)
         try:
             current = await self.get_run(run_id)
             last = 0
@@ -195,10 +208,7 @@ class RunStore(ABC):
             if not replay:
                 last = after_revision
             while not current.state.terminal or current.revision > last:
-                async with condition:
-                    await condition.wait_for(
-                        lambda last=last: self.hub.closed or self.hub.latest_revision(run_id) > last
-                    )
+                await self.hub.wait_newer(run_id, last)
                 if self.hub.closed:
                     raise Unavailable(
                         "the server is shutting down; reconnect with after_revision"

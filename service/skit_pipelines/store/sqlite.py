@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,6 +31,9 @@ from skit_pipelines.store.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+_DECODED_RUNS = 1024
+"""How many decoded runs stay in memory (the least recently read go first)."""
 
 # Versioned migrations: index i brings the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: Sequence[str] = (
@@ -92,6 +96,7 @@ class SqliteRunStore(RunStore):
         super().__init__(hub)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
+        self._decoded: OrderedDict[str, Run] = OrderedDict()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -185,10 +190,22 @@ class SqliteRunStore(RunStore):
         )
 
     def _load(self, run_id: str) -> Run:
-        row = self._db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT revision, snapshot FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
         if row is None:
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
-        return codec.run_from_dict(json.loads(row[0]))
+        # Decoding is most of a read's cost, and runs are read far more often than they
+        # change (GetRun polling): decode each revision once. Runs are frozen values.
+        cached = self._decoded.get(run_id)
+        if cached is not None and cached.revision == row[0]:
+            self._decoded.move_to_end(run_id)
+            return cached
+        run = codec.run_from_dict(json.loads(row[1]))
+        self._decoded[run_id] = run
+        if len(self._decoded) > _DECODED_RUNS:
+            self._decoded.popitem(last=False)
+        return run
 
     async def get_run(self, run_id: str) -> Run:
         return self._load(run_id)

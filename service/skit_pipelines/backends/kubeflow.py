@@ -1,0 +1,706 @@
+"""The Kubeflow Pipelines backend: runs execute on a KFP installation (v2beta1 API).
+
+Submitting uploads the compiled IR as a pipeline version once per IR hash (found again
+by name when it exists, so every replica and every restart reuses it), then creates the
+KFP run with the run's typed parameters. The KFP run is named after our run and found
+again by that name before any create, so a retried or resumed submit never starts a
+second one. Its id and UI URL are recorded on the run.
+
+Progress is polled, by exactly one replica per active run: the holder of the run's
+lease (backends/leases.py). Each replica has one loop that renews its leases, claims the
+leases of replicas that died, and polls its runs; KFP task details become steps and KFP
+states become run states. Watchers never poll: they follow the store.
+
+Calls go through the kfp SDK client (`kfp.Client`, with a bearer token or a cookie for
+auth) in worker threads. Transient failures (connection errors, 429, 5xx) are retried
+with exponential backoff and jitter; a poll that still fails is simply tried again on
+the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import urllib3
+import yaml
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.backends.leases import RunLeases
+from skit_pipelines.domain import ErrorInfo, Pipeline, Run, RunState, Step, StepState
+from skit_pipelines.errors import NotFound, Unavailable
+from skit_pipelines.store.base import RunStore
+
+if TYPE_CHECKING:
+    import kfp
+    import kfp_server_api
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
+
+_STEP_STATES = {
+    "PENDING": StepState.PENDING,
+    "RUNNING": StepState.RUNNING,
+    "PAUSED": StepState.RUNNING,
+    "CANCELING": StepState.RUNNING,
+    "SUCCEEDED": StepState.SUCCEEDED,
+    "SKIPPED": StepState.SKIPPED,
+    "FAILED": StepState.FAILED,
+    "CANCELED": StepState.CANCELLED,
+}
+_ACTIVE_KFP_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
+ROOT_TASK = "root"
+"""The display name KFP gives the execution of the pipeline's root DAG."""
+
+
+@dataclass(frozen=True)
+class KubeflowSettings:
+    """Where the KFP API server is and how this service uses it."""
+
+    host: str
+    """The KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888."""
+    ui_url: str = ""
+    """The KFP UI base URL for run links; empty: the host."""
+    token: str = field(default="", repr=False)
+    """A bearer token for the API (Authorization: Bearer ...)."""
+    cookie: str = field(default="", repr=False)
+    """A Cookie header value, e.g. "authservice_session=...", for cookie-based auth."""
+    namespace: str = ""
+    """The Kubernetes namespace of a multi-user installation; empty: single-user."""
+    experiment: str = "skit-pipelines"
+    """The KFP experiment every run is created in (created when missing)."""
+    pipeline_root: str = ""
+    """Where KFP writes artifacts (e.g. the S3 artifact store's URL); empty: KFP's default."""
+    poll_seconds: float = 5.0
+    """How often the lease holder polls each active run."""
+    lease_seconds: float = 30.0
+    """How long a replica may go silent before another one takes over its runs."""
+    retry_seconds: float = 30.0
+    """How long one call is retried on transient errors before giving up."""
+    request_timeout_seconds: float = 30.0
+    """Timeout of each HTTP request to the API server."""
+    max_parallel_polls: int = 16
+    """How many runs one replica polls at once."""
+
+
+def _transient(error: BaseException) -> bool:
+    import kfp_server_api
+
+    if isinstance(error, kfp_server_api.ApiException):
+        return error.status in _TRANSIENT_STATUSES
+    return isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def _status(error: BaseException) -> int | None:
+    return getattr(error, "status", None)
+
+
+def _describe(error: BaseException) -> str:
+    status = _status(error)
+    reason = getattr(error, "reason", None)
+    if status is not None:
+        return f"HTTP {status} {reason or ''}".strip()
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.warning(
+            "Kubeflow %s failed (attempt %s), retrying: %s",
+            what,
+            state.attempt_number,
+            _describe(error) if error else "",
+        )
+
+    return log
+
+
+@functools.cache
+def _serializer() -> kfp_server_api.ApiClient:
+    import kfp_server_api
+
+    return kfp_server_api.ApiClient()
+
+
+def _filter_by_name(name: str) -> str:
+    """A v2beta1 Filter (as JSON) matching display_name == name."""
+    import kfp_server_api
+
+    predicate = kfp_server_api.V2beta1Predicate(
+        operation="EQUALS", key="display_name", string_value=name
+    )
+    body = _serializer().sanitize_for_serialization(
+        kfp_server_api.V2beta1Filter(predicates=[predicate])
+    )
+    return json.dumps(body)
+
+
+def version_name(pipeline: Pipeline) -> str:
+    """The KFP pipeline version name for an IR hash: DNS-label safe, as KFP's Kubernetes
+    pipeline store requires."""
+    return "sha256-" + pipeline.version.removeprefix("sha256:")[:32]
+
+
+class KfpApi:
+    """The calls this backend makes, through one lazily built kfp.Client. Blocking calls
+    run in worker threads; transient failures are retried."""
+
+    def __init__(self, settings: KubeflowSettings) -> None:
+        self._settings = settings
+        self._client: kfp.Client | None = None
+        self._lock = threading.Lock()
+
+    def _kfp(self) -> kfp.Client:
+        with self._lock:
+            if self._client is None:
+                import kfp
+
+                settings = self._settings
+                with warnings.catch_warnings():
+                    # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later".
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self._client = kfp.Client(
+                        host=settings.host,
+                        existing_token=settings.token or None,
+                        cookies=settings.cookie or None,
+                        namespace=settings.namespace or "kubeflow",
+                        ui_host=settings.ui_url or None,
+                    )
+            return self._client
+
+    async def call(self, what: str, request: Callable[[kfp.Client, float], T]) -> T:
+        """Runs `request(client, timeout)` with retries; Unavailable when they run out."""
+        timeout = self._settings.request_timeout_seconds
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=5.0),
+                stop=stop_after_delay(self._settings.retry_seconds),
+                before_sleep=_log_retry(what),
+                reraise=True,
+            ):
+                with attempt:
+                    return await asyncio.to_thread(lambda: request(self._kfp(), timeout))
+        except Exception as exc:
+            if _transient(exc):
+                raise Unavailable(
+                    f"Kubeflow Pipelines is unavailable ({what}): {_describe(exc)}",
+                    reason="BACKEND_UNAVAILABLE",
+                ) from exc
+            raise
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def run_url(self, kfp_run_id: str) -> str:
+        base = (self._settings.ui_url or self._settings.host).rstrip("/")
+        return f"{base}/#/runs/details/{kfp_run_id}"
+
+
+@dataclass
+class _Tracked:
+    """A run this replica holds the lease of."""
+
+    pipeline: Pipeline | None
+    """The pipeline version the run was created with; None when this replica lacks it."""
+    tasks: Mapping[str, tuple[str, str]]
+    """Task path -> (component, image), from the IR."""
+
+
+class KubeflowBackend(Backend):
+    name = "kubeflow"
+
+    def __init__(
+        self,
+        settings: KubeflowSettings,
+        store: RunStore,
+        leases: RunLeases,
+        pipelines: Callable[[str], Pipeline],
+        *,
+        api: KfpApi | None = None,
+    ) -> None:
+        self._settings = settings
+        # The RunSink has no call for "the backend named the run": the KFP run id and URL
+        # are written to the store directly.
+        self._store = store
+        self._leases = leases
+        self._pipelines = pipelines
+        self._api = api or KfpApi(settings)
+        self._tracked: dict[str, _Tracked] = {}
+        self._creating: set[str] = set()
+        self._versions: dict[str, tuple[str, str]] = {}
+        self._experiment_id = ""
+        self._setup_lock = asyncio.Lock()
+        self._sink: RunSink | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._polls = asyncio.Semaphore(settings.max_parallel_polls)
+
+    def active_runs(self) -> int:
+        return len(self._tracked)
+
+    def tracked_runs(self) -> list[str]:
+        """The runs this replica polls."""
+        return sorted(self._tracked)
+
+    def start(self, sink: RunSink) -> None:
+        """Starts this replica's poll loop; progress of every run it polls goes to `sink`
+        (also runs it takes over from a replica that died)."""
+        self._sink = sink
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(
+                self._poll_forever(), name="kubeflow-poller"
+            )
+
+    async def shutdown(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        owned = list(self._tracked)
+        self._tracked.clear()
+        try:
+            # The runs go on in Kubeflow: let another replica pick them up right away.
+            await self._leases.hand_over(owned)
+        except Exception:
+            logger.exception("handing over %s runs failed; they move when leases expire", owned)
+
+    # Submit and cancel
+
+    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        self._sink = self._sink or sink
+        if not await self._leases.acquire(run.id):
+            logger.info("%s is followed by another replica", run.name, extra={"run": run.id})
+            return
+        self._track(run.id, pipeline)
+        if not run.backend_run_id:
+            # Tracked (so its lease is renewed) but not polled until the KFP run exists.
+            self._creating.add(run.id)
+            try:
+                await self._create(run, pipeline)
+            except BaseException:
+                self._tracked.pop(run.id, None)
+                await self._leases.release(run.id)
+                raise
+            finally:
+                self._creating.discard(run.id)
+        self._wake.set()
+
+    async def cancel(self, run_id: str) -> None:
+        run = await self._store.get_run(run_id)
+        if not run.backend_run_id:
+            # Not on Kubeflow yet; should its create still finish, the poller terminates it.
+            if self._sink is not None:
+                await self._sink.run_cancelled(run_id)
+            return
+        try:
+            await self._terminate(run)
+        except Unavailable:
+            logger.warning(
+                "cannot terminate %s now; its poller keeps trying", run.name, exc_info=True
+            )
+
+    async def _terminate(self, run: Run) -> None:
+        kfp_id = run.backend_run_id
+        await self._api.call(
+            "terminate_run",
+            lambda c, t: c.runs.run_service_terminate_run(kfp_id, _request_timeout=t),
+        )
+        logger.info("terminating Kubeflow run %s of %s", kfp_id, run.name, extra={"run": run.id})
+
+    def _track(self, run_id: str, pipeline: Pipeline | None) -> None:
+        if run_id not in self._tracked:
+            tasks = _task_index(pipeline.spec) if pipeline is not None else {}
+            self._tracked[run_id] = _Tracked(pipeline, tasks)
+
+    async def _untrack(self, run_id: str) -> None:
+        if self._tracked.pop(run_id, None) is not None:
+            await self._leases.release(run_id)
+
+    # Creating the KFP run
+
+    async def _create(self, run: Run, pipeline: Pipeline) -> None:
+        pipeline_id, version_id = await self._pipeline_version(pipeline)
+        experiment_id = await self._experiment()
+        created = await self._api.call(
+            "create_run",
+            lambda c, t: self._find_or_create_run(
+                c, t, run, experiment_id, pipeline_id, version_id
+            ),
+        )
+        url = self._api.run_url(created.run_id)
+
+        def named(current: Run) -> Run:
+            return replace(current, backend_run_id=created.run_id, backend_run_url=url)
+
+        await self._store.update_run(run.id, named)
+        logger.info(
+            "%s is Kubeflow run %s", run.name, created.run_id, extra={"run": run.id, "url": url}
+        )
+
+    def _find_or_create_run(
+        self,
+        client: kfp.Client,
+        timeout: float,
+        run: Run,
+        experiment_id: str,
+        pipeline_id: str,
+        version_id: str,
+    ) -> kfp_server_api.V2beta1Run:
+        """One attempt: a KFP run named after ours is ours (an earlier attempt, or another
+        replica, created it); otherwise it is created now."""
+        import kfp_server_api
+
+        found = client.runs.run_service_list_runs(
+            experiment_id=experiment_id,
+            filter=_filter_by_name(run.id),
+            page_size=1,
+            _request_timeout=timeout,
+        )
+        if found.runs:
+            return found.runs[0]
+        body = kfp_server_api.V2beta1Run(
+            display_name=run.id,
+            description=f"skit-pipelines {run.name} of pipelines/{run.pipeline}",
+            experiment_id=experiment_id,
+            pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+                pipeline_id=pipeline_id, pipeline_version_id=version_id
+            ),
+            runtime_config=kfp_server_api.V2beta1RuntimeConfig(
+                parameters=dict(run.parameters),
+                pipeline_root=self._settings.pipeline_root or None,
+            ),
+        )
+        return client.runs.run_service_create_run(body, _request_timeout=timeout)
+
+    async def _experiment(self) -> str:
+        async with self._setup_lock:
+            if not self._experiment_id:
+                self._experiment_id = await self._api.call(
+                    "experiment", self._find_or_create_experiment
+                )
+            return self._experiment_id
+
+    def _find_or_create_experiment(self, client: kfp.Client, timeout: float) -> str:
+        import kfp_server_api
+
+        name, namespace = self._settings.experiment, self._settings.namespace or None
+
+        def find() -> str | None:
+            listed = client.experiments.experiment_service_list_experiments(
+                filter=_filter_by_name(name), namespace=namespace, _request_timeout=timeout
+            )
+            return listed.experiments[0].experiment_id if listed.experiments else None
+
+        experiment_id = find()
+        if experiment_id is None:
+            try:
+                experiment_id = client.experiments.experiment_service_create_experiment(
+                    kfp_server_api.V2beta1Experiment(display_name=name, namespace=namespace),
+                    _request_timeout=timeout,
+                ).experiment_id
+            except kfp_server_api.ApiException as exc:
+                # Another replica created it a moment ago.
+                experiment_id = find()
+                if exc.status != 409 or experiment_id is None:
+                    raise
+        return experiment_id
+
+    async def _pipeline_version(self, pipeline: Pipeline) -> tuple[str, str]:
+        """The KFP pipeline and version ids of this IR, uploading it the first time."""
+        async with self._setup_lock:
+            known = self._versions.get(pipeline.version)
+            if known is None:
+                known = await self._api.call(
+                    "pipeline upload", lambda c, t: self._find_or_upload(c, t, pipeline)
+                )
+                self._versions[pipeline.version] = known
+            return known
+
+    def _find_or_upload(
+        self, client: kfp.Client, timeout: float, pipeline: Pipeline
+    ) -> tuple[str, str]:
+        import kfp_server_api
+
+        pipeline_id = self._find_pipeline(client, timeout, pipeline.id)
+        if pipeline_id is None:
+            try:
+                pipeline_id = client.pipelines.pipeline_service_create_pipeline(
+                    kfp_server_api.V2beta1Pipeline(
+                        display_name=pipeline.id,
+                        description=pipeline.description or pipeline.display_name,
+                        namespace=self._settings.namespace or None,
+                    ),
+                    _request_timeout=timeout,
+                ).pipeline_id
+            except kfp_server_api.ApiException as exc:
+                # Another replica created it a moment ago.
+                pipeline_id = self._find_pipeline(client, timeout, pipeline.id)
+                if exc.status != 409 or pipeline_id is None:
+                    raise
+        name = version_name(pipeline)
+        version_id = self._find_version(client, timeout, pipeline_id, name)
+        if version_id is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                package = Path(tmp) / f"{pipeline.id}.yaml"
+                package.write_text(yaml.safe_dump(dict(pipeline.spec), sort_keys=False))
+                try:
+                    version_id = client.pipeline_uploads.upload_pipeline_version(
+                        str(package),
+                        name=name,
+                        pipelineid=pipeline_id,
+                        description=f"{pipeline.id} {pipeline.version}",
+                        _request_timeout=timeout,
+                    ).pipeline_version_id
+                except kfp_server_api.ApiException as exc:
+                    version_id = self._find_version(client, timeout, pipeline_id, name)
+                    if exc.status != 409 or version_id is None:
+                        raise
+            logger.info("uploaded %s version %s to Kubeflow", pipeline.id, name)
+        return pipeline_id, version_id
+
+    def _find_pipeline(self, client: kfp.Client, timeout: float, name: str) -> str | None:
+        listed = client.pipelines.pipeline_service_list_pipelines(
+            filter=_filter_by_name(name),
+            namespace=self._settings.namespace or None,
+            page_size=1,
+            _request_timeout=timeout,
+        )
+        return listed.pipelines[0].pipeline_id if listed.pipelines else None
+
+    @staticmethod
+    def _find_version(
+        client: kfp.Client, timeout: float, pipeline_id: str, name: str
+    ) -> str | None:
+        listed = client.pipelines.pipeline_service_list_pipeline_versions(
+            pipeline_id, filter=_filter_by_name(name), page_size=1, _request_timeout=timeout
+        )
+        versions = listed.pipeline_versions or []
+        return versions[0].pipeline_version_id if versions else None
+
+    # Polling
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                logger.exception("Kubeflow poll round failed; trying again")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and shutdown would wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def poll_once(self) -> None:
+        """One round: renew leases, take over orphaned runs, poll every run held."""
+        held = await self._leases.renew(list(self._tracked))
+        for lost in set(self._tracked) - held:
+            logger.warning("lost the lease of runs/%s; another replica follows it now", lost)
+            self._tracked.pop(lost, None)
+        for run_id in await self._leases.claim_expired(limit=self._settings.max_parallel_polls):
+            await self._adopt(run_id)
+        await asyncio.gather(*(self._poll_guarded(run_id) for run_id in list(self._tracked)))
+
+    async def _adopt(self, run_id: str) -> None:
+        try:
+            run = await self._store.get_run(run_id)
+        except NotFound:
+            await self._leases.release(run_id)
+            return
+        try:
+            pipeline: Pipeline | None = self._pipelines(run.pipeline)
+        except NotFound:
+            pipeline = None
+        if pipeline is not None and pipeline.version != run.pipeline_version:
+            # Its IR is on Kubeflow already; polling it needs none of ours.
+            pipeline = None
+        logger.info("taking over %s from a replica that stopped", run.name, extra={"run": run_id})
+        self._track(run_id, pipeline)
+
+    async def _poll_guarded(self, run_id: str) -> None:
+        async with self._polls:
+            try:
+                await self._poll(run_id)
+            except Exception:
+                logger.warning("polling runs/%s failed; trying again", run_id, exc_info=True)
+
+    async def _poll(self, run_id: str) -> None:
+        import kfp_server_api
+
+        tracked = self._tracked.get(run_id)
+        sink = self._sink
+        if tracked is None or sink is None or run_id in self._creating:
+            return
+        run = await self._store.get_run(run_id)
+        if not run.backend_run_id:
+            if run.state.terminal or run.state is RunState.CANCELLING:
+                if not run.state.terminal:
+                    await sink.run_cancelled(run_id)
+                await self._untrack(run_id)
+                return
+            # The replica that submitted it died before the KFP run existed.
+            if tracked.pipeline is None:
+                await sink.run_failed(
+                    run_id,
+                    ErrorInfo(
+                        code=9,
+                        message=f"pipeline version {run.pipeline_version} is no longer available",
+                        reason="PIPELINE_VERSION_GONE",
+                    ),
+                )
+                await self._untrack(run_id)
+                return
+            await self._create(run, tracked.pipeline)
+            run = await self._store.get_run(run_id)
+        kfp_id = run.backend_run_id
+        try:
+            remote = await self._api.call(
+                "get_run", lambda c, t: c.runs.run_service_get_run(kfp_id, _request_timeout=t)
+            )
+        except kfp_server_api.ApiException as exc:
+            if exc.status != 404:
+                raise
+            await sink.run_failed(
+                run_id,
+                ErrorInfo(
+                    code=5,
+                    message=f"Kubeflow run {kfp_id} no longer exists",
+                    reason="KFP_RUN_NOT_FOUND",
+                ),
+            )
+            await self._untrack(run_id)
+            return
+        state = remote.state or "RUNTIME_STATE_UNSPECIFIED"
+        if state in _ACTIVE_KFP_STATES and (run.state is RunState.CANCELLING or run.state.terminal):
+            await self._terminate(run)
+        await self._report(run, remote, tracked, sink)
+
+    async def _report(
+        self,
+        run: Run,
+        remote: kfp_server_api.V2beta1Run,
+        tracked: _Tracked,
+        sink: RunSink,
+    ) -> None:
+        state = remote.state or "RUNTIME_STATE_UNSPECIFIED"
+        if run.state.terminal:
+            if state not in _ACTIVE_KFP_STATES:
+                await self._untrack(run.id)
+            return
+        if state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED") and run.state is RunState.QUEUED:
+            await sink.run_started(run.id)
+        known = {step.name: step for step in run.steps}
+        for step in _steps(remote, tracked.tasks):
+            if known.get(step.name) != step:
+                await sink.step_changed(run.id, step)
+        if state in ("SUCCEEDED", "SKIPPED"):
+            await sink.run_succeeded(run.id, (), {})
+        elif state == "FAILED":
+            await sink.run_failed(run.id, _run_error(remote))
+        elif state == "CANCELED":
+            await sink.run_cancelled(run.id)
+        elif state == "CANCELING" and run.state is not RunState.CANCELLING:
+            # Cancelled in the KFP UI rather than through CancelRun.
+            await self._store.update_run(run.id, _cancelling)
+            return
+        else:
+            return
+        await self._untrack(run.id)
+
+
+def _cancelling(run: Run) -> Run:
+    if run.state.terminal or run.state is RunState.CANCELLING:
+        return run
+    return replace(run, state=RunState.CANCELLING)
+
+
+def _run_error(remote: kfp_server_api.V2beta1Run) -> ErrorInfo:
+    error = remote.error
+    message = (error.message if error else "") or "the Kubeflow run failed"
+    return ErrorInfo(
+        code=(error.code if error else 0) or 2, message=message, reason="KFP_RUN_FAILED"
+    )
+
+
+def _task_index(spec: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Task path ("for-loop-2/square") -> (component name, container image), from the IR."""
+    components: Mapping[str, Any] = spec.get("components") or {}
+    executors: Mapping[str, Any] = (spec.get("deploymentSpec") or {}).get("executors") or {}
+    index: dict[str, tuple[str, str]] = {}
+
+    def walk(dag: Mapping[str, Any], prefix: str) -> None:
+        for name, task in (dag.get("tasks") or {}).items():
+            ref = (task.get("componentRef") or {}).get("name", "")
+            component = components.get(ref) or {}
+            executor = executors.get(component.get("executorLabel", "")) or {}
+            image = (executor.get("container") or {}).get("image", "")
+            index[prefix + name] = (ref.removeprefix("comp-"), image)
+            if "dag" in component:
+                walk(component["dag"], f"{prefix}{name}/")
+
+    walk((spec.get("root") or {}).get("dag") or {}, "")
+    return index
+
+
+def _steps(remote: kfp_server_api.V2beta1Run, tasks: Mapping[str, tuple[str, str]]) -> list[Step]:
+    details = remote.run_details.task_details if remote.run_details else None
+    by_id = {task.task_id: task for task in details or ()}
+
+    def path(task: Any) -> str:
+        names = [task.display_name or task.task_id]
+        parent = by_id.get(task.parent_task_id or "")
+        while parent is not None and parent.display_name != ROOT_TASK:
+            names.append(parent.display_name or parent.task_id)
+            parent = by_id.get(parent.parent_task_id or "")
+        return "/".join(reversed(names))
+
+    steps = []
+    for task in details or ():
+        if task.display_name == ROOT_TASK:
+            continue
+        name = path(task)
+        component, image = tasks.get(name, ("", ""))
+        state = _STEP_STATES.get(task.state or "", StepState.PENDING)
+        error = None
+        if state is StepState.FAILED:
+            message = (task.error.message if task.error else "") or "the step failed"
+            error = ErrorInfo(code=2, message=message, reason="STEP_FAILED")
+        steps.append(
+            Step(
+                name=name,
+                component=component,
+                image=image,
+                state=state,
+                start_time=_time(task.start_time),
+                end_time=_time(task.end_time) if state.terminal else None,
+                error=error,
+            )
+        )
+    return steps
+
+
+def _time(value: datetime | None) -> datetime | None:
+    # KFP reports unset times as the Unix epoch.
+    return value if value is not None and value.year > 1970 else None

@@ -1,0 +1,188 @@
+"""An in-process backend (the local executor) on several replicas: a run executes only on
+the replica that holds its lease.
+
+Every replica resumes the unfinished runs it finds when it starts, and CreateRun may
+reach any replica; without leases a rolling restart would execute each running run a
+second time. With them, a submit whose lease another live replica holds is a no-op, the
+holder renews its leases while its runs execute, and when a replica dies its leases
+expire and another replica takes the runs over (they resume from the step cache, which
+lives in the shared store; their artifacts must be shared too, i.e. in S3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.backends.leases import RunLeases
+from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, RunState, Step
+from skit_pipelines.errors import NotFound
+from skit_pipelines.store.base import RunStore
+
+logger = logging.getLogger(__name__)
+
+
+class LeasedBackend(Backend):
+    """Wraps a backend that executes runs in this process."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        leases: RunLeases,
+        store: RunStore,
+        pipelines: Callable[[str], Pipeline],
+        *,
+        renew_seconds: float,
+    ) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._leases = leases
+        self._store = store
+        self._pipelines = pipelines
+        self._renew_seconds = renew_seconds
+        self._held: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._sink: RunSink | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    def held_runs(self) -> list[str]:
+        """The runs this replica executes."""
+        return sorted(self._held)
+
+    def active_runs(self) -> int:
+        return self._inner.active_runs()
+
+    def start(self, sink: RunSink) -> None:
+        """Starts renewing leases and taking over the runs of replicas that stopped."""
+        self._sink = sink
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(
+                self._keep_leases(), name="run-leases"
+            )
+
+    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        if not await self._leases.acquire(run.id):
+            logger.info("%s executes on another replica", run.name, extra={"run": run.id})
+            return
+        self._held.add(run.id)
+        await self._inner.submit(run, pipeline, _ReleasingSink(sink, self._finished))
+
+    async def cancel(self, run_id: str) -> None:
+        # The request may arrive twice (this replica's CancelRun and the store's news of
+        # it): a second one would cut the first's graceful stop short.
+        if run_id in self._cancelled:
+            return
+        if run_id in self._held:
+            self._cancelled.add(run_id)
+        await self._inner.cancel(run_id)
+
+    def read_logs(
+        self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]
+    ) -> AsyncIterator[LogLine]:
+        return self._inner.read_logs(run, step, attempt, still_writing)
+
+    async def shutdown(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        await self._inner.shutdown()
+        held, self._held = sorted(self._held), set()
+        try:
+            # Interrupted, not finished: another replica may resume them right away.
+            await self._leases.hand_over(held)
+        except Exception:
+            logger.exception("handing over %s failed; they move when the leases expire", held)
+
+    async def _finished(self, run_id: str) -> None:
+        self._held.discard(run_id)
+        self._cancelled.discard(run_id)
+        await self._leases.release(run_id)
+
+    async def _keep_leases(self) -> None:
+        while True:
+            try:
+                await self.renew_once()
+            except Exception:
+                logger.exception("renewing run leases failed; trying again")
+            await asyncio.sleep(self._renew_seconds)
+
+    async def renew_once(self) -> None:
+        """Renews the leases held, stops runs cancelled meanwhile, takes over expired
+        leases."""
+        kept = await self._leases.renew(sorted(self._held))
+        for lost in self._held - kept:
+            # Only after this replica could not reach the store for a whole lease.
+            logger.warning("lost the lease of runs/%s; another replica may run it too", lost)
+        self._held &= kept
+        # A CancelRun stored while this replica was not listening would go unheard.
+        for run_id in sorted(self._held - self._cancelled):
+            try:
+                if (await self._store.get_run(run_id)).state is RunState.CANCELLING:
+                    await self.cancel(run_id)
+            except NotFound:
+                continue
+        for run_id in await self._leases.claim_expired(limit=16):
+            await self._take_over(run_id)
+
+    async def _take_over(self, run_id: str) -> None:
+        sink = self._sink
+        try:
+            run = await self._store.get_run(run_id)
+            pipeline = self._pipelines(run.pipeline)
+        except NotFound:
+            await self._leases.release(run_id)
+            return
+        if sink is None or run.state.terminal:
+            await self._leases.release(run_id)
+            return
+        # As RunController.resume does for the runs it finds at start-up.
+        if run.state is RunState.CANCELLING:
+            await sink.run_cancelled(run_id)
+            await self._leases.release(run_id)
+            return
+        if pipeline.version != run.pipeline_version:
+            await sink.run_failed(
+                run_id,
+                ErrorInfo(
+                    code=9,
+                    message=f"pipeline version {run.pipeline_version} is no longer available",
+                    reason="PIPELINE_VERSION_GONE",
+                ),
+            )
+            await self._leases.release(run_id)
+            return
+        logger.info("taking over %s from a replica that stopped", run.name, extra={"run": run_id})
+        self._held.add(run_id)
+        await self._inner.submit(run, pipeline, _ReleasingSink(sink, self._finished))
+
+
+class _ReleasingSink:
+    """Passes progress on; once the run has ended, its lease is released."""
+
+    def __init__(self, sink: RunSink, finished: Callable[[str], Awaitable[None]]) -> None:
+        self._sink = sink
+        self._finished = finished
+
+    async def run_started(self, run_id: str) -> None:
+        await self._sink.run_started(run_id)
+
+    async def step_changed(self, run_id: str, step: Step) -> None:
+        await self._sink.step_changed(run_id, step)
+
+    async def run_succeeded(
+        self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]
+    ) -> None:
+        await self._sink.run_succeeded(run_id, outputs, output_parameters)
+        await self._finished(run_id)
+
+    async def run_failed(self, run_id: str, error: ErrorInfo) -> None:
+        await self._sink.run_failed(run_id, error)
+        await self._finished(run_id)
+
+    async def run_cancelled(self, run_id: str) -> None:
+        await self._sink.run_cancelled(run_id)
+        await self._finished(run_id)

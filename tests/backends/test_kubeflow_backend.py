@@ -1,0 +1,280 @@
+"""KubeflowBackend against a local KFP v2beta1 API server whose bodies go through the
+kfp-server-api models (skit_pipelines.backends.kubeflow_fake), with PostgreSQL for the
+run store and the leases. A "replica" is a store, a backend and a controller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
+from skit_pipelines.backends.kubeflow_fake import FakeKfpServer
+from skit_pipelines.catalog import Catalog
+from skit_pipelines.domain import Pipeline, RunState, StepState
+from skit_pipelines.runs import CreateRunInput, RunController
+from skit_pipelines.store.postgres import PostgresRunStore
+
+pytest_plugins = ["skit_components.testing"]
+
+TOKEN = "s3cret-token"
+UI = "https://kubeflow.example.com/pipeline"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKfpServer]:
+    server = FakeKfpServer(token=TOKEN)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Replica:
+    store: PostgresRunStore
+    backend: KubeflowBackend
+    controller: RunController
+
+
+@pytest.fixture
+async def replicas(
+    postgres_dsn: str, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> AsyncIterator[Callable[..., object]]:
+    made: list[Replica] = []
+
+    async def make(
+        owner: str, *, start: bool = True, lease_seconds: float = 30.0, cookie: str = ""
+    ) -> Replica:
+        store = await PostgresRunStore.open(postgres_dsn)
+        catalog = Catalog({typed_pipeline.id: typed_pipeline})
+        settings = KubeflowSettings(
+            host=fake.url,
+            ui_url=UI,
+            token=TOKEN,
+            cookie=cookie,
+            poll_seconds=0.05,
+            lease_seconds=lease_seconds,
+            retry_seconds=10,
+        )
+        backend = KubeflowBackend(settings, store, store.leases(owner, lease_seconds), catalog.get)
+        controller = RunController(store, catalog, backend)
+        if start:
+            backend.start(controller)
+        replica = Replica(store, backend, controller)
+        made.append(replica)
+        return replica
+
+    yield make
+    for replica in made:
+        await replica.backend.shutdown()
+        await replica.store.close()
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await _call(check):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def _call(check: Callable[[], object]) -> object:
+    result = check()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+def create(pipeline: Pipeline, **parameters: object) -> CreateRunInput:
+    return CreateRunInput(pipeline=pipeline.name, parameters={"greeting": "hi", **parameters})
+
+
+async def test_submit_uploads_each_ir_once_and_creates_a_typed_run(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    first = await a.controller.create_run(
+        create(typed_pipeline, count=7, ratio=0.25, flag=True, items=[3, 4], options={"k": "v"})
+    )
+    second = await a.controller.create_run(create(typed_pipeline))
+    fresh = await replicas("b")  # another replica: nothing cached in memory
+    third = await fresh.controller.create_run(create(typed_pipeline))
+
+    assert fake.rejected == []
+    assert len(fake.calls("POST", "/pipelines")) == 1
+    assert len(fake.calls("POST", "/pipelines/upload_version")) == 1
+    [version] = fake.versions()
+    assert version.display_name == version_name(typed_pipeline)
+    assert yaml.safe_load(fake.package(version.pipeline_version_id)) == typed_pipeline.spec
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in fake.requests)
+
+    remote = {r.display_name: r for r in fake.runs()}
+    assert sorted(remote) == sorted(r.id for r in (first, second, third))
+    parameters = remote[first.id].runtime_config.parameters
+    assert parameters == {
+        "greeting": "hi",
+        "count": 7,
+        "ratio": 0.25,
+        "flag": True,
+        "items": [3, 4],
+        "options": {"k": "v"},
+    }
+    assert isinstance(parameters["count"], int) and isinstance(parameters["flag"], bool)
+    assert remote[first.id].pipeline_version_reference.pipeline_version_id == (
+        version.pipeline_version_id
+    )
+    stored = await a.store.get_run(first.id)
+    kfp_id = remote[first.id].run_id
+    assert (stored.backend, stored.backend_run_id) == ("kubeflow", kfp_id)
+    assert stored.backend_run_url == f"{UI}/#/runs/details/{kfp_id}"
+
+
+async def test_task_details_become_steps_and_states_become_ours(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    run = await a.controller.create_run(create(typed_pipeline))
+    stored = await a.store.get_run(run.id)
+    states: list[RunState] = []
+
+    async def follow() -> None:
+        async for revision in a.store.watch(run.id):
+            states.append(revision.state)
+
+    watch = asyncio.create_task(follow())
+    await until(lambda: states)
+
+    fake.set_state(stored.backend_run_id, "RUNNING", {"echo": "RUNNING"})
+    await until(lambda: _has_step(a.store, run.id, "echo", StepState.RUNNING))
+    fake.set_state(stored.backend_run_id, "SUCCEEDED", {"echo": "SUCCEEDED"})
+    await asyncio.wait_for(watch, 10)
+
+    assert states[0] is RunState.QUEUED and states[-1] is RunState.SUCCEEDED
+    assert RunState.RUNNING in states
+    done = await a.store.get_run(run.id)
+    [step] = done.steps
+    assert (step.name, step.component, step.image) == ("echo", "echo", "skit-pipelines/echo:0.1.0")
+    assert step.state is StepState.SUCCEEDED and step.start_time and step.end_time
+    assert done.start_time and done.end_time
+    assert a.backend.active_runs() == 0
+
+
+async def test_a_failed_kfp_run_fails_with_its_reason(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = (await a.store.get_run(run.id)).backend_run_id
+    fake.set_state(kfp_id, "FAILED", {"echo": "FAILED"}, error="echo: exit status 3")
+    await until(lambda: _state_is(a.store, run.id, RunState.FAILED))
+    failed = await a.store.get_run(run.id)
+    assert failed.error is not None
+    assert (failed.error.reason, failed.error.message) == ("KFP_RUN_FAILED", "echo: exit status 3")
+    assert failed.steps[0].state is StepState.FAILED
+    assert failed.steps[0].error is not None and failed.steps[0].error.message == "echo failed"
+
+
+async def test_cancel_terminates_the_kfp_run(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    b = await replicas("b")
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = (await a.store.get_run(run.id)).backend_run_id
+    fake.set_state(kfp_id, "RUNNING", {"echo": "RUNNING"})
+    # Cancelled through the other replica: it terminates the KFP run, the lease holder
+    # sees CANCELING and then CANCELED.
+    cancelling = await b.controller.cancel_run(run.name)
+    assert cancelling.state is RunState.CANCELLING
+    # Sent by B at once; the lease holder repeats it while KFP still reports RUNNING.
+    assert fake.calls("POST", f"/runs/{kfp_id}:terminate")
+    await until(lambda: _state_is(a.store, run.id, RunState.CANCELLED))
+    assert fake.run(kfp_id).state == "CANCELED"
+
+
+async def test_transient_kfp_errors_are_retried_and_never_duplicate_a_run(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    fake.fail_next("POST", "/pipelines/upload_version", 2, status=503)
+    # The create goes through but its response is lost: the retry must find it.
+    fake.fail_next("POST", "/runs", 1, status=502, after=True)
+    fake.fail_next("GET", "/runs/.+", 3, status=500)
+    run = await a.controller.create_run(create(typed_pipeline))
+    stored = await a.store.get_run(run.id)
+    assert stored.state is RunState.QUEUED and stored.backend_run_id
+    assert [r.display_name for r in fake.runs()] == [run.id]
+    assert len(fake.calls("POST", "/runs")) == 1
+    fake.set_state(stored.backend_run_id, "SUCCEEDED", {"echo": "SUCCEEDED"})
+    await until(lambda: _state_is(a.store, run.id, RunState.SUCCEEDED))
+
+
+async def test_one_poller_per_run_and_takeover_when_it_dies(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    # Replica A is driven by hand (its rounds are our calls), so it can "die" at once.
+    a = await replicas("a", start=False, lease_seconds=1.0, cookie="replica=a")
+    b = await replicas("b", lease_seconds=1.0, cookie="replica=b")
+    run = await a.controller.create_run(create(typed_pipeline))
+    stored = await a.store.get_run(run.id)
+    # B resumes every unfinished run at start-up, like any replica: the lease stops it.
+    await b.controller.resume()
+    assert b.backend.tracked_runs() == [] and a.backend.tracked_runs() == [run.id]
+
+    def polls(replica: str) -> int:
+        return sum(
+            r.headers.get("cookie") == f"replica={replica}"
+            for r in fake.calls("GET", f"/runs/{stored.backend_run_id}")
+        )
+
+    fake.set_state(stored.backend_run_id, "RUNNING", {"echo": "RUNNING"})
+    for _ in range(5):
+        await a.backend.poll_once()
+        await asyncio.sleep(0.1)
+    assert polls("a") == 5 and polls("b") == 0
+    assert (await a.store.get_run(run.id)).state is RunState.RUNNING
+
+    died = time.monotonic()  # A stops renewing its lease
+    await until(lambda: polls("b") > 0, timeout=5)
+    takeover = time.monotonic() - died
+    assert b.backend.tracked_runs() == [run.id]
+    fake.set_state(stored.backend_run_id, "SUCCEEDED", {"echo": "SUCCEEDED"})
+    await until(lambda: _state_is(b.store, run.id, RunState.SUCCEEDED))
+    assert polls("a") == 5
+    print(f"takeover after {takeover:.2f}s with a 1s lease")
+
+
+async def test_shutdown_hands_runs_over_at_once(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a", lease_seconds=30)
+    b = await replicas("b", lease_seconds=30)
+    run = await a.controller.create_run(create(typed_pipeline))
+    await until(lambda: a.backend.tracked_runs() == [run.id])
+    await a.backend.shutdown()
+    await until(lambda: b.backend.tracked_runs() == [run.id], timeout=3)
+
+
+async def test_a_kfp_run_that_disappeared_fails_the_run(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a")
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = (await a.store.get_run(run.id)).backend_run_id
+    with fake._lock:
+        del fake._state.runs[kfp_id]
+    await until(lambda: _state_is(a.store, run.id, RunState.FAILED))
+    assert (await a.store.get_run(run.id)).error.reason == "KFP_RUN_NOT_FOUND"
+
+
+async def _state_is(store: PostgresRunStore, run_id: str, state: RunState) -> bool:
+    return (await store.get_run(run_id)).state is state
+
+
+async def _has_step(store: PostgresRunStore, run_id: str, name: str, state: StepState) -> bool:
+    run = await store.get_run(run_id)
+    return any(s.name == name and s.state is state for s in run.steps)

@@ -1,0 +1,250 @@
+"""The RunStore contract, run against every implementation: SQLite (embedded) and
+PostgreSQL (replicas). Persistence, idempotency, listing, the event log and the watch."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from skit_pipelines.domain import Run, RunState, Step, StepState
+from skit_pipelines.errors import AlreadyExists, NotFound
+from skit_pipelines.store import PostgresRunStore, RunQuery, RunStore, SqliteRunStore
+from skit_pipelines.store.base import sortable_time
+
+pytest_plugins = ["skit_components.testing"]
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def make_run(run_id: str = "run-a", **changes: object) -> Run:
+    run = Run(
+        id=run_id,
+        pipeline="random-sample-calls",
+        pipeline_version="sha256:abc",
+        parameters={"call_quantity": 5},
+        labels={"team": "slu"},
+        state=RunState.QUEUED,
+        create_time=T0,
+        update_time=T0,
+        revision=1,
+    )
+    return replace(run, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        store: RunStore = SqliteRunStore(tmp_path / "runs.db", history_limit=50)
+    else:
+        store = await PostgresRunStore.open(
+            request.getfixturevalue("postgres_dsn"), history_limit=50
+        )
+    yield store
+    await store.close()
+
+
+def set_state(state: RunState):
+    return lambda run: replace(run, state=state)
+
+
+async def test_create_and_get_round_trip(store: RunStore) -> None:
+    step = Step(
+        name="fetch-calls", component="comp-fetch-calls", state=StepState.RUNNING, start_time=T0
+    )
+    run = make_run(steps=(step,), output_parameters={"n": 3})
+    outcome = await store.create_run(run)
+    assert outcome.created
+    assert await store.get_run("run-a") == run
+
+
+async def test_get_unknown_run_is_not_found(store: RunStore) -> None:
+    with pytest.raises(NotFound) as caught:
+        await store.get_run("nope")
+    assert caught.value.reason == "RUN_NOT_FOUND"
+
+
+async def test_taken_id_is_already_exists(store: RunStore) -> None:
+    await store.create_run(make_run())
+    with pytest.raises(AlreadyExists):
+        await store.create_run(make_run())
+
+
+async def test_request_id_returns_the_earlier_run_with_its_hash(store: RunStore) -> None:
+    first = await store.create_run(make_run(request_id="req-1"), request_hash="h1")
+    again = await store.create_run(make_run("run-b", request_id="req-1"), request_hash="h2")
+    assert first.created and not again.created
+    assert again.run.id == "run-a" and again.request_hash == "h1"
+    with pytest.raises(NotFound):
+        await store.get_run("run-b")
+
+
+async def test_update_bumps_revision_and_logs_every_revision(store: RunStore) -> None:
+    await store.create_run(make_run())
+    r2 = await store.update_run("run-a", set_state(RunState.RUNNING))
+    r3 = await store.update_run("run-a", set_state(RunState.SUCCEEDED))
+    assert (r2.revision, r3.revision) == (2, 3)
+    assert r3.update_time > T0
+    replay = await store.revisions_after("run-a", 1)
+    assert [(r.revision, r.state) for r in replay] == [
+        (2, RunState.RUNNING),
+        (3, RunState.SUCCEEDED),
+    ]
+    assert await store.revisions_after("run-a", 3) == []
+
+
+async def test_unchanged_update_writes_no_revision(store: RunStore) -> None:
+    await store.create_run(make_run())
+    same = await store.update_run("run-a", lambda run: run)
+    assert same.revision == 1
+
+
+async def test_failed_mutation_leaves_run_untouched(store: RunStore) -> None:
+    await store.create_run(make_run())
+
+    def broken(run: Run) -> Run:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await store.update_run("run-a", broken)
+    assert (await store.get_run("run-a")).revision == 1
+
+
+async def test_history_beyond_limit_is_too_old_to_replay(store: RunStore) -> None:
+    await store.create_run(make_run())
+    for i in range(60):
+        await store.update_run("run-a", lambda run, i=i: replace(run, output_parameters={"i": i}))
+    assert await store.revisions_after("run-a", 2) is None
+    recent = await store.revisions_after("run-a", 55)
+    assert [r.revision for r in recent] == [56, 57, 58, 59, 60, 61]
+
+
+async def test_list_filters_and_pages_newest_first(store: RunStore) -> None:
+    for i in range(7):
+        await store.create_run(
+            make_run(
+                f"run-{i}",
+                create_time=T0 + timedelta(minutes=i),
+                pipeline="a" if i % 2 else "b",
+                labels={"n": str(i % 3)},
+                state=RunState.SUCCEEDED if i < 3 else RunState.QUEUED,
+            )
+        )
+    page = await store.list_runs(RunQuery(page_size=3))
+    assert [r.id for r in page.runs] == ["run-6", "run-5", "run-4"] and page.more
+    last = page.runs[-1]
+    page2 = await store.list_runs(
+        RunQuery(page_size=3, after=(sortable_time(last.create_time), last.id))
+    )
+    assert [r.id for r in page2.runs] == ["run-3", "run-2", "run-1"] and page2.more
+    assert [r.id for r in (await store.list_runs(RunQuery(pipeline="a"))).runs] == [
+        "run-5",
+        "run-3",
+        "run-1",
+    ]
+    states = await store.list_runs(RunQuery(states=frozenset({RunState.SUCCEEDED})))
+    assert [r.id for r in states.runs] == ["run-2", "run-1", "run-0"]
+    labelled = await store.list_runs(RunQuery(labels={"n": "0"}))
+    assert [r.id for r in labelled.runs] == ["run-6", "run-3", "run-0"]
+    window = await store.list_runs(
+        RunQuery(created_after=T0 + timedelta(minutes=2), created_before=T0 + timedelta(minutes=4))
+    )
+    assert [r.id for r in window.runs] == ["run-3", "run-2"]
+
+
+async def test_unfinished_runs_for_recovery(store: RunStore) -> None:
+    await store.create_run(make_run("done", state=RunState.SUCCEEDED))
+    await store.create_run(make_run("queued", create_time=T0 + timedelta(seconds=1)))
+    await store.create_run(
+        make_run("running", state=RunState.RUNNING, create_time=T0 + timedelta(seconds=2))
+    )
+    assert [r.id for r in await store.list_unfinished_runs()] == ["queued", "running"]
+
+
+async def collect(stream, queue: asyncio.Queue) -> None:
+    async for run in stream:
+        await queue.put(run)
+    await queue.put(None)
+
+
+async def test_watch_sends_snapshot_then_every_revision_and_ends_at_terminal(
+    store: RunStore,
+) -> None:
+    await store.create_run(make_run())
+    queue: asyncio.Queue = asyncio.Queue()
+    task = asyncio.create_task(collect(store.watch("run-a"), queue))
+    assert (await asyncio.wait_for(queue.get(), 5)).revision == 1
+    await store.update_run("run-a", set_state(RunState.RUNNING))
+    await store.update_run("run-a", lambda r: replace(r, output_parameters={"x": 1}))
+    await store.update_run("run-a", set_state(RunState.SUCCEEDED))
+    seen = [await asyncio.wait_for(queue.get(), 5) for _ in range(3)]
+    assert [r.revision for r in seen] == [2, 3, 4]
+    assert await asyncio.wait_for(queue.get(), 5) is None
+    await task
+    assert store.hub.watcher_count() == 0
+
+
+async def test_watch_after_revision_replays_exactly_once(store: RunStore) -> None:
+    await store.create_run(make_run())
+    for state in (RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED):
+        await store.update_run("run-a", set_state(state))
+    revisions = [r.revision async for r in store.watch("run-a", after_revision=2)]
+    assert revisions == [3, 4]
+    assert [r.revision async for r in store.watch("run-a", after_revision=4)] == []
+
+
+async def test_watch_with_too_old_or_bogus_cursor_gets_current_snapshot(
+    store: RunStore,
+) -> None:
+    await store.create_run(make_run())
+    for i in range(60):
+        await store.update_run("run-a", lambda run, i=i: replace(run, output_parameters={"i": i}))
+    await store.update_run("run-a", set_state(RunState.FAILED))
+    assert [r.revision async for r in store.watch("run-a", after_revision=1)] == [62]
+    assert [r.revision async for r in store.watch("run-a", after_revision=999)] == [62]
+
+
+async def test_watch_unknown_run_raises_and_leaves_no_watcher(store: RunStore) -> None:
+    with pytest.raises(NotFound):
+        async for _ in store.watch("ghost"):
+            pass
+    assert store.hub.watcher_count() == 0
+
+
+async def test_cancelled_watcher_is_removed(store: RunStore) -> None:
+    await store.create_run(make_run())
+    queue: asyncio.Queue = asyncio.Queue()
+    task = asyncio.create_task(collect(store.watch("run-a"), queue))
+    await asyncio.wait_for(queue.get(), 5)
+    assert store.hub.watcher_count("run-a") == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.hub.watcher_count() == 0
+
+
+async def test_many_watchers_each_see_every_revision(store: RunStore) -> None:
+    await store.create_run(make_run())
+    queues = [asyncio.Queue() for _ in range(50)]
+    tasks = [asyncio.create_task(collect(store.watch("run-a"), q)) for q in queues]
+    for q in queues:
+        await asyncio.wait_for(q.get(), 5)
+    for i in range(5):
+        await store.update_run("run-a", lambda run, i=i: replace(run, output_parameters={"i": i}))
+    await store.update_run("run-a", set_state(RunState.SUCCEEDED))
+    await asyncio.gather(*tasks)
+    for q in queues:
+        revisions = []
+        while (run := q.get_nowait()) is not None:
+            revisions.append(run.revision)
+        assert revisions == [2, 3, 4, 5, 6, 7]
+
+
+async def test_step_cache_round_trip(store: RunStore) -> None:
+    assert store.cache_get("k") is None
+    store.cache_put("k", {"a": [1, 2]})
+    store.cache_put("k", {"a": [3]})
+    assert store.cache_get("k") == {"a": [3]}
