@@ -231,11 +231,14 @@ def test_default_generation_is_fast(tmp_path):
 def test_ensure_demo_data_creates_once_and_returns_absolute_urls(tmp_path):
     root = tmp_path / "demo"
     env = ensure_demo_data(root)
-    assert env.items() >= {
-        "CALLS_DB_URL": f"sqlite:///{root / CALLS_DB}",
-        "METRICS_DB_URL": f"sqlite:///{root / METRICS_DB}",
-        "ANNOTATIONS_DB_URL": f"sqlite:///{root / 'annotations.db'}",
-    }.items()
+    assert (
+        env.items()
+        >= {
+            "CALLS_DB_URL": f"sqlite:///{root / CALLS_DB}",
+            "METRICS_DB_URL": f"sqlite:///{root / METRICS_DB}",
+            "ANNOTATIONS_DB_URL": f"sqlite:///{root / 'annotations.db'}",
+        }.items()
+    )
     assert env["CALLS_DB_URL"].startswith("sqlite:////")
     assert {CALLS_DB, METRICS_DB, "annotations.db"} <= {p.name for p in root.iterdir()}
     stamp = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
