@@ -27,15 +27,24 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[index]
 
 
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "skipped"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
 def render(figures: Sequence[Figure]) -> str:
     lines = [
-        "| benchmark | value | baseline | detail | target | met |",
+        "| benchmark | value | baseline (same run) | detail | target | met |",
         "|---|---|---|---|---|---|",
     ]
     for f in figures:
-        baseline = f"{f.baseline:.2f}" if f.baseline is not None else "-"
+        value = _number(f.value) + ("" if math.isnan(f.value) else f" {f.unit}")
+        baseline = f"{_number(f.baseline)} {f.unit}" if f.baseline is not None else "-"
         lines.append(
-            f"| {f.name} | {f.value:.2f} {f.unit} | {baseline} | {f.detail} | {f.target} | "
+            f"| {f.name} | {value} | {baseline} | {f.detail} | {f.target} | "
             f"{'yes' if f.met else 'NO'} |"
         )
     return "\n".join(lines)

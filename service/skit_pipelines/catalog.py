@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -97,6 +98,42 @@ def compile_module(path: Path) -> dict[str, Any]:
         return yaml.safe_load(package.read_text())
 
 
+def _sources_hash(pipelines_root: Path) -> str:
+    """What compiling depends on: the files below pipelines/, the component specs of the
+    images folder next to it (where pipeline modules load them from), kfp's version."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"kfp {version('kfp')}\n".encode())
+    files = [p for p in pipelines_root.rglob("*") if "__pycache__" not in p.parts]
+    files += (pipelines_root.parent / "images").glob("*/component.yaml")
+    for path in sorted(p for p in files if p.is_file()):
+        digest.update(f"{path.relative_to(pipelines_root.parent)}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def _read_cache(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        specs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    logger.info("read compiled pipelines from %s", path)
+    return specs if isinstance(specs, list) else None
+
+
+def _write_cache(path: Path, specs: list[dict[str, Any]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob("catalog-*.json"):
+            stale.unlink(missing_ok=True)
+        # Renamed into place: a process starting alongside never reads half a file.
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(specs))
+        partial.replace(path)
+    except OSError as exc:
+        logger.warning("cannot cache compiled pipelines in %s: %s", path.parent, exc)
+
+
 class Catalog:
     """The pipelines this service can run, by id."""
 
@@ -104,12 +141,25 @@ class Catalog:
         self._pipelines = dict(sorted(pipelines.items()))
 
     @classmethod
-    def load(cls, pipelines_root: Path) -> Catalog:
+    def load(cls, pipelines_root: Path, cache_dir: Path | None = None) -> Catalog:
+        """Compiles every pipelines/*.py module (not those starting with "_").
+
+        With `cache_dir`, the compiled IR is kept there under a hash of everything that
+        goes into it (see `_sources_hash`): a start with nothing changed reads it back
+        instead of importing kfp and compiling, which takes seconds.
+        """
+        modules = [p for p in sorted(pipelines_root.glob("*.py")) if not p.name.startswith("_")]
+        cached = None
+        if cache_dir is not None:
+            cached = cache_dir / f"catalog-{_sources_hash(pipelines_root)}.json"
+        specs = _read_cache(cached) if cached is not None else None
+        if specs is None:
+            specs = [compile_module(path) for path in modules]
+            if cached is not None:
+                _write_cache(cached, specs)
         pipelines: dict[str, Pipeline] = {}
-        for path in sorted(pipelines_root.glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            pipeline = pipeline_from_spec(compile_module(path))
+        for spec in specs:
+            pipeline = pipeline_from_spec(spec)
             if pipeline.id in pipelines:
                 raise ValueError(f"two pipelines are named {pipeline.id!r}")
             pipelines[pipeline.id] = pipeline

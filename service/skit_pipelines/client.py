@@ -7,7 +7,9 @@ google.rpc.Status details the service attaches (ErrorInfo, BadRequest).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -185,6 +187,27 @@ class TlsOptions:
             private_key=read(self.client_key),
             certificate_chain=read(self.client_cert),
         )
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """How `PipelinesClient.watch` resumes a stream that failed with UNAVAILABLE."""
+
+    attempts: int = 5
+    """Failures in a row before the error is raised; every revision received resets the
+    count."""
+    first_delay: float = 0.5
+    """Seconds before the first reconnect; the pause doubles each time, up to max_delay."""
+    max_delay: float = 8.0
+    """The longest pause between reconnects, in seconds."""
+    jitter: float = 0.2
+    """Each pause is shortened by up to this fraction at random, so the watchers of a
+    restarted server do not all come back at the same instant."""
+
+    def delay(self, failures: int) -> float:
+        """The pause after `failures` earlier failures in a row (0 for the first)."""
+        base = min(self.first_delay * 2**failures, self.max_delay)
+        return base * (1 - self.jitter * random.random())
 
 
 class PipelinesClient:
@@ -368,3 +391,56 @@ class PipelinesClient:
             raise RPCError.from_grpc(error) from error
         finally:
             stream.cancel()
+
+    def watch(
+        self,
+        run: str,
+        after_revision: int = 0,
+        *,
+        resume: ResumePolicy = ResumePolicy(),
+        on_resume: Callable[[RPCError, float], None] | None = None,
+    ) -> Iterator[run_pb2.Run]:
+        """Like `watch_run`, but survives dropped streams and server restarts.
+
+        When the stream fails with UNAVAILABLE (connection lost, server restarting or
+        draining), it reconnects after a backoff with `after_revision` set to the last
+        revision seen, so each revision is yielded exactly once, in order, until the run
+        reaches a terminal state.
+
+        Args:
+            run: "abc" or "runs/abc".
+            after_revision: Start after this revision (0: from the current snapshot).
+            resume: Backoff and how many failures in a row to tolerate.
+            on_resume: Called with the error and the pause before each reconnect.
+
+        Raises:
+            RPCError: any other error, or UNAVAILABLE `resume.attempts` times in a row.
+        """
+        revision = after_revision
+        failures = 0
+        while True:
+            try:
+                for snapshot in self.watch_run(run, revision):
+                    failures = 0
+                    # The contract already replays each revision once; this keeps the
+                    # promise even against a server that replays from an older cursor.
+                    if snapshot.revision <= revision:
+                        continue
+                    revision = snapshot.revision
+                    yield snapshot
+                return
+            except RPCError as error:
+                if not error.retryable or failures >= resume.attempts:
+                    raise
+                delay = resume.delay(failures)
+                failures += 1
+                logger.info(
+                    "lost the stream of %s (%s); resuming after revision %s in %.1fs",
+                    run_name(run),
+                    error.code.name,
+                    revision,
+                    delay,
+                )
+                if on_resume is not None:
+                    on_resume(error, delay)
+                time.sleep(delay)

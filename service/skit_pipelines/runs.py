@@ -41,6 +41,7 @@ from skit_pipelines.errors import (
     Unavailable,
 )
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
+from skit_pipelines.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class RunController:
         *,
         clock: Clock = _utcnow,
         max_streams_per_principal: int = 10_000,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -141,6 +143,8 @@ class RunController:
         self._max_streams = max_streams_per_principal
         self._streams: dict[str, int] = {}
         self._draining = False
+        self._telemetry = telemetry or Telemetry()
+        self._telemetry.count_watchers(store.hub.watcher_count)
 
     @property
     def store(self) -> RunStore:
@@ -235,6 +239,7 @@ class RunController:
                 )
             return outcome.run
         logger.info("created %s of %s", run.name, pipeline.name, extra={"run": run.id})
+        self._telemetry.run_created(outcome.run)
         await self._submit(run, pipeline)
         return run
 
@@ -452,22 +457,45 @@ class RunController:
                 return run
             return replace(run, state=RunState.RUNNING, start_time=run.start_time or now)
 
-        await self._store.update_run(run_id, started)
+        run = await self._store.update_run(run_id, started)
+        if run.state is RunState.RUNNING:
+            logger.info("%s is RUNNING", run.name, extra={"run": run_id})
+        self._telemetry.run_started(run)
 
     async def step_changed(self, run_id: str, step: Step) -> None:
+        applied = False
+        previous: Step | None = None
+
         def with_step(run: Run) -> Run:
+            # A store may call this again (a retried transaction): start afresh each time.
+            nonlocal applied, previous
+            applied, previous = False, None
             if run.state.terminal:
                 return run
             steps = list(run.steps)
             for index, existing in enumerate(steps):
                 if existing.name == step.name:
+                    previous = existing
                     steps[index] = step
                     break
             else:
                 steps.append(step)
+            applied = True
             return replace(run, steps=tuple(steps))
 
-        await self._store.update_run(run_id, with_step)
+        run = await self._store.update_run(run_id, with_step)
+        if not applied:
+            return
+        if previous is None or previous.state is not step.state:
+            logger.log(
+                logging.DEBUG if step.state is StepState.PENDING else logging.INFO,
+                "%s step %s is %s",
+                run.name,
+                step.name,
+                step.state.name,
+                extra={"run": run_id, "step": step.name, "attempt": step.attempt},
+            )
+        self._telemetry.step_changed(run, step, previous)
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]
@@ -487,14 +515,19 @@ class RunController:
 
     async def _finish(self, run_id: str, state: RunState, **changes: Any) -> None:
         now = self._clock()
+        finishing = False
 
         def finished(run: Run) -> Run:
+            nonlocal finishing
+            finishing = not run.state.terminal
             if run.state.terminal:
                 return run
             return replace(run, state=state, end_time=now, **changes)
 
         run = await self._store.update_run(run_id, finished)
         logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
+        if finishing:
+            self._telemetry.run_finished(run)
 
 
 def _check_owner(principal: Principal, run: Run, action: str) -> None:

@@ -307,7 +307,9 @@ async def build_application(
     if config.backend == "kubeflow" and not config.kfp_host:
         raise ConfigError("--backend kubeflow needs --kfp-host (SKIT_KFP_HOST)")
     config = prepare_config(config)
-    catalog = await asyncio.to_thread(Catalog.load, config.pipelines_root)
+    catalog = await asyncio.to_thread(
+        Catalog.load, config.pipelines_root, config.resolved_home / "cache"
+    )
     store = await open_run_store(config)
     backend: Backend
     follower: KubeflowBackend | LeasedBackend | None = None

@@ -245,7 +245,9 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def GetRun(  # type: ignore[override]
         self, request: pipeline_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.Run:
-        return convert.run(await self._controller.get_run(request.name))
+        # Converted once per revision, like the watchers' messages: a run is mostly polled
+        # while nothing changes, and conversion is most of the cost of a call.
+        return self._watch_message(await self._controller.get_run(request.name)).run
 
     @_unary
     async def ListRuns(  # type: ignore[override]

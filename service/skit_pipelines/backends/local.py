@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 
+from skit_pipelines import jsonlog
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
 from skit_pipelines.errors import NotFound
@@ -53,10 +55,24 @@ class StoreStepCache:
 
 
 class LocalBackend(Backend):
+    """Executes runs on the local executor, at most `max_active_runs` at once.
+
+    Args:
+        trace_context: A step's trace context by run id and step name, as environment
+            variables for its process (Telemetry.step_trace_env).
+    """
+
     name = "local"
 
-    def __init__(self, executor: LocalExecutor, *, max_active_runs: int = 8) -> None:
+    def __init__(
+        self,
+        executor: LocalExecutor,
+        *,
+        max_active_runs: int = 8,
+        trace_context: Callable[[str, str], Mapping[str, str]] | None = None,
+    ) -> None:
         self._executor = executor
+        self._trace_context = trace_context
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._shutting_down = False
@@ -74,6 +90,13 @@ class LocalBackend(Backend):
         task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
 
     async def _execute(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        with jsonlog.context(run=run.id):
+            await self._execute_logged(run, pipeline, sink)
+
+    async def _execute_logged(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+        trace_context = None
+        if self._trace_context is not None:
+            trace_context = functools.partial(self._trace_context, run.id)
         try:
             async with self._slots:
                 await sink.run_started(run.id)
@@ -84,6 +107,7 @@ class LocalBackend(Backend):
                     _SinkObserver(sink, run.id),
                     # Steps completed before a crash, or reused by RetryRun (then CACHED).
                     reuse={s.name: s for s in run.steps if s.state in _REUSABLE},
+                    trace_context=trace_context,
                 )
             await sink.run_succeeded(run.id, result.outputs, result.output_parameters)
         except PipelineFailed as failure:

@@ -5,7 +5,8 @@
   benchmarks call this); `write_annotations` adds the annotation store to a calls database.
 - `ensure_demo_data(demo_root)` gives the embedded service its SQLite databases on first
   start and returns the step environment (CALLS_DB_URL, METRICS_DB_URL, ANNOTATIONS_DB_URL)
-  pointing at them.
+  pointing at them, with MODEL_REGISTRY_URL: the model registry `demo_root/models` holding
+  the production SLU model (`slu_model.ensure_demo_models`).
 """
 
 from __future__ import annotations

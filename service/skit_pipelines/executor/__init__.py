@@ -13,6 +13,7 @@ from skit_pipelines.executor._api import (
     RunObserver,
     RunResult,
     StepCache,
+    StepTraceContext,
 )
 from skit_pipelines.executor._local import LocalExecutor
 from skit_pipelines.executor._logs import LogLine, read_log, read_step_logs, step_log_path
@@ -27,6 +28,7 @@ __all__ = [
     "RunObserver",
     "RunResult",
     "StepCache",
+    "StepTraceContext",
     "read_log",
     "read_step_logs",
     "step_log_path",

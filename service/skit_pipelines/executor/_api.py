@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,6 +82,12 @@ class RunObserver(Protocol):
 
     async def step_changed(self, step: Step) -> None:
         """Called with the full Step value: PENDING, RUNNING, then a terminal state."""
+
+
+StepTraceContext = Callable[[str], Mapping[str, str]]
+"""A step's W3C trace context by step name, as environment variables for its process
+(TRACEPARENT, and TRACESTATE when there is one): spans the component makes join the run's
+trace."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from skit_pipelines.executor._api import (
     RunObserver,
     RunResult,
     StepCache,
+    StepTraceContext,
 )
 from skit_pipelines.executor._cel import ExpressionError, evaluate_condition, select
 from skit_pipelines.executor._command import (
@@ -164,8 +165,10 @@ class _Run:
         observer: RunObserver,
         work_dir: Path,
         reuse: Mapping[str, Step],
+        trace_context: StepTraceContext | None = None,
     ) -> None:
         self.id = run_id
+        self.trace_context = trace_context
         self.components: Mapping[str, Any] = spec.get("components") or {}
         self.executors: Mapping[str, Any] = (spec.get("deploymentSpec") or {}).get(
             "executors"
@@ -339,6 +342,7 @@ class LocalExecutor:
         observer: RunObserver,
         *,
         reuse: Mapping[str, Step] | None = None,
+        trace_context: StepTraceContext | None = None,
     ) -> RunResult:
         """Runs the pipeline to the end.
 
@@ -353,6 +357,8 @@ class LocalExecutor:
                 gone from the store), or when something it depends on was not reused
                 (its earlier result came from other inputs); that is why an exit handler
                 reruns whenever a step inside its ExitHandler ran.
+            trace_context: Called just before each attempt of a step starts; what it
+                returns joins the step process's environment (TRACEPARENT).
 
         Raises:
             PipelineFailed: a step failed (after its retries, after running steps
@@ -361,7 +367,7 @@ class LocalExecutor:
                 their steps reported CANCELLED.
         """
         work_dir = self._config.work_root / "runs" / run_id
-        run = _Run(run_id, spec, observer, work_dir, reuse or {})
+        run = _Run(run_id, spec, observer, work_dir, reuse or {}, trace_context)
         root = spec.get("root") or {}
         try:
             outcome = await self._run_dag(run, root, "", "pipeline", dict(parameters), {})
@@ -874,11 +880,14 @@ class LocalExecutor:
             log = AttemptLog(log_path)
         except OSError as exc:
             return step, _step_error(f"cannot create its log file: {exc}")
+        env = self._environment(work.folder, work.container, step_dir / "tmp")
+        if run.trace_context is not None:
+            env.update(run.trace_context(step.name))
         try:
             process = await StepProcess.start(
                 argv,
                 cwd=work.folder.path,
-                env=self._environment(work.folder, work.container, step_dir / "tmp"),
+                env=env,
                 log=log,
                 grace_seconds=self._config.cancel_grace_seconds,
             )

@@ -1,0 +1,186 @@
+"""fetch_calls against PostgreSQL: export throughput of every turn of ~1M turns, against
+psql's `\\copy` of the same SELECT (same join and columns, JSON as text) in the same run, and
+the component's peak RSS at a quarter of the calls against all of them.
+
+Needs a PostgreSQL server (env SKIT_BENCH_POSTGRES_DSN, default
+postgresql://postgres@127.0.0.1:5432/test) where it may CREATE DATABASE and `psql`; a
+scratch database skit_bench_<random> is created, filled by the demo generator and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+import psycopg
+
+from benchmarks.report import Figure
+from skit_components.db import sqlite_url
+
+DSN_ENV = "SKIT_BENCH_POSTGRES_DSN"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+COMPONENT_DIR = Path(__file__).resolve().parents[1] / "images" / "fetch_calls"
+MIB = 1024 * 1024
+
+BASELINE_SELECT = """
+SELECT c.id, c.uuid, t.uuid, t.turn_index, t.reftime, t.state,
+       t.utterances::text, t.bot_response, t.intent, t.intent_score,
+       t.slots::text, t.entities::text, t.audio_url, c.call_url,
+       c.language, c.asr_provider, c.flow_id, c.flow_uuid, c.flow_name, c.flow_version,
+       c.client_id, c.client_uuid, c.template_id, c.call_type, c.call_end_status,
+       c.disposition, c.previous_disposition, c.blocking_disposition,
+       c.duration_seconds, t.asr_latency_ms, t.slu_latency_ms
+FROM turns t JOIN calls c ON c.id = t.call_id
+WHERE t.call_id IN (SELECT id FROM calls)
+ORDER BY t.call_id, t.turn_index
+"""
+"""fetch_calls' `stream_turns` SELECT over every call, as one line for psql's \\copy."""
+
+
+def _log(message: str) -> None:
+    print(f"  fetch_calls: {message}", file=sys.stderr, flush=True)
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def _measure(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes, polled every 50 ms) of a child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    child = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, child.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}: {stderr.strip()}")
+    return elapsed, peak
+
+
+def _fetch_calls(db_url: str, quantity: int, tmp: Path) -> tuple[float, int]:
+    env = {**os.environ, "CALLS_DB_URL": db_url}
+    cmd = [
+        sys.executable,
+        "-m",
+        "fetch_calls",
+        f"--call-quantity={quantity}",
+        "--seed=0",
+        f"--calls={tmp / 'calls.csv'}",
+        f"--call-count={tmp / 'call_count'}",
+    ]
+    return _measure(cmd, cwd=COMPONENT_DIR, env=env)
+
+
+def _psql(db_url: str, tmp: Path) -> tuple[float, int]:
+    query = " ".join(BASELINE_SELECT.split())
+    copy = f"\\copy ({query}) TO '{tmp / 'psql.csv'}' WITH CSV HEADER"
+    return _measure(["psql", "-X", "-q", db_url, "-c", copy], cwd=tmp, env=dict(os.environ))
+
+
+def _lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def run(
+    calls: int | None = None, repetitions: int = 3, generation_budget_s: float = 300.0
+) -> list[Figure]:
+    from skit_pipelines.demo import generate
+
+    calls = calls or int(os.environ.get("SKIT_BENCH_FETCH_CALLS", "300000"))
+    dsn = os.environ.get(DSN_ENV, DEFAULT_DSN)
+    name = f"skit_bench_{secrets.token_hex(4)}"
+    if shutil.which("psql") is None:
+        raise RuntimeError("psql is not on PATH")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    db_url = _with_db(dsn, name)
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            _log(f"generating {calls:,} calls into {name} ...")
+            started = time.perf_counter()
+            summary = generate(db_url, sqlite_url(tmp / "metrics.db"), calls=calls, seed=0)
+            generation = time.perf_counter() - started
+            turns = summary.turns
+            _log(f"generated {summary.calls:,} calls, {turns:,} turns in {generation:.0f} s")
+            with psycopg.connect(db_url, autocommit=True) as db:
+                db.execute("VACUUM ANALYZE")
+
+            ours_t, theirs_t, full_rss = [], [], []
+            for rep in range(repetitions):
+                elapsed, rss = _fetch_calls(db_url, summary.calls, tmp)
+                ours_t.append(elapsed)
+                full_rss.append(rss)
+                elapsed_psql, _ = _psql(db_url, tmp)
+                theirs_t.append(elapsed_psql)
+                _log(
+                    f"rep {rep + 1}: fetch_calls {elapsed:.1f} s ({rss / MIB:.0f} MiB),"
+                    f" psql {elapsed_psql:.1f} s"
+                )
+            exported = _lines(tmp / "calls.csv") - 1
+            copied = _lines(tmp / "psql.csv") - 1
+            if exported != turns or copied != turns:
+                raise RuntimeError(
+                    f"expected {turns} turns, fetch_calls wrote {exported}, psql {copied}"
+                )
+            quarter_rss = []
+            for _ in range(repetitions):
+                _, rss = _fetch_calls(db_url, summary.calls // 4, tmp)
+                quarter_rss.append(rss)
+            _log(f"quarter: {[round(r / MIB) for r in quarter_rss]} MiB")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    ours = turns / statistics.median(ours_t)
+    theirs = turns / statistics.median(theirs_t)
+    ratio = ours / theirs
+    rss_full = statistics.median(full_rss) / MIB
+    rss_quarter = statistics.median(quarter_rss) / MIB
+    growth = rss_full - rss_quarter
+    size = f"{summary.calls:,} calls / {turns:,} turns (generated in {generation:.0f} s)"
+    if generation > generation_budget_s:
+        size += f"; generation took over {generation_budget_s:.0f} s"
+    return [
+        Figure(
+            name="fetch_calls export, PostgreSQL, all turns",
+            value=ratio,
+            unit="x psql",
+            baseline=1.0,
+            detail=f"{ours:,.0f} turns/s vs psql \\copy of the same SELECT {theirs:,.0f} turns/s;"
+            f" {size}; median of {repetitions}",
+            target=">= 0.7x psql",
+            met=ratio >= 0.7,
+        ),
+        Figure(
+            name="fetch_calls peak RSS, all calls vs 1/4",
+            value=growth,
+            unit="MiB",
+            baseline=None,
+            detail=f"peak RSS {rss_quarter:.0f} MiB at {summary.calls // 4:,} calls,"
+            f" {rss_full:.0f} MiB at {summary.calls:,} (child polled every 50 ms,"
+            f" median of {repetitions}); the sample holds call ids, turns stream through"
+            " a server-side cursor",
+            target="< 50 MiB growth",
+            met=growth < 50,
+        ),
+    ]
