@@ -319,7 +319,13 @@ async def build_application(
         backend = follower = _replicated_local_backend(config, store, catalog, telemetry)
     else:
         backend = _local_backend(config, store, telemetry)
-    controller = RunController(store, catalog, backend, telemetry=telemetry)
+    controller = RunController(
+        store,
+        catalog,
+        backend,
+        telemetry=telemetry,
+        max_streams_per_principal=config.max_streams_per_principal,
+    )
     if follower is not None:
         # It reports to the controller also for the runs it takes over from a replica
         # that stopped.
