@@ -3,7 +3,6 @@ backend and the local executor in process, running the real components."""
 
 # No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
 
-import asyncio
 import csv
 import json
 from collections import Counter
@@ -14,61 +13,15 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from skit_components.db import connect
-from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.backends.local import LocalBackend, StoreStepCache
-from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
 from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
-from skit_pipelines.executor import ExecutorConfig, LocalExecutor
-from skit_pipelines.runs import CreateRunInput, RunController
-from skit_pipelines.store.sqlite import SqliteRunStore
 
-ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = "download_tagged_entity_dataset"
 
 
 @pytest.fixture(scope="module")
 def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return ensure_demo_data(tmp_path_factory.mktemp("home") / "demo")
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    pipeline = pipeline_from_spec(compile_module(ROOT / "pipelines" / f"{PIPELINE}.py"))
-    return Catalog({pipeline.id: pipeline})
-
-
-@pytest.fixture
-def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
-    async def _run(**parameters) -> Run:
-        store = SqliteRunStore(tmp_path / "runs.db")
-        executor = LocalExecutor(
-            ExecutorConfig(
-                images_root=ROOT / "images", work_root=tmp_path / "work", step_env=demo_env
-            ),
-            LocalArtifactStore(tmp_path / "artifacts"),
-            cache=StoreStepCache(store),
-        )
-        backend = LocalBackend(executor)
-        controller = RunController(store, catalog, backend)
-        try:
-            (pipeline,) = catalog.list()
-            run = await controller.create_run(
-                CreateRunInput(pipeline=pipeline.name, parameters=parameters)
-            )
-
-            async def finished() -> Run:
-                async for snapshot in controller.watch_run(run.name):
-                    if snapshot.state.terminal:
-                        return snapshot
-                raise AssertionError("the watch ended before the run did")
-
-            return await asyncio.wait_for(finished(), 120)
-        finally:
-            await backend.shutdown()
-            await store.close()
-
-    return _run
 
 
 def output_csv(run: Run, name: str) -> list[dict]:

@@ -5,7 +5,6 @@ annotation store and the demo model registry with its production model."""
 
 # No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
 
-import asyncio
 import json
 import shutil
 from collections import Counter
@@ -16,16 +15,9 @@ import pytest
 
 from skit_components.model_registry import ModelRegistry
 from skit_components.slu import MODEL_KIND, load_model, read_metadata
-from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.backends.local import LocalBackend, StoreStepCache
-from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
 from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
-from skit_pipelines.executor import ExecutorConfig, LocalExecutor
-from skit_pipelines.runs import CreateRunInput, RunController
-from skit_pipelines.store.sqlite import SqliteRunStore
 
-ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = "retrain_slu"
 
 
@@ -42,45 +34,6 @@ def demo_env(demo_root: Path, tmp_path: Path) -> dict[str, str]:
     copy = tmp_path / "demo"
     shutil.copytree(demo_root, copy)
     return ensure_demo_data(copy)
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    pipeline = pipeline_from_spec(compile_module(ROOT / "pipelines" / f"{PIPELINE}.py"))
-    return Catalog({pipeline.id: pipeline})
-
-
-@pytest.fixture
-def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
-    async def _run(**parameters) -> Run:
-        store = SqliteRunStore(tmp_path / "runs.db")
-        executor = LocalExecutor(
-            ExecutorConfig(
-                images_root=ROOT / "images", work_root=tmp_path / "work", step_env=demo_env
-            ),
-            LocalArtifactStore(tmp_path / "artifacts"),
-            cache=StoreStepCache(store),
-        )
-        backend = LocalBackend(executor)
-        controller = RunController(store, catalog, backend)
-        try:
-            (pipeline,) = catalog.list()
-            run = await controller.create_run(
-                CreateRunInput(pipeline=pipeline.name, parameters=parameters)
-            )
-
-            async def finished() -> Run:
-                async for snapshot in controller.watch_run(run.name):
-                    if snapshot.state.terminal:
-                        return snapshot
-                raise AssertionError("the watch ended before the run did")
-
-            return await asyncio.wait_for(finished(), 180)
-        finally:
-            await backend.shutdown()
-            await store.close()
-
-    return _run
 
 
 def artifact_path(run: Run, name: str) -> Path:

@@ -1,0 +1,68 @@
+"""The in-process harness the pipeline end-to-end tests share: the run controller, the local
+backend and the local executor running the real components on demo data.
+
+A test module names its pipeline module in `PIPELINE` and provides a `demo_env` fixture (the
+env vars the steps get)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.backends.local import LocalBackend, StoreStepCache
+from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
+from skit_pipelines.domain import Run
+from skit_pipelines.executor import ExecutorConfig, LocalExecutor
+from skit_pipelines.runs import CreateRunInput, RunController
+from skit_pipelines.store.sqlite import SqliteRunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_SECONDS = 180
+
+
+@pytest.fixture(scope="module")
+def catalog(request: pytest.FixtureRequest) -> Catalog:
+    module = ROOT / "pipelines" / f"{request.module.PIPELINE}.py"
+    pipeline = pipeline_from_spec(compile_module(module))
+    return Catalog({pipeline.id: pipeline})
+
+
+@pytest.fixture
+def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
+    """Runs the module's pipeline with the given parameters; returns the finished run.
+    `extra_env` adds step env vars (e.g. an LLM endpoint) to `demo_env`."""
+
+    async def _run(extra_env: dict[str, str] | None = None, **parameters) -> Run:
+        store = SqliteRunStore(tmp_path / "runs.db")
+        executor = LocalExecutor(
+            ExecutorConfig(
+                images_root=ROOT / "images",
+                work_root=tmp_path / "work",
+                step_env={**demo_env, **(extra_env or {})},
+            ),
+            LocalArtifactStore(tmp_path / "artifacts"),
+            cache=StoreStepCache(store),
+        )
+        backend = LocalBackend(executor)
+        controller = RunController(store, catalog, backend)
+        try:
+            (pipeline,) = catalog.list()
+            run = await controller.create_run(
+                CreateRunInput(pipeline=pipeline.name, parameters=parameters)
+            )
+
+            async def finished() -> Run:
+                async for snapshot in controller.watch_run(run.name):
+                    if snapshot.state.terminal:
+                        return snapshot
+                raise AssertionError("the watch ended before the run did")
+
+            return await asyncio.wait_for(finished(), RUN_TIMEOUT_SECONDS)
+        finally:
+            await backend.shutdown()
+            await store.close()
+
+    return _run
