@@ -4,19 +4,14 @@ No `from __future__ import annotations` in pipeline modules: kfp reads the param
 from the real annotation objects, and string annotations make it fail.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
-from kfp import components, dsl
+from kfp import dsl
 
-_IMAGES = Path(__file__).resolve().parent.parent / "images"
+from skit_pipelines.images import load_component
 
-fetch_tagged_dataset = components.load_component_from_file(
-    str(_IMAGES / "fetch_tagged_dataset" / "component.yaml")
-)
-normalize_entities = components.load_component_from_file(
-    str(_IMAGES / "normalize_entities" / "component.yaml")
-)
+fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
+normalize_entities = load_component(__file__, "normalize_entities")
 
 
 # Named, so the run's outputs read "dataset", "entity_count" and "unresolved_count".

@@ -4,22 +4,16 @@ No `from __future__ import annotations` in pipeline modules: kfp reads the param
 from the real annotation objects, and string annotations make it fail.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
-from kfp import components, dsl
+from kfp import dsl
 
-_IMAGES = Path(__file__).resolve().parent.parent / "images"
+from skit_pipelines.images import load_component
 
-
-def _component(name: str):
-    return components.load_component_from_file(str(_IMAGES / name / "component.yaml"))
-
-
-fetch_tagged_dataset = _component("fetch_tagged_dataset")
-prepare_slu_dataset = _component("prepare_slu_dataset")
-fetch_slu_model = _component("fetch_slu_model")
-evaluate_slu = _component("evaluate_slu")
+fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
+prepare_slu_dataset = load_component(__file__, "prepare_slu_dataset")
+fetch_slu_model = load_component(__file__, "fetch_slu_model")
+evaluate_slu = load_component(__file__, "evaluate_slu")
 
 
 # Named, so the run's outputs read as below rather than kfp's "Output".

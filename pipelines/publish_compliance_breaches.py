@@ -4,21 +4,15 @@ No `from __future__ import annotations` in pipeline modules: kfp reads the param
 from the real annotation objects, and string annotations make it fail.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
-from kfp import components, dsl
+from kfp import dsl
 
-_IMAGES = Path(__file__).resolve().parent.parent / "images"
+from skit_pipelines.images import load_component
 
-
-def _component(name: str):
-    return components.load_component_from_file(str(_IMAGES / name / "component.yaml"))
-
-
-fetch_calls = _component("fetch_calls")
-judge_compliance = _component("judge_compliance")
-publish_breaches = _component("publish_breaches")
+fetch_calls = load_component(__file__, "fetch_calls")
+judge_compliance = load_component(__file__, "judge_compliance")
+publish_breaches = load_component(__file__, "publish_breaches")
 
 
 # Named, so the run's outputs read as below rather than kfp's "Output".

@@ -4,14 +4,13 @@ No `from __future__ import annotations` in pipeline modules: kfp reads the param
 from the real annotation objects, and string annotations make it fail.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
-from kfp import components, dsl
+from kfp import dsl
 
-_IMAGES = Path(__file__).resolve().parent.parent / "images"
+from skit_pipelines.images import load_component
 
-fetch_calls = components.load_component_from_file(str(_IMAGES / "fetch_calls" / "component.yaml"))
+fetch_calls = load_component(__file__, "fetch_calls")
 
 
 # Named, so the run's outputs read "calls" and "call_count" rather than kfp's "Output".

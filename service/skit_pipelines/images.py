@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -107,3 +108,12 @@ def resolve_image(image: str, images_root: Path) -> ImageFolder:
     if not (path / "component.yaml").is_file():
         raise NotFound(f"no image folder {path} for image {image!r}", reason="IMAGE_NOT_FOUND")
     return _load_folder(path)
+
+
+def load_component(pipeline_file: str, name: str) -> Any:
+    """The KFP component of image folder `name`, for the pipeline module at `pipeline_file`
+    (pipelines/ sits beside images/ in the same checkout)."""
+    from kfp import components  # only pipeline modules need kfp; keep it off the hot path
+
+    spec = Path(pipeline_file).resolve().parent.parent / "images" / name / "component.yaml"
+    return components.load_component_from_file(str(spec))
