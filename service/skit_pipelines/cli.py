@@ -613,6 +613,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         backend=args.backend,
         kfp_host=args.kfp_host,
         kfp_ui_url=args.kfp_ui_url,
+        kfp_images_lock=args.kfp_images_lock,
         traces_exporter=args.traces_exporter,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
@@ -879,6 +880,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--kfp-ui-url",
         metavar="URL",
         help="Kubeflow Pipelines UI base URL for run links (SKIT_KFP_UI_URL; default --kfp-host)",
+    )
+    scale_out.add_argument(
+        "--kfp-images-lock",
+        type=Path,
+        metavar="PATH",
+        help="the images lock whose digests pin the images of pipelines run on Kubeflow"
+        " (SKIT_KFP_IMAGES_LOCK; default images/images.lock.json)",
     )
     observability = serve.add_argument_group(
         "observability", "OpenTelemetry traces and metrics (README.md: Observability)"

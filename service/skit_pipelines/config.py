@@ -97,6 +97,9 @@ class ServerConfig:
     """The KFP experiment runs are created in."""
     kfp_poll_seconds: float = 5.0
     """How often the replica holding a run's lease polls KFP for it."""
+    kfp_images_lock: Path | None = None
+    """The images lock (`skit-release release` writes it) whose digests pin every image
+    uploaded to KFP; None: images/images.lock.json under project_root."""
     lease_seconds: float = 30.0
     """How long a replica may stop renewing its runs' leases before another replica takes
     them over."""
@@ -118,6 +121,13 @@ class ServerConfig:
     @property
     def images_root(self) -> Path:
         return self.project_root / "images"
+
+    @property
+    def images_lock_path(self) -> Path:
+        # Imported here: the client commands read this module and need no YAML parser.
+        from skit_pipelines.imagelock import LOCK_PATH
+
+        return self.kfp_images_lock or self.project_root / LOCK_PATH
 
     @property
     def pipelines_root(self) -> Path:
@@ -162,9 +172,9 @@ class ServerConfig:
         scale-out settings (SKIT_STORE_POOL_SIZE, SKIT_STORE_RETRY_SECONDS,
         SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
         SKIT_KFP_UI_URL, SKIT_KFP_TOKEN, SKIT_KFP_COOKIE, SKIT_KFP_NAMESPACE,
-        SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_LEASE_SECONDS), the security
-        ones and telemetry's (SKIT_TRACES_EXPORTER, SKIT_METRICS_PORT, SKIT_METRICS_HOST,
-        SKIT_METRICS_OTLP, SKIT_OTLP_ENDPOINT)."""
+        SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_KFP_IMAGES_LOCK, SKIT_LEASE_SECONDS),
+        the security ones and telemetry's (SKIT_TRACES_EXPORTER, SKIT_METRICS_PORT,
+        SKIT_METRICS_HOST, SKIT_METRICS_OTLP, SKIT_OTLP_ENDPOINT)."""
         env = os.environ if environ is None else environ
         config = cls()
         step_env = {
@@ -211,6 +221,7 @@ class ServerConfig:
             kfp_namespace=env.get("SKIT_KFP_NAMESPACE"),
             kfp_experiment=env.get("SKIT_KFP_EXPERIMENT"),
             kfp_poll_seconds=_number(env, "SKIT_KFP_POLL_SECONDS", float),
+            kfp_images_lock=_path(env, "SKIT_KFP_IMAGES_LOCK"),
             lease_seconds=_number(env, "SKIT_LEASE_SECONDS", float),
             traces_exporter=env.get("SKIT_TRACES_EXPORTER"),
             metrics_port=_number(env, "SKIT_METRICS_PORT", int),

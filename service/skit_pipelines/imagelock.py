@@ -35,6 +35,12 @@ _TAG = re.compile(r":(?P<tag>[\w][\w.-]*)(?:@sha256:[0-9a-f]+)?$")
 class ImageLockError(ValueError):
     """The lock is malformed, or it cannot pin an image the pipeline uses."""
 
+    def __init__(self, message: str, *, unreleased: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.unreleased = unreleased
+        """From `pin_images`: the image folders the lock has no release of (none, or
+        another version), so a caller can say what to release."""
+
 
 @dataclass(frozen=True)
 class LockEntry:
@@ -120,6 +126,7 @@ def pin_images(spec: Mapping[str, Any], lock: Mapping[str, LockEntry] | Path) ->
     pinned = copy.deepcopy(dict(spec))
     executors = pinned.get("deploymentSpec", {}).get("executors", {})
     problems = []
+    unreleased: set[str] = set()
     for executor_name, executor in sorted(executors.items()):
         container = executor.get("container")
         if not container or "image" not in container:
@@ -129,6 +136,7 @@ def pin_images(spec: Mapping[str, Any], lock: Mapping[str, LockEntry] | Path) ->
         entry = entries.get(name)
         if entry is None:
             problems.append(f"{executor_name}: {image} was never released (no lock entry {name!r})")
+            unreleased.add(name)
             continue
         wanted = _tag(image)
         if wanted is not None and wanted != entry.version:
@@ -136,8 +144,11 @@ def pin_images(spec: Mapping[str, Any], lock: Mapping[str, LockEntry] | Path) ->
                 f"{executor_name}: {image} wants {wanted} but the lock has {name} {entry.version}"
                 " (release the image first)"
             )
+            unreleased.add(name)
             continue
         container["image"] = entry.pinned
     if problems:
-        raise ImageLockError("cannot pin images: " + "; ".join(problems))
+        raise ImageLockError(
+            "cannot pin images: " + "; ".join(problems), unreleased=tuple(sorted(unreleased))
+        )
     return pinned

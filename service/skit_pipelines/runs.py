@@ -208,6 +208,7 @@ class RunController:
         names.check_labels(dict(request.labels))
         pipeline = self._catalog.get(pipeline_id)
         parameters = resolve_parameters(pipeline, request.parameters)
+        self._backend.check_runnable(pipeline)
         now = self._clock()
         run = Run(
             id=request.run_id or names.new_run_id(pipeline_id),
@@ -272,6 +273,7 @@ class RunController:
                 f" server no longer has (it has {pipeline.version})",
                 reason="PIPELINE_VERSION_GONE",
             )
+        self._backend.check_runnable(pipeline)
         reused = tuple(
             replace(step, state=StepState.CACHED, cached=True)
             for step in source.steps
@@ -300,6 +302,11 @@ class RunController:
     async def _submit(self, run: Run, pipeline: Pipeline) -> None:
         try:
             await self._backend.submit(run, pipeline, self)
+        except FailedPrecondition as exc:
+            # Runs that skip CreateRun's check (resumed, or stored by a replica deployed
+            # differently) fail with the backend's reason: no retry can fix it.
+            logger.warning("cannot submit %s: %s", run.name, exc.message, extra={"run": run.id})
+            await self.run_failed(run.id, ErrorInfo(code=9, message=exc.message, reason=exc.reason))
         except Exception as exc:
             logger.exception("submitting %s failed", run.name)
             await self.run_failed(

@@ -24,6 +24,7 @@ from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.domain import RunState
+from skit_pipelines.errors import FailedPrecondition
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
@@ -33,6 +34,7 @@ from skit_pipelines.telemetry import Telemetry
 if TYPE_CHECKING:
     from skit_pipelines.backends.kubeflow import KubeflowBackend
     from skit_pipelines.backends.leased import LeasedBackend
+    from skit_pipelines.imagelock import ImageLock
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +223,31 @@ def replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _kubeflow_backend(config: ServerConfig, store: RunStore, catalog: Catalog) -> KubeflowBackend:
+def load_images_lock(config: ServerConfig) -> ImageLock:
+    """The images lock the Kubeflow backend pins images with, read once at start (a
+    release changes it and comes with a redeploy).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not a valid lock; an empty lock
+            is valid (every CreateRun is then refused with IMAGES_NOT_RELEASED).
+    """
+    from skit_pipelines.imagelock import ImageLockError, load_lock
+
+    path = config.images_lock_path
+    where = f"the images lock {path} (--kfp-images-lock, SKIT_KFP_IMAGES_LOCK)"
+    # load_lock reads a missing file as an empty lock, which suits a first release; here
+    # it would be a wrong path that makes every run fail, so it is refused.
+    if not path.is_file():
+        raise ConfigError(f"{where} is not a file")
+    try:
+        return load_lock(path)
+    except (OSError, ImageLockError) as error:
+        raise ConfigError(f"{where}: {str(error).removeprefix(f'{path}: ')}") from None
+
+
+def _kubeflow_backend(
+    config: ServerConfig, store: RunStore, catalog: Catalog, images: ImageLock
+) -> KubeflowBackend:
     from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings
     from skit_pipelines.backends.leases import LocalRunLeases, RunLeases
     from skit_pipelines.store.postgres import PostgresRunStore
@@ -245,7 +271,21 @@ def _kubeflow_backend(config: ServerConfig, store: RunStore, catalog: Catalog) -
         lease_seconds=config.lease_seconds,
     )
     logger.info("running pipelines on Kubeflow at %s as %s", config.kfp_host, owner)
-    return KubeflowBackend(settings, store, leases, catalog.get)
+    backend = KubeflowBackend(settings, store, leases, catalog.get, images=images)
+    unrunnable = []
+    for pipeline in catalog.list():
+        try:
+            backend.check_runnable(pipeline)
+        except FailedPrecondition:
+            unrunnable.append(pipeline.id)
+    if unrunnable:
+        # Not fatal: the other pipelines run, and CreateRun says what to release.
+        logger.warning(
+            "pipelines %s use images not released in %s; their runs are refused",
+            ", ".join(unrunnable),
+            config.images_lock_path,
+        )
+    return backend
 
 
 def _local_backend(config: ServerConfig, store: RunStore, telemetry: Telemetry) -> Backend:
@@ -306,6 +346,8 @@ async def build_application(
         raise ConfigError(f"--backend must be local or kubeflow, not {config.backend!r}")
     if config.backend == "kubeflow" and not config.kfp_host:
         raise ConfigError("--backend kubeflow needs --kfp-host (SKIT_KFP_HOST)")
+    # Read before anything is opened or compiled, so a bad lock fails the start at once.
+    images = load_images_lock(config) if config.backend == "kubeflow" else {}
     config = prepare_config(config)
     catalog = await asyncio.to_thread(
         Catalog.load, config.pipelines_root, config.resolved_home / "cache"
@@ -314,7 +356,7 @@ async def build_application(
     backend: Backend
     follower: KubeflowBackend | LeasedBackend | None = None
     if config.backend == "kubeflow":
-        backend = follower = _kubeflow_backend(config, store, catalog)
+        backend = follower = _kubeflow_backend(config, store, catalog, images)
     elif config.uses_postgres:
         backend = follower = _replicated_local_backend(config, store, catalog, telemetry)
     else:

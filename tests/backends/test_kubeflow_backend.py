@@ -1,28 +1,73 @@
 """KubeflowBackend against a local KFP v2beta1 API server whose bodies go through the
 kfp-server-api models (skit_pipelines.backends.kubeflow_fake), with PostgreSQL for the
-run store and the leases. A "replica" is a store, a backend and a controller."""
+run store and the leases. A "replica" is a store, a backend and a controller, with the
+images lock it was deployed with."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from google.rpc import code_pb2, error_details_pb2
 
 from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
 from skit_pipelines.backends.kubeflow_fake import FakeKfpServer
-from skit_pipelines.catalog import Catalog
-from skit_pipelines.domain import Pipeline, RunState, StepState
+from skit_pipelines.catalog import Catalog, ir_version
+from skit_pipelines.domain import Pipeline, Run, RunState, StepState
+from skit_pipelines.errors import FailedPrecondition
+from skit_pipelines.imagelock import load_lock, pin_images
 from skit_pipelines.runs import CreateRunInput, RunController
+from skit_pipelines.servicer import error_status
 from skit_pipelines.store.postgres import PostgresRunStore
 
 pytest_plugins = ["skit_components.testing"]
 
 TOKEN = "s3cret-token"
 UI = "https://kubeflow.example.com/pipeline"
+REGISTRY = "registry.example.com/ml"
+ECHO = f"{REGISTRY}/skit-pipelines/echo:0.1.0"
+"""Where the released echo image (the typed pipeline's only one) was pushed."""
+
+
+def write_lock(path: Path, **releases: tuple[str, str]) -> Path:
+    """An images lock as `skit-release release` writes it: folder -> (version, digest)."""
+    path.write_text(
+        json.dumps(
+            {
+                name: {
+                    "version": version,
+                    "image": f"{REGISTRY}/skit-pipelines/{name.replace('_', '-')}:{version}",
+                    "digest": digest,
+                }
+                for name, (version, digest) in releases.items()
+            }
+        )
+    )
+    return path
+
+
+DIGEST = "sha256:" + "1" * 64
+REBUILT = "sha256:" + "2" * 64
+
+
+@pytest.fixture
+def lock(tmp_path: Path) -> Path:
+    """The typed pipeline's image, released."""
+    return write_lock(tmp_path / "images.lock.json", echo=("0.1.0", DIGEST))
+
+
+def executor_images(spec: dict[str, Any]) -> set[str]:
+    executors = spec["deploymentSpec"]["executors"]
+    return {executor["container"]["image"] for executor in executors.values()}
 
 
 @pytest.fixture
@@ -44,12 +89,17 @@ class Replica:
 
 @pytest.fixture
 async def replicas(
-    postgres_dsn: str, fake: FakeKfpServer, typed_pipeline: Pipeline
+    postgres_dsn: str, fake: FakeKfpServer, typed_pipeline: Pipeline, lock: Path
 ) -> AsyncIterator[Callable[..., object]]:
     made: list[Replica] = []
 
     async def make(
-        owner: str, *, start: bool = True, lease_seconds: float = 30.0, cookie: str = ""
+        owner: str,
+        *,
+        start: bool = True,
+        lease_seconds: float = 30.0,
+        cookie: str = "",
+        images_lock: Path = lock,
     ) -> Replica:
         store = await PostgresRunStore.open(postgres_dsn)
         catalog = Catalog({typed_pipeline.id: typed_pipeline})
@@ -62,7 +112,13 @@ async def replicas(
             lease_seconds=lease_seconds,
             retry_seconds=10,
         )
-        backend = KubeflowBackend(settings, store, store.leases(owner, lease_seconds), catalog.get)
+        backend = KubeflowBackend(
+            settings,
+            store,
+            store.leases(owner, lease_seconds),
+            catalog.get,
+            images=load_lock(images_lock),
+        )
         controller = RunController(store, catalog, backend)
         if start:
             backend.start(controller)
@@ -94,7 +150,7 @@ def create(pipeline: Pipeline, **parameters: object) -> CreateRunInput:
 
 
 async def test_submit_uploads_each_ir_once_and_creates_a_typed_run(
-    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline, lock: Path
 ) -> None:
     a = await replicas("a")
     first = await a.controller.create_run(
@@ -108,8 +164,13 @@ async def test_submit_uploads_each_ir_once_and_creates_a_typed_run(
     assert len(fake.calls("POST", "/pipelines")) == 1
     assert len(fake.calls("POST", "/pipelines/upload_version")) == 1
     [version] = fake.versions()
-    assert version.display_name == version_name(typed_pipeline)
-    assert yaml.safe_load(fake.package(version.pipeline_version_id)) == typed_pipeline.spec
+    # Uploaded with its image pinned by the lock's digest, named after that IR's hash.
+    uploaded = yaml.safe_load(fake.package(version.pipeline_version_id))
+    assert executor_images(uploaded) == {f"{ECHO}@{DIGEST}"}
+    assert executor_images(typed_pipeline.spec) == {"skit-pipelines/echo:0.1.0"}
+    assert uploaded == pin_images(typed_pipeline.spec, load_lock(lock))
+    assert version.display_name == "sha256-" + ir_version(uploaded).removeprefix("sha256:")[:32]
+    assert version.display_name != version_name(typed_pipeline)
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in fake.requests)
 
     remote = {r.display_name: r for r in fake.runs()}
@@ -269,6 +330,128 @@ async def test_a_kfp_run_that_disappeared_fails_the_run(
         del fake._state.runs[kfp_id]
     await until(lambda: _state_is(a.store, run.id, RunState.FAILED))
     assert (await a.store.get_run(run.id)).error.reason == "KFP_RUN_NOT_FOUND"
+
+
+async def test_a_released_image_with_a_new_digest_makes_a_new_pipeline_version(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline, tmp_path: Path, lock: Path
+) -> None:
+    before = await replicas("a")
+    first = await before.controller.create_run(create(typed_pipeline))
+    # echo 0.1.0 rebuilt and re-released (same version, another digest), then redeployed.
+    rebuilt = write_lock(tmp_path / "rebuilt.lock.json", echo=("0.1.0", REBUILT))
+    after = await replicas("b", images_lock=rebuilt)
+    second = await after.controller.create_run(create(typed_pipeline))
+    # A replica still on the old lock finds its version again instead of uploading.
+    third = await (await replicas("c", images_lock=lock)).controller.create_run(
+        create(typed_pipeline)
+    )
+
+    assert fake.rejected == []
+    assert len(fake.calls("POST", "/pipelines")) == 1
+    old, new = sorted(fake.versions(), key=lambda v: v.created_at)
+    assert old.display_name != new.display_name
+    assert executor_images(yaml.safe_load(fake.package(old.pipeline_version_id))) == {
+        f"{ECHO}@{DIGEST}"
+    }
+    assert executor_images(yaml.safe_load(fake.package(new.pipeline_version_id))) == {
+        f"{ECHO}@{REBUILT}"
+    }
+    used = {r.display_name: r.pipeline_version_reference.pipeline_version_id for r in fake.runs()}
+    assert used == {
+        first.id: old.pipeline_version_id,
+        second.id: new.pipeline_version_id,
+        third.id: old.pipeline_version_id,
+    }
+    # Our runs record the catalog's version either way.
+    assert {(await before.store.get_run(r.id)).pipeline_version for r in (first, second)} == {
+        typed_pipeline.version
+    }
+
+
+@pytest.mark.parametrize(
+    ("release", "why"),
+    [
+        ({}, r"never released \(no lock entry 'echo'\)"),
+        ({"echo": ("0.0.9", DIGEST)}, r"wants 0\.1\.0 but the lock has echo 0\.0\.9"),
+    ],
+    ids=["never-released", "other-version"],
+)
+async def test_an_unreleased_image_refuses_the_run_before_anything_is_stored_or_uploaded(
+    replicas,
+    fake: FakeKfpServer,
+    typed_pipeline: Pipeline,
+    tmp_path: Path,
+    release: dict[str, tuple[str, str]],
+    why: str,
+) -> None:
+    a = await replicas("a", images_lock=write_lock(tmp_path / "unreleased.json", **release))
+    with pytest.raises(FailedPrecondition) as refused:
+        await a.controller.create_run(create(typed_pipeline, count=1))
+
+    error = refused.value
+    assert error.reason == "IMAGES_NOT_RELEASED"
+    assert "pipelines/typed cannot run on Kubeflow: images not released: echo." in error.message
+    assert "`skit-release release echo`" in error.message
+    assert re.search(why, error.message)
+    status = error_status(error)
+    info = error_details_pb2.ErrorInfo()
+    assert status.code == code_pb2.FAILED_PRECONDITION and status.details[0].Unpack(info)
+    assert info.reason == "IMAGES_NOT_RELEASED"
+    # Nothing stored, nothing sent to KFP.
+    assert await a.store.list_unfinished_runs() == []
+    assert [r for r in fake.requests if r.method == "POST"] == []
+    assert a.backend.tracked_runs() == []
+
+
+async def test_a_resumed_run_with_an_unreleased_image_fails_with_the_reason(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # Stored by a replica whose lock had echo; this one's lock has nothing.
+    a = await replicas("a", images_lock=write_lock(tmp_path / "empty.json"))
+    queued = await _stored_run(a.store, typed_pipeline)
+
+    await a.controller.resume()
+
+    failed = await a.store.get_run(queued.id)
+    assert failed.state is RunState.FAILED and failed.error is not None
+    assert (failed.error.code, failed.error.reason) == (9, "IMAGES_NOT_RELEASED")
+    assert "`skit-release release echo`" in failed.error.message
+    assert [r for r in fake.requests if r.method == "POST"] == []
+    assert a.backend.tracked_runs() == []
+
+
+async def test_a_run_taken_over_by_a_replica_without_its_image_fails_with_the_reason(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # The replica that stored it died before creating the KFP run; the one that takes it
+    # over was deployed with a lock that lacks echo.
+    a = await replicas("a", lease_seconds=0.5, images_lock=write_lock(tmp_path / "empty.json"))
+    queued = await _stored_run(a.store, typed_pipeline)
+    assert await a.store.leases("dead", 0.5).acquire(queued.id)
+
+    await until(lambda: _state_is(a.store, queued.id, RunState.FAILED))
+    failed = await a.store.get_run(queued.id)
+    assert failed.error is not None and failed.error.reason == "IMAGES_NOT_RELEASED"
+    assert [r for r in fake.requests if r.method == "POST"] == []
+    await until(lambda: a.backend.tracked_runs() == [])
+
+
+async def _stored_run(store: PostgresRunStore, pipeline: Pipeline) -> Run:
+    """A QUEUED run as CreateRun stores it before submitting."""
+    now = datetime.now(UTC)
+    run = Run(
+        id="typed-stored",
+        pipeline=pipeline.id,
+        pipeline_version=pipeline.version,
+        parameters={"greeting": "hi"},
+        labels={},
+        state=RunState.QUEUED,
+        create_time=now,
+        update_time=now,
+        revision=1,
+        backend="kubeflow",
+    )
+    return (await store.create_run(run)).run
 
 
 async def _state_is(store: PostgresRunStore, run_id: str, state: RunState) -> bool:

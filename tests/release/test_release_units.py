@@ -193,6 +193,17 @@ def test_pin_images_refuses_unreleased_images_and_other_versions():
         pin_images(_spec("skit-pipelines/invalidate-situations:0.1.0"), lock)
     with pytest.raises(ImageLockError, match=r"wants 0\.2\.0 but the lock has fetch_calls 0\.1\.0"):
         pin_images(_spec("skit-pipelines/fetch-calls:0.2.0"), lock)
+    # The error names every image to release, once and sorted, for the Kubeflow backend.
+    with pytest.raises(ImageLockError) as refused:
+        pin_images(
+            _spec(
+                "skit-pipelines/invalidate-situations:0.1.0",
+                "skit-pipelines/fetch-calls:0.2.0",
+                "skit-pipelines/invalidate-situations:0.1.0",
+            ),
+            lock,
+        )
+    assert refused.value.unreleased == ("fetch_calls", "invalidate_situations")
 
 
 def test_lock_file_round_trip(tmp_path):

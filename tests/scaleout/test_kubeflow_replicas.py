@@ -5,10 +5,13 @@ replica, and takeover when the polling replica is killed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from skit.pipelines.v1 import pipeline_service_pb2 as api
 from skit.pipelines.v1 import run_pb2
@@ -17,6 +20,8 @@ from skit_pipelines.backends.kubeflow_fake import FakeKfpServer
 pytest_plugins = ["skit_components.testing"]
 
 TOKEN = "kfp-bearer-token"
+TICK = "registry.example.com/ml/skit-pipelines/t-tick:0.1.0"
+DIGEST = "sha256:" + "7" * 64
 
 
 @pytest.fixture
@@ -34,8 +39,11 @@ async def states(stream: AsyncIterator[api.WatchRunResponse]) -> list[run_pb2.Ru
 
 
 async def test_one_poller_per_run_and_takeover_across_processes(
-    start_replicas, postgres_dsn: str, fake: FakeKfpServer
+    start_replicas, postgres_dsn: str, fake: FakeKfpServer, tmp_path: Path
 ) -> None:
+    # The project's one image, released (as `skit-release release` records it).
+    lock = tmp_path / "images.lock.json"
+    lock.write_text(json.dumps({"t_tick": {"version": "0.1.0", "image": TICK, "digest": DIGEST}}))
     a, b = start_replicas(
         2,
         "--store",
@@ -50,6 +58,7 @@ async def test_one_poller_per_run_and_takeover_across_processes(
                 "SKIT_KFP_COOKIE": f"replica={name}",
                 "SKIT_KFP_POLL_SECONDS": "0.1",
                 "SKIT_LEASE_SECONDS": "1.5",
+                "SKIT_KFP_IMAGES_LOCK": str(lock),
             }
             for name in ("a", "b")
         ],
@@ -101,5 +110,9 @@ async def test_one_poller_per_run_and_takeover_across_processes(
         seen = await asyncio.wait_for(watch, 30)
         assert seen[-1].state == run_pb2.RUN_STATE_SUCCEEDED
     assert fake.rejected == []
-    assert len(fake.versions()) == 1, "one upload per IR hash"
+    [version] = fake.versions()  # one upload per IR hash
+    executors = yaml.safe_load(fake.package(version.pipeline_version_id))["deploymentSpec"]
+    assert {e["container"]["image"] for e in executors["executors"].values()} == {
+        f"{TICK}@{DIGEST}"
+    }
     print(f"replica B took over {takeover:.2f}s after A was killed (lease 1.5s)")

@@ -31,6 +31,12 @@ class Backend(ABC):
 
     name: str
 
+    def check_runnable(self, pipeline: Pipeline) -> None:
+        """Raises FailedPrecondition when this backend cannot run `pipeline` as it is (the
+        Kubeflow backend: an image was never released). CreateRun and RetryRun call it
+        before the run is stored, so the caller gets the error rather than a FAILED run."""
+        return  # the local executor runs whatever the catalog compiled
+
     @abstractmethod
     async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         """Starts (or queues) the run and returns without waiting for it."""

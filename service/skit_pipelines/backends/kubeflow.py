@@ -1,10 +1,13 @@
 """The Kubeflow Pipelines backend: runs execute on a KFP installation (v2beta1 API).
 
-Submitting uploads the compiled IR as a pipeline version once per IR hash (found again
-by name when it exists, so every replica and every restart reuses it), then creates the
-KFP run with the run's typed parameters. The KFP run is named after our run and found
-again by that name before any create, so a retried or resumed submit never starts a
-second one. Its id and UI URL are recorded on the run.
+Submitting uploads the compiled IR, with every component image pinned by the digest the
+images lock records (imagelock.py), as a pipeline version once per hash of that pinned IR
+(found again by name when it exists, so every replica and every restart reuses it, and a
+re-released image makes a new version), then creates the KFP run with the run's typed
+parameters. A pipeline using an image the lock has no release of is refused before
+anything is stored or uploaded. The KFP run is named after our run and found again by
+that name before any create, so a retried or resumed submit never starts a second one.
+Its id and UI URL are recorded on the run.
 
 Progress is polled, by exactly one replica per active run: the holder of the run's
 lease (backends/leases.py). Each replica has one loop that renews its leases, claims the
@@ -45,8 +48,10 @@ from tenacity import (
 
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.backends.leases import RunLeases
+from skit_pipelines.catalog import ir_version
 from skit_pipelines.domain import ErrorInfo, Pipeline, Run, RunState, Step, StepState
-from skit_pipelines.errors import NotFound, Unavailable
+from skit_pipelines.errors import FailedPrecondition, NotFound, Unavailable
+from skit_pipelines.imagelock import LOCK_PATH, ImageLock, ImageLockError, pin_images
 from skit_pipelines.store.base import RunStore
 
 if TYPE_CHECKING:
@@ -158,8 +163,8 @@ def _filter_by_name(name: str) -> str:
 
 
 def version_name(pipeline: Pipeline) -> str:
-    """The KFP pipeline version name for an IR hash: DNS-label safe, as KFP's Kubernetes
-    pipeline store requires."""
+    """The KFP pipeline version name for an IR hash (of the pinned IR, see
+    `KubeflowBackend.pinned`): DNS-label safe, as KFP's Kubernetes pipeline store requires."""
     return "sha256-" + pipeline.version.removeprefix("sha256:")[:32]
 
 
@@ -228,6 +233,13 @@ class _Tracked:
 
 
 class KubeflowBackend(Backend):
+    """Runs pipelines on KFP.
+
+    `images` is the images lock, read once when the server starts (server.py): a release
+    changes images/images.lock.json and comes with a redeploy, so a running replica never
+    needs to see a newer lock, and every upload of one replica pins the same digests.
+    """
+
     name = "kubeflow"
 
     def __init__(
@@ -237,9 +249,11 @@ class KubeflowBackend(Backend):
         leases: RunLeases,
         pipelines: Callable[[str], Pipeline],
         *,
+        images: ImageLock,
         api: KfpApi | None = None,
     ) -> None:
         self._settings = settings
+        self._images = images
         # The RunSink has no call for "the backend named the run": the KFP run id and URL
         # are written to the store directly.
         self._store = store
@@ -249,6 +263,9 @@ class KubeflowBackend(Backend):
         self._tracked: dict[str, _Tracked] = {}
         self._creating: set[str] = set()
         self._versions: dict[str, tuple[str, str]] = {}
+        """Pinned IR hash -> (KFP pipeline id, version id)."""
+        self._pinned: dict[str, Pipeline] = {}
+        """Catalog IR hash -> the pipeline with its images pinned (see `pinned`)."""
         self._experiment_id = ""
         self._setup_lock = asyncio.Lock()
         self._sink: RunSink | None = None
@@ -258,6 +275,36 @@ class KubeflowBackend(Backend):
 
     def active_runs(self) -> int:
         return len(self._tracked)
+
+    def check_runnable(self, pipeline: Pipeline) -> None:
+        self.pinned(pipeline)
+
+    def pinned(self, pipeline: Pipeline) -> Pipeline:
+        """The pipeline as uploaded to KFP: its IR with every image pinned by the lock's
+        digest, and the hash of that IR as its version (computed like the catalog's, so
+        re-pinning an image after a release gives a new KFP pipeline version).
+
+        Raises:
+            FailedPrecondition: IMAGES_NOT_RELEASED, naming the images to release.
+        """
+        known = self._pinned.get(pipeline.version)
+        if known is None:
+            try:
+                spec = pin_images(pipeline.spec, self._images)
+            except ImageLockError as exc:
+                details = str(exc).removeprefix("cannot pin images: ")
+                raise FailedPrecondition(
+                    f"{pipeline.name} cannot run on Kubeflow: images not released:"
+                    f" {', '.join(exc.unreleased)}. Release them with `skit-release release"
+                    f" {' '.join(exc.unreleased)}` (it records their digests in {LOCK_PATH})"
+                    " and redeploy the service with that lock."
+                    f" Details: {details}",
+                    reason="IMAGES_NOT_RELEASED",
+                ) from None
+            known = replace(pipeline, spec=spec, version=ir_version(spec))
+            # Keyed by the catalog's version: the lock does not change while this runs.
+            self._pinned[pipeline.version] = known
+        return known
 
     def tracked_runs(self) -> list[str]:
         """The runs this replica polls."""
@@ -340,7 +387,7 @@ class KubeflowBackend(Backend):
     # Creating the KFP run
 
     async def _create(self, run: Run, pipeline: Pipeline) -> None:
-        pipeline_id, version_id = await self._pipeline_version(pipeline)
+        pipeline_id, version_id = await self._pipeline_version(pipeline, self.pinned(pipeline))
         experiment_id = await self._experiment()
         created = await self._api.call(
             "create_run",
@@ -426,19 +473,19 @@ class KubeflowBackend(Backend):
                     raise
         return experiment_id
 
-    async def _pipeline_version(self, pipeline: Pipeline) -> tuple[str, str]:
-        """The KFP pipeline and version ids of this IR, uploading it the first time."""
+    async def _pipeline_version(self, pipeline: Pipeline, pinned: Pipeline) -> tuple[str, str]:
+        """The KFP pipeline and version ids of the pinned IR, uploading it the first time."""
         async with self._setup_lock:
-            known = self._versions.get(pipeline.version)
+            known = self._versions.get(pinned.version)
             if known is None:
                 known = await self._api.call(
-                    "pipeline upload", lambda c, t: self._find_or_upload(c, t, pipeline)
+                    "pipeline upload", lambda c, t: self._find_or_upload(c, t, pipeline, pinned)
                 )
-                self._versions[pipeline.version] = known
+                self._versions[pinned.version] = known
             return known
 
     def _find_or_upload(
-        self, client: kfp.Client, timeout: float, pipeline: Pipeline
+        self, client: kfp.Client, timeout: float, pipeline: Pipeline, pinned: Pipeline
     ) -> tuple[str, str]:
         import kfp_server_api
 
@@ -458,18 +505,19 @@ class KubeflowBackend(Backend):
                 pipeline_id = self._find_pipeline(client, timeout, pipeline.id)
                 if exc.status != 409 or pipeline_id is None:
                     raise
-        name = version_name(pipeline)
+        name = version_name(pinned)
         version_id = self._find_version(client, timeout, pipeline_id, name)
         if version_id is None:
             with tempfile.TemporaryDirectory() as tmp:
                 package = Path(tmp) / f"{pipeline.id}.yaml"
-                package.write_text(yaml.safe_dump(dict(pipeline.spec), sort_keys=False))
+                package.write_text(yaml.safe_dump(dict(pinned.spec), sort_keys=False))
                 try:
                     version_id = client.pipeline_uploads.upload_pipeline_version(
                         str(package),
                         name=name,
                         pipelineid=pipeline_id,
-                        description=f"{pipeline.id} {pipeline.version}",
+                        # The catalog's version is what our runs record.
+                        description=f"{pipeline.id} {pipeline.version}, images pinned",
                         _request_timeout=timeout,
                     ).pipeline_version_id
                 except kfp_server_api.ApiException as exc:
@@ -572,7 +620,15 @@ class KubeflowBackend(Backend):
                 )
                 await self._untrack(run_id)
                 return
-            await self._create(run, tracked.pipeline)
+            try:
+                await self._create(run, tracked.pipeline)
+            except FailedPrecondition as exc:
+                # This replica's lock lacks an image the submitting replica's had.
+                await sink.run_failed(
+                    run_id, ErrorInfo(code=9, message=exc.message, reason=exc.reason)
+                )
+                await self._untrack(run_id)
+                return
             run = await self._store.get_run(run_id)
         kfp_id = run.backend_run_id
         try:

@@ -63,6 +63,9 @@ class LeasedBackend(Backend):
                 self._keep_leases(), name="run-leases"
             )
 
+    def check_runnable(self, pipeline: Pipeline) -> None:
+        self._inner.check_runnable(pipeline)
+
     async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         if not await self._leases.acquire(run.id):
             logger.info("%s executes on another replica", run.name, extra={"run": run.id})
