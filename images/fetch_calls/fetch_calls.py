@@ -8,6 +8,7 @@ streamed to the CSV, one row per turn. Neither step holds more than the sample i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import random
@@ -16,11 +17,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from skit_components import cli
-from skit_components.db import Database, DatabaseError, connect
+from skit_components.db import POSTGRESQL, Database, DatabaseError, Dialect, connect
 from skit_components.migrations import CALLS, SchemaError, require_schema
 from skit_components.outputs import output_path, write_parameter
 
@@ -30,41 +31,54 @@ DB_ENV = "CALLS_DB_URL"
 SCHEMA_VERSION = 1
 """The calls schema version this component's queries need."""
 
-COLUMNS = (
-    "call_id",
-    "call_uuid",
-    "conversation_uuid",
-    "turn_index",
-    "reftime",
-    "state",
-    "utterances",
-    "primary_utterance",
-    "bot_response",
-    "intent",
-    "intent_score",
-    "slots",
-    "entities",
-    "audio_url",
-    "call_url",
-    "language",
-    "asr_provider",
-    "flow_id",
-    "flow_uuid",
-    "flow_name",
-    "flow_version",
-    "client_id",
-    "client_uuid",
-    "template_id",
-    "call_type",
-    "call_end_status",
-    "disposition",
-    "previous_disposition",
-    "blocking_disposition",
-    "call_duration",
-    "asr_latency_ms",
-    "slu_latency_ms",
+TEXT, NUMBER, FLOAT, JSON, TIME, PRIMARY = "text", "number", "float", "json", "time", "primary"
+
+TURN_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("call_id", "c.id", NUMBER),
+    ("call_uuid", "c.uuid", TEXT),
+    ("conversation_uuid", "t.uuid", TEXT),
+    ("turn_index", "t.turn_index", NUMBER),
+    ("reftime", "t.reftime", TIME),
+    ("state", "t.state", TEXT),
+    ("utterances", "t.utterances", JSON),
+    ("primary_utterance", "t.utterances", PRIMARY),
+    ("bot_response", "t.bot_response", TEXT),
+    ("intent", "t.intent", TEXT),
+    ("intent_score", "t.intent_score", FLOAT),
+    ("slots", "t.slots", JSON),
+    ("entities", "t.entities", JSON),
+    ("audio_url", "t.audio_url", TEXT),
+    ("call_url", "c.call_url", TEXT),
+    ("language", "c.language", TEXT),
+    ("asr_provider", "c.asr_provider", TEXT),
+    ("flow_id", "c.flow_id", NUMBER),
+    ("flow_uuid", "c.flow_uuid", TEXT),
+    ("flow_name", "c.flow_name", TEXT),
+    ("flow_version", "c.flow_version", TEXT),
+    ("client_id", "c.client_id", NUMBER),
+    ("client_uuid", "c.client_uuid", TEXT),
+    ("template_id", "c.template_id", NUMBER),
+    ("call_type", "c.call_type", TEXT),
+    ("call_end_status", "c.call_end_status", TEXT),
+    ("disposition", "c.disposition", TEXT),
+    ("previous_disposition", "c.previous_disposition", TEXT),
+    ("blocking_disposition", "c.blocking_disposition", TEXT),
+    ("call_duration", "c.duration_seconds", FLOAT),
+    ("asr_latency_ms", "t.asr_latency_ms", NUMBER),
+    ("slu_latency_ms", "t.slu_latency_ms", NUMBER),
 )
-"""The CSV header, one row per turn."""
+"""Each CSV column (one row per turn): its name, the column it comes from, and its kind,
+which says how it is written (see `stream_turns` and `copy_turns`)."""
+
+COLUMNS = tuple(name for name, _, _ in TURN_COLUMNS)
+"""The CSV header."""
+
+TURNS_FROM = "FROM turns t JOIN calls c ON c.id = t.call_id"
+TURNS_ORDER = "ORDER BY t.call_id, t.turn_index"
+
+_ISO_MILLISECONDS = 'YYYY-MM-DD"T"HH24:MI:SS.MSTZH:TZM'
+"""to_char's spelling of isoformat(timespec="milliseconds") in the session's time zone; both
+truncate to milliseconds."""
 
 
 @dataclass(frozen=True)
@@ -209,24 +223,24 @@ def sample(ids: Iterable[int], quantity: int, seed: int) -> tuple[list[int], int
 def stream_turns(db: Database, call_ids: Sequence[int], zone: ZoneInfo) -> Iterator[list[Any]]:
     """Yields the CSV rows of every turn of `call_ids`, by call id and turn order."""
     d = db.dialect
-    query = f"""
-        SELECT c.id, c.uuid, t.uuid, t.turn_index, t.reftime, t.state,
-               {d.json_text("t.utterances")}, t.bot_response, t.intent, t.intent_score,
-               {d.json_text("t.slots")}, {d.json_text("t.entities")}, t.audio_url, c.call_url,
-               c.language, c.asr_provider, c.flow_id, c.flow_uuid, c.flow_name, c.flow_version,
-               c.client_id, c.client_uuid, c.template_id, c.call_type, c.call_end_status,
-               c.disposition, c.previous_disposition, c.blocking_disposition,
-               c.duration_seconds, t.asr_latency_ms, t.slu_latency_ms
-        FROM turns t JOIN calls c ON c.id = t.call_id
-        WHERE {d.any_of("t.call_id")}
-        ORDER BY t.call_id, t.turn_index
-    """
+    selected = ", ".join(
+        d.json_text(column) if kind in (JSON, PRIMARY) else column
+        for _, column, kind in TURN_COLUMNS
+    )
+    query = f"SELECT {selected} {TURNS_FROM} WHERE {d.any_of('t.call_id')} {TURNS_ORDER}"
+    kinds = [kind for _, _, kind in TURN_COLUMNS]
     for row in db.stream(query, (d.list_param(call_ids),)):
-        row = list(row)
-        reftime = d.to_datetime(row[4]).astimezone(zone)
-        row[4] = reftime.isoformat(timespec="milliseconds")
-        row.insert(7, primary_utterance(row[6]))
-        yield ["" if value is None else value for value in row]
+        yield [_csv_value(kind, value, d, zone) for kind, value in zip(kinds, row, strict=True)]
+
+
+def _csv_value(kind: str, value: Any, dialect: Dialect, zone: ZoneInfo) -> Any:
+    if value is None:
+        return ""
+    if kind == TIME:
+        return dialect.to_datetime(value).astimezone(zone).isoformat(timespec="milliseconds")
+    if kind == PRIMARY:
+        return primary_utterance(value)
+    return value
 
 
 def primary_utterance(utterances_json: str) -> str:
@@ -234,7 +248,67 @@ def primary_utterance(utterances_json: str) -> str:
     segments = json.loads(utterances_json)
     if not segments or not segments[0]:
         return ""
-    return segments[0][0].get("transcript", "")
+    return segments[0][0].get("transcript") or ""
+
+
+def copy_turns_query(call_ids: Sequence[int]) -> str:
+    """PostgreSQL's COPY of the same CSV `stream_turns` rows make, formatted by the server.
+
+    Written so that the bytes equal Python's csv module's: an empty text is written as NULL
+    (COPY would quote it), integral doubles keep their ".0" as Python's repr does, and
+    reftime is formatted by to_char in the session's time zone (see `copy_turns`). The ids
+    are an array literal because COPY takes no bind parameters.
+    """
+    selected = []
+    for _, column, kind in TURN_COLUMNS:
+        if kind == TEXT:
+            selected.append(f"NULLIF({column}, '')")
+        elif kind == FLOAT:
+            selected.append(
+                f"{column}::text || CASE WHEN {column} = trunc({column})"
+                f" AND abs({column}) < 1e15 THEN '.0' ELSE '' END"
+            )
+        elif kind == JSON:
+            selected.append(f"{column}::text")
+        elif kind == PRIMARY:
+            selected.append(f"NULLIF({column} -> 0 -> 0 ->> 'transcript', '')")
+        elif kind == TIME:
+            selected.append(f"to_char({column}, '{_ISO_MILLISECONDS}')")
+        else:
+            selected.append(column)
+    ids = "{" + ",".join(str(int(call_id)) for call_id in call_ids) + "}"
+    return (
+        f"COPY (SELECT {', '.join(selected)} {TURNS_FROM}"
+        f" WHERE t.call_id = ANY('{ids}'::bigint[]) {TURNS_ORDER}) TO STDOUT WITH (FORMAT csv)"
+    )
+
+
+def copy_turns(db: Database, call_ids: Sequence[int], timezone: str, out: BinaryIO) -> int:
+    """Writes the CSV rows of every turn of `call_ids` to `out` with PostgreSQL's COPY, which
+    formats them in the server (several times faster than formatting each row in Python);
+    returns how many rows it wrote."""
+    import psycopg
+
+    connection = db.connection
+    try:
+        return _copy(connection, call_ids, timezone, out)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"exporting turns failed: {exc}") from exc
+
+
+def _copy(connection: Any, call_ids: Sequence[int], timezone: str, out: BinaryIO) -> int:
+    with connection.transaction():
+        # Session settings that decide COPY's text, scoped to this transaction.
+        connection.execute(
+            "SELECT set_config('TimeZone', %s, true), set_config('extra_float_digits', '1', true),"
+            " set_config('client_encoding', 'UTF8', true)",
+            (timezone,),
+        )
+        with connection.cursor() as cursor:
+            with cursor.copy(copy_turns_query(call_ids)) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+            return cursor.rowcount
 
 
 def fetch_calls(
@@ -262,17 +336,29 @@ def fetch_calls(
             if not sampled:
                 raise cli.BadInput(f"no calls match the filters: {filters.describe()}")
             logger.info("%d calls match, sampled %d (seed %d)", matched, len(sampled), seed)
-            turns = 0
-            with output_path(out_csv).open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(COLUMNS)
-                for row in stream_turns(db, sampled, filters.zone):
-                    writer.writerow(row)
-                    turns += 1
+            with output_path(out_csv).open("wb") as f:
+                f.write((",".join(COLUMNS) + "\n").encode())
+                if db.dialect is POSTGRESQL:
+                    turns = copy_turns(db, sampled, filters.timezone, f)
+                else:
+                    turns = _write_rows(stream_turns(db, sampled, filters.zone), f)
             logger.info("wrote %d turns of %d calls to %s", turns, len(sampled), out_csv)
             return len(sampled)
     except (DatabaseError, SchemaError) as exc:
         raise cli.ComponentError(f"calls database: {exc}") from exc
+
+
+def _write_rows(rows: Iterable[list[Any]], out: BinaryIO) -> int:
+    """Writes CSV rows as COPY does (minimal quoting, "\\n" line ends); returns their number."""
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    writer = csv.writer(text, lineterminator="\n")
+    written = 0
+    for row in rows:
+        writer.writerow(row)
+        written += 1
+    text.flush()
+    text.detach()
+    return written
 
 
 def _parse_args(argv: list[str] | None) -> Any:

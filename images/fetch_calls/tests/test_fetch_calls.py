@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from skit_components.db import connect, sqlite_url
 from skit_components.loader import import_component
+from skit_components.migrations import CALLS, migrate
 from skit_pipelines.demo import generate
 
 pytest_plugins = ["skit_components.testing"]
@@ -318,3 +320,113 @@ def test_postgresql_streams_and_reports_errors(run, postgres_dsn, capsys):
     code, _, _ = run("--intents", '["no_such_intent"]', url=postgres_dsn)
     assert code == 2
     assert "no calls match" in one_line(capsys.readouterr().err)
+
+
+EDGE_CALL = {
+    "id": 1,
+    "uuid": "call-1",
+    "client_id": 7,
+    "client_uuid": "client-7",
+    "flow_id": 3,
+    "flow_uuid": "flow-3",
+    "flow_name": 'Loan, "EMI" reminder',
+    "flow_version": "v1",
+    "template_id": 2,
+    "language": "hi",
+    "asr_provider": "google",
+    "call_type": "outbound",
+    "call_end_status": "completed",
+    "disposition": "",
+    "previous_disposition": "",
+    "blocking_disposition": "dnc",
+    "started_at": datetime(2026, 10, 5, 18, 30, tzinfo=ZoneInfo("UTC")),
+    "duration_seconds": 42.0,
+    "audio_url": "https://audio.example/1.wav",
+    "call_url": "https://calls.example/1",
+}
+# JSON in jsonb's own spelling (", " and ": " separators), so both engines return the same text.
+EDGE_TURNS = (
+    {
+        "reftime": datetime(2026, 10, 5, 18, 30, 1, 123987, tzinfo=ZoneInfo("UTC")),
+        "state": "",
+        "utterances": json.dumps(
+            [[{"transcript": "नमस्ते, हाँ"}, {"transcript": "x"}]], ensure_ascii=False
+        ),
+        "bot_response": "line one\nline two",
+        "intent": None,
+        "intent_score": None,
+        "slots": "[]",
+        "entities": "{}",
+        "asr_latency_ms": None,
+    },
+    {
+        "reftime": datetime(2026, 10, 5, 18, 31, tzinfo=ZoneInfo("UTC")),
+        "state": "PURPOSE",
+        "utterances": "[]",
+        "bot_response": 'say "hi"\r',
+        "intent": "confirm",
+        "intent_score": 0.1 + 0.2,
+        "slots": json.dumps([{"name": "date"}]),
+        "entities": json.dumps({"type": "date", "value": "2026-10-06"}),
+        "asr_latency_ms": 120,
+    },
+)
+
+
+def write_edge_call(url: str) -> None:
+    with connect(url, create=True) as db:
+        migrate(db, CALLS)
+        d = db.dialect
+        call = {
+            **EDGE_CALL,
+            "started_at": d.timestamp_param(EDGE_CALL["started_at"]),
+        }
+        db.execute(
+            f"INSERT INTO calls ({', '.join(call)}) VALUES ({', '.join('?' * len(call))})",
+            list(call.values()),
+        )
+        for index, turn in enumerate(EDGE_TURNS):
+            row = {
+                "id": index + 1,
+                "uuid": f"turn-{index}",
+                "call_id": 1,
+                "turn_index": index,
+                **turn,
+                "reftime": d.timestamp_param(turn["reftime"]),
+                "audio_url": "",
+                "slu_latency_ms": None,
+            }
+            db.execute(
+                f"INSERT INTO turns ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("timezone", ["America/New_York", "Asia/Kolkata", "UTC"])
+def test_postgresql_copy_writes_the_same_bytes_as_sqlite(
+    monkeypatch, postgres_dsn, tmp_path, timezone
+):
+    """Quoting, empty text against NULL, integral floats, milliseconds, UTC offsets and
+    non-ASCII text come out byte for byte alike from COPY and from Python's csv."""
+    sqlite_calls = sqlite_url(tmp_path / "edge.db")
+    outputs = {}
+    for engine, url in (("sqlite", sqlite_calls), ("postgresql", postgres_dsn)):
+        write_edge_call(url)
+        monkeypatch.setenv("CALLS_DB_URL", url)
+        out = tmp_path / engine / "calls.csv"
+        code = fetch_calls.main(
+            ["--timezone", timezone, "--calls", str(out), "--call-count", str(tmp_path / "n")]
+        )
+        assert code == 0
+        outputs[engine] = out.read_bytes()
+    assert outputs["postgresql"] == outputs["sqlite"]
+    rows = list(csv.DictReader(io.StringIO(outputs["sqlite"].decode(), newline="")))
+    assert [r["bot_response"] for r in rows] == ["line one\nline two", 'say "hi"\r']
+    assert [r["primary_utterance"] for r in rows] == ["नमस्ते, हाँ", ""]
+    assert rows[0]["call_duration"] == "42.0"
+    assert rows[1]["intent_score"] == repr(0.1 + 0.2)
+    assert rows[0]["reftime"] == EDGE_TURNS[0]["reftime"].astimezone(ZoneInfo(timezone)).isoformat(
+        timespec="milliseconds"
+    )
+    assert b"\r\n" not in outputs["sqlite"].replace(b'\r"', b"")
