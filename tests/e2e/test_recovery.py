@@ -5,6 +5,8 @@ every later revision exactly once."""
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from google.protobuf import struct_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2 as pb
 from skit.pipelines.v1 import pipeline_service_pb2_grpc, run_pb2
+from skit_pipelines.executor._orphans import start_time
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +60,11 @@ NAP = """
 import os, sys, time
 seconds, tag, step, out = sys.argv[1:5]
 label = tag + "-" + step
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "executions.log"), "a") as f:
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "executions.log"), "a") as f:
     f.write(label + "\\n")
+with open(os.path.join(here, "pids.log"), "a") as f:
+    f.write(label + " " + str(os.getpid()) + "\\n")
 time.sleep(float(seconds))
 open(out, "w").write(label)
 """
@@ -77,9 +83,26 @@ def make_project(root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def naps(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """The naps project, the server environment that serves it, and the server's home."""
+    project = make_project(tmp_path / "project")
+    return project, {"SKIT_PROJECT_ROOT": str(project), "SKIT_DEMO_DATA": "0"}, tmp_path / "home"
+
+
 def executions(root: Path) -> collections.Counter[str]:
     log = root / "images" / "nap" / "executions.log"
     return collections.Counter(log.read_text().split())
+
+
+def step_pids(root: Path, label: str) -> list[int]:
+    log = root / "images" / "nap" / "pids.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [int(line.split()[1]) for line in lines if line.split()[0] == label]
+
+
+def alive(pid: int) -> bool:
+    return start_time(pid) is not None
 
 
 def step_states(run: run_pb2.Run) -> dict[str, int]:
@@ -87,13 +110,9 @@ def step_states(run: run_pb2.Run) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("runs_in_flight", [1, 3])
-def test_kill_9_mid_run_then_every_run_finishes(
-    server_control, tmp_path: Path, runs_in_flight: int
-) -> None:
+def test_kill_9_mid_run_then_every_run_finishes(server_control, naps, runs_in_flight: int) -> None:
     start, stop = server_control
-    project = make_project(tmp_path / "project")
-    env = {"SKIT_PROJECT_ROOT": str(project), "SKIT_DEMO_DATA": "0"}
-    home = tmp_path / "home"
+    project, env, home = naps
     first_server = start(home, env=env)
     names = []
     with grpc.insecure_channel(first_server.address) as channel:
@@ -139,3 +158,41 @@ def test_kill_9_mid_run_then_every_run_finishes(
     for i in range(runs_in_flight):
         assert counts[f"r{i}-first"] == 1, counts
         assert counts[f"r{i}-third"] == 1, counts
+
+
+def test_a_step_orphaned_by_kill_9_is_killed_before_its_rerun(server_control, naps) -> None:
+    start, stop = server_control
+    project, env, home = naps
+    first_server = start(home, env=env)
+    with grpc.insecure_channel(first_server.address) as channel:
+        stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)
+        parameters = struct_pb2.Struct()
+        parameters.update({"tag": "long", "seconds": 60})
+        stub.CreateRun(
+            pb.CreateRunRequest(run=run_pb2.Run(pipeline="pipelines/naps", parameters=parameters))
+        )
+    deadline = time.monotonic() + 30
+    while not step_pids(project, "long-first") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [orphan] = step_pids(project, "long-first")
+    first_server.process.kill()
+    first_server.process.wait(10)
+    try:
+        time.sleep(0.5)
+        assert alive(orphan), "the step should outlive a server killed with SIGKILL"
+        second_server = start(home, env=env)
+        try:
+            deadline = time.monotonic() + 10
+            while alive(orphan) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not alive(orphan)
+            deadline = time.monotonic() + 30
+            while len(step_pids(project, "long-first")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rerun = step_pids(project, "long-first")[1]
+            assert rerun != orphan and alive(rerun)
+        finally:
+            assert stop(second_server) == 0
+    finally:
+        if alive(orphan):
+            os.kill(orphan, signal.SIGKILL)

@@ -46,6 +46,7 @@ from skit_pipelines.executor._command import (
     uses_executor_output,
 )
 from skit_pipelines.executor._logs import AttemptLog, step_log_path
+from skit_pipelines.executor._orphans import ProcessLedger
 from skit_pipelines.executor._process import StepProcess, exit_reason
 from skit_pipelines.executor._values import ParameterTypeError, coerce, parse_output, to_text
 from skit_pipelines.images import ImageFolder, parse_duration, resolve_image
@@ -309,6 +310,10 @@ class LocalExecutor:
         self._config = config
         self._artifacts = artifacts
         self._cache = cache
+        # Before any step starts: a step left running by a killed server would otherwise
+        # run side by side with its rerun.
+        self._processes = ProcessLedger(config.work_root / "processes")
+        self._processes.reap_orphans()
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
         # Only these pass through from the service's environment; everything else a
@@ -897,6 +902,7 @@ class LocalExecutor:
         except BaseException:
             log.close()
             raise
+        self._processes.record(process.pid, run=run.id, step=step.name)
         running = replace(
             step,
             state=StepState.RUNNING,
@@ -925,6 +931,7 @@ class LocalExecutor:
                 )
         finally:
             log.close()
+            self._processes.forget(process.pid)
         if returncode != 0:
             return running, _step_error(process.last_error_line or exit_reason(returncode))
         try:
