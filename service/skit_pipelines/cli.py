@@ -15,9 +15,10 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -465,63 +466,70 @@ def _ascii_only(stream: TextIO) -> bool:
 
 
 class _LiveView:
-    """Redraws a frame in place on a terminal.
-
-    Notes come from the stream's thread while frames come from the main one; the lock
-    keeps a note from landing inside a frame, and the next frame is drawn below it.
-    """
+    """Redraws a frame in place on a terminal; a note goes to stderr below the current
+    frame, and the next frame is drawn below the note."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._height = 0
-        self._lock = threading.Lock()
 
     def show(self, lines: Sequence[str]) -> None:
         width = shutil.get_terminal_size().columns
-        with self._lock:
-            self._out.write(redraw(self._height, lines, width))
-            self._out.flush()
-            self._height = len(lines)
+        self._out.write(redraw(self._height, lines, width))
+        self._out.flush()
+        self._height = len(lines)
 
     def note(self, text: str) -> None:
-        """Prints `text` on stderr below the current frame, which then stays as it is."""
-        with self._lock:
-            print(text, file=sys.stderr, flush=True)
-            self._height = 0
+        print(text, file=sys.stderr, flush=True)
+        self._height = 0
 
 
 # Watching.
 
 
-def _with_ticks(items: Iterator[_T], interval: float) -> Iterator[_T | None]:
-    """The items, consumed on a thread, with None whenever `interval` passes without one.
+@dataclass(frozen=True)
+class _Note:
+    text: str
 
-    Lets a live view refresh its clock while the stream is quiet. The thread is a daemon:
-    on Ctrl-C, closing the client's channel ends its stream.
+
+class _Ticking(Generic[_T]):
+    """The items of an iterator consumed on a thread, with None whenever `interval` passes
+    without one (so a live view can refresh its clock while the stream is quiet), and the
+    notes that thread makes in their place among the items.
+
+    The thread is a daemon: on Ctrl-C, closing the client's channel ends its stream.
     """
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
-    def pump() -> None:
-        try:
-            for item in items:
-                events.put(("item", item))
-        except Exception as error:
-            events.put(("error", error))
-        else:
-            events.put(("end", None))
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
-    threading.Thread(target=pump, name="watch-stream", daemon=True).start()
-    while True:
-        try:
-            kind, value = events.get(timeout=interval)
-        except queue.Empty:
-            yield None
-            continue
-        if kind == "end":
-            return
-        if kind == "error":
-            raise value
-        yield value
+    def note(self, text: str) -> None:
+        """From the consuming thread: `text` comes out after the items before it."""
+        self._events.put(("note", _Note(text)))
+
+    def __call__(self, items: Iterator[_T]) -> Iterator[_T | _Note | None]:
+        def pump() -> None:
+            try:
+                for item in items:
+                    self._events.put(("item", item))
+            except Exception as error:
+                self._events.put(("error", error))
+            else:
+                self._events.put(("end", None))
+
+        threading.Thread(target=pump, name="watch-stream", daemon=True).start()
+        while True:
+            try:
+                kind, value = self._events.get(timeout=self._interval)
+            except queue.Empty:
+                yield None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
 
 
 def watch(
@@ -535,19 +543,24 @@ def watch(
 ) -> int:
     """Prints a run's progress until it finishes; EXIT_OK only if it SUCCEEDED."""
     name = run_name(name)
-    view = _LiveView(out) if live else None
+    # The live view draws on this thread; the stream is read on another, which also makes
+    # the notes, so they travel with the snapshots to be shown in order.
+    ticking: _Ticking[run_pb2.Run] | None = _Ticking(_LIVE_REFRESH) if live else None
 
     def on_resume(error: RPCError, delay: float) -> None:
         text = f"lost the stream of {name} ({error.code.name}); resuming in {delay:.1f}s"
-        if view is None:
+        if ticking is None:
             print(text, file=sys.stderr)
         else:
-            view.note(text)
+            ticking.note(text)
 
     # The client resumes a dropped stream (or a restarted server) after the last revision.
     snapshots = client.watch(name, after_revision, on_resume=on_resume)
     try:
-        last = _show_progress(snapshots, out, view, json_output=output == "json")
+        if ticking is None:
+            last = _show_progress(snapshots, out, json_output=output == "json")
+        else:
+            last = _show_live(ticking(snapshots), _LiveView(out), out)
     except KeyboardInterrupt:
         print(
             f"\nstopped watching; {name} keeps running"
@@ -564,30 +577,39 @@ def watch(
 
 
 def _show_progress(
-    snapshots: Iterator[run_pb2.Run], out: TextIO, view: _LiveView | None, *, json_output: bool
+    snapshots: Iterator[run_pb2.Run], out: TextIO, *, json_output: bool
 ) -> run_pb2.Run | None:
     """Prints each snapshot as it comes; returns the last one."""
     last: run_pb2.Run | None = None
-    if view is None:
-        for run in snapshots:
-            if json_output:
-                print(json_format.MessageToJson(run, indent=None), file=out, flush=True)
-            else:
-                _emit(change_lines(last, run), out)
-                out.flush()
-            last = run
-    else:
-        ascii_only = _ascii_only(out)
-        out.write("\x1b[?25l")  # hide the cursor while redrawing
-        try:
-            for event in _with_ticks(snapshots, _LIVE_REFRESH):
-                if event is not None:
-                    last = event
-                if last is not None:
-                    view.show(render_frame(last, datetime.now(UTC), ascii_only=ascii_only))
-        finally:
-            out.write("\x1b[?25h")
+    for run in snapshots:
+        if json_output:
+            print(json_format.MessageToJson(run, indent=None), file=out, flush=True)
+        else:
+            _emit(change_lines(last, run), out)
             out.flush()
+        last = run
+    return last
+
+
+def _show_live(
+    events: Iterator[run_pb2.Run | _Note | None], view: _LiveView, out: TextIO
+) -> run_pb2.Run | None:
+    """Redraws the last snapshot on every event; returns the last one."""
+    last: run_pb2.Run | None = None
+    ascii_only = _ascii_only(out)
+    out.write("\x1b[?25l")  # hide the cursor while redrawing
+    try:
+        for event in events:
+            if isinstance(event, _Note):
+                view.note(event.text)
+                continue
+            if event is not None:
+                last = event
+            if last is not None:
+                view.show(render_frame(last, datetime.now(UTC), ascii_only=ascii_only))
+    finally:
+        out.write("\x1b[?25h")
+        out.flush()
     return last
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -471,6 +472,50 @@ def test_live_watch_redraws_in_place_and_draws_below_a_note(server, fake, succee
     ]
     assert text.endswith("\x1b[?25houtputs:\n  transcripts  s3://bucket/abc/transcripts.csv\n")
     assert "resuming" in capsys.readouterr().err
+
+
+class _Recorder(io.StringIO):
+    """One of two streams writing into one shared, ordered list."""
+
+    def __init__(self, stream: str, shown: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._shown = shown
+
+    def write(self, text: str) -> int:
+        self._shown.append((self._stream, text))
+        return len(text)
+
+
+def test_live_watch_notes_a_dropped_stream_after_the_frames_received_before_it(
+    server, fake, succeeding, monkeypatch
+):
+    """The stream is read on another thread; when drawing lags behind it, the note about
+    the dropped stream still comes after the frames of what arrived before the drop."""
+    fake.snapshots = succeeding
+    fake.drop_watch_after = 2
+    shown: list[tuple[str, str]] = []
+    monkeypatch.setattr(sys, "stderr", _Recorder("err", shown))
+    render_frame = cli.render_frame
+    lagged = []
+
+    def slow_first_frame(*args, **kwargs):
+        if not lagged:
+            lagged.append(True)
+            time.sleep(0.5)  # the stream goes on meanwhile, and drops
+        return render_frame(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "render_frame", slow_first_frame)
+
+    with PipelinesClient(server) as client:
+        assert cli.watch(client, "abc", _Recorder("out", shown), live=True) == 0
+
+    note = next(i for i, (stream, text) in enumerate(shown) if "resuming" in text)
+    assert shown[note][0] == "err"
+    before = "".join(text for stream, text in shown[:note] if stream == "out")
+    after = "".join(text for stream, text in shown[note:] if stream == "out")
+    assert "  r2" in before and "  r3" not in before
+    assert "  r5" in after
 
 
 def test_watch_of_a_missing_run_is_an_error(server, fake, capsys):
