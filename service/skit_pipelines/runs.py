@@ -434,14 +434,18 @@ class RunController:
     async def resume(self) -> None:
         """Picks up runs a previous process left unfinished."""
         for run in await self._store.list_unfinished_runs():
-            if run.state is RunState.CANCELLING:
-                await self.run_cancelled(run.id)
-                continue
             try:
-                pipeline = self._catalog.get(run.pipeline)
+                pipeline: Pipeline | None = self._catalog.get(run.pipeline)
             except Exception:
                 pipeline = None
-            if pipeline is None or pipeline.version != run.pipeline_version:
+            if pipeline is not None and pipeline.version != run.pipeline_version:
+                pipeline = None
+            if run.state is RunState.CANCELLING:
+                # Only the backend knows whether something of the run still goes on (a
+                # Kubeflow run never terminated, another replica's steps stopping).
+                await self._backend.resume_cancelling(run, pipeline, self)
+                continue
+            if pipeline is None:
                 await self.run_failed(
                     run.id,
                     ErrorInfo(

@@ -10,7 +10,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,26 @@ async def test_cancel_terminates_the_kfp_run(
     # Sent by B at once; the lease holder repeats it while KFP still reports RUNNING.
     assert fake.calls("POST", f"/runs/{kfp_id}:terminate")
     await until(lambda: _state_is(a.store, run.id, RunState.CANCELLED))
+    assert fake.run(kfp_id).state == "CANCELED"
+
+
+async def test_a_run_left_cancelling_is_terminated_on_kfp_before_it_ends(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    """The replica that stored CANCELLING died before terminating the KFP run: the
+    replica resuming it terminates it, and the run is CANCELLED only once KFP says so."""
+    a = await replicas("a", start=False)
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = (await a.store.get_run(run.id)).backend_run_id
+    fake.set_state(kfp_id, "RUNNING", {"echo": "RUNNING"})
+    await a.store.update_run(run.id, lambda r: replace(r, state=RunState.CANCELLING))
+    await a.store.leases("a", 30.0).release(run.id)  # a is gone
+    b = await replicas("b")
+
+    await b.controller.resume()
+
+    await until(lambda: _state_is(b.store, run.id, RunState.CANCELLED))
+    assert fake.calls("POST", f"/runs/{kfp_id}:terminate")
     assert fake.run(kfp_id).state == "CANCELED"
 
 

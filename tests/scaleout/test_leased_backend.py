@@ -14,7 +14,9 @@ import pytest
 
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.backends.leased import LeasedBackend
+from skit_pipelines.catalog import Catalog
 from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, RunState, Step
+from skit_pipelines.runs import RunController
 from skit_pipelines.store.postgres import PostgresRunStore
 
 pytest_plugins = ["skit_components.testing"]
@@ -30,13 +32,18 @@ class Executing(Backend):
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self.sinks: dict[str, RunSink] = {}
+        self.cancels: list[str] = []
+        self.stops_at_once = True
+        """False: a cancelled run's steps take a while to stop (the run stays CANCELLING)."""
 
     async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         self.submitted.append(run.id)
         self.sinks[run.id] = sink
 
     async def cancel(self, run_id: str) -> None:
-        await self.sinks[run_id].run_cancelled(run_id)
+        self.cancels.append(run_id)
+        if self.stops_at_once:
+            await self.sinks[run_id].run_cancelled(run_id)
 
     async def shutdown(self) -> None:
         pass
@@ -167,17 +174,35 @@ async def test_a_cancel_stored_elsewhere_reaches_the_executing_replica_once(
 ) -> None:
     await store.create_run(make_run("r1"))
     a, executed_a = replica(store, "a")
-    cancels: list[str] = []
-
-    async def stopping(run_id: str) -> None:
-        cancels.append(run_id)  # its steps take a while to stop
-
-    executed_a.cancel = stopping  # type: ignore[method-assign]
+    executed_a.stops_at_once = False
     await a.submit(await store.get_run("r1"), PIPELINE, Recorder())
     # Stored by another replica while this one heard nothing (no LISTEN wiring here).
     await store.update_run("r1", lambda run: replace(run, state=RunState.CANCELLING))
     await a.renew_once()
     await a.renew_once()
     await a.cancel("r1")  # the news arriving late through LISTEN as well
-    assert cancels == ["r1"]
+    assert executed_a.cancels == ["r1"]
     await a.shutdown()
+
+
+async def test_a_run_found_cancelling_is_ended_only_by_the_replica_stopping_it(
+    store: PostgresRunStore,
+) -> None:
+    """A replica starting up finds a run CANCELLING: while a live replica executes it (and
+    is stopping its steps) it is left alone; once no replica holds it, it ends CANCELLED."""
+    await store.create_run(make_run("r1"))
+    a, executed_a = replica(store, "a")
+    executed_a.stops_at_once = False
+    await a.submit(await store.get_run("r1"), PIPELINE, Recorder())
+    await store.update_run("r1", lambda run: replace(run, state=RunState.CANCELLING))
+    b, _ = replica(store, "b")
+    b_controller = RunController(store, Catalog({PIPELINE.id: PIPELINE}), b)
+
+    await b_controller.resume()  # as any replica does when it starts
+    assert (await store.get_run("r1")).state is RunState.CANCELLING
+    assert a.held_runs() == ["r1"]
+
+    await a.shutdown()  # hands its lease over: nothing of r1 runs any more
+    await b_controller.resume()
+    assert (await store.get_run("r1")).state is RunState.CANCELLED
+    assert await store.leases("c", 0.5).acquire("r1"), "the lease is released"

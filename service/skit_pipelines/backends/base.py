@@ -37,6 +37,15 @@ class Backend(ABC):
         before the run is stored, so the caller gets the error rather than a FAILED run."""
         return  # the local executor runs whatever the catalog compiled
 
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+        """Ends a run found CANCELLING at start-up: the process cancelling it stopped.
+
+        `pipeline` is None when the catalog no longer has the run's version. Here nothing
+        of the run goes on any more: its steps ran in that process (and a starting local
+        executor kills what they left running), so the run is CANCELLED at once.
+        """
+        await sink.run_cancelled(run.id)
+
     @abstractmethod
     async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         """Starts (or queues) the run and returns without waiting for it."""

@@ -353,6 +353,17 @@ class KubeflowBackend(Backend):
                 self._creating.discard(run.id)
         self._wake.set()
 
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+        # The KFP run may still go on (the replica that stored CANCELLING may have died
+        # before terminating it): its poller terminates it, and reports CANCELLED only
+        # once KFP has stopped it.
+        self._sink = self._sink or sink
+        if not await self._leases.acquire(run.id):
+            logger.info("%s is followed by another replica", run.name, extra={"run": run.id})
+            return
+        self._track(run.id, pipeline)
+        self._wake.set()
+
     async def cancel(self, run_id: str) -> None:
         run = await self._store.get_run(run_id)
         if not run.backend_run_id:

@@ -73,6 +73,16 @@ class LeasedBackend(Backend):
         self._held.add(run.id)
         await self._inner.submit(run, pipeline, _ReleasingSink(sink, self._finished))
 
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+        if not await self._leases.acquire(run.id):
+            # A live replica executes it and is stopping its steps; it ends the run.
+            logger.info("%s is being stopped by another replica", run.name, extra={"run": run.id})
+            return
+        try:
+            await self._inner.resume_cancelling(run, pipeline, sink)
+        finally:
+            await self._leases.release(run.id)
+
     async def cancel(self, run_id: str) -> None:
         # The request may arrive twice (this replica's CancelRun and the store's news of
         # it): a second one would cut the first's graceful stop short.
