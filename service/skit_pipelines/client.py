@@ -6,10 +6,11 @@ google.rpc.Status details the service attaches (ErrorInfo, BadRequest).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -31,6 +33,10 @@ PIPELINES_PREFIX = "pipelines/"
 # GetPipeline carries the compiled IR, which can outgrow gRPC's 4 MiB default; this
 # matches the server's default limit (ServerConfig.max_message_bytes).
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+)
 
 
 def run_name(run: str) -> str:
@@ -91,7 +97,8 @@ class RPCError(Exception):
     @classmethod
     def from_grpc(cls, error: grpc.RpcError) -> RPCError:
         """Reads the code, message and rich details of a failed call."""
-        if not isinstance(error, grpc.Call):
+        # grpc.aio's errors carry the same code, details and trailers, but are no grpc.Call.
+        if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
             return cls(grpc.StatusCode.UNKNOWN, str(error))
         code = error.code() or grpc.StatusCode.UNKNOWN
         message = error.details() or ""
@@ -228,14 +235,10 @@ class PipelinesClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
-        options = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ]
         if tls is None:
-            channel = grpc.insecure_channel(target, options=options)
+            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         else:
-            channel = grpc.secure_channel(target, tls.credentials(), options=options)
+            channel = grpc.secure_channel(target, tls.credentials(), options=_CHANNEL_OPTIONS)
         self._raw_channel = channel
         if token is not None:
             channel = grpc.intercept_channel(channel, _BearerToken(token))
@@ -297,11 +300,7 @@ class PipelinesClient:
             run_id: The id of the new run; chosen by the service when None.
             request_id: An idempotency key: repeating the call with it returns the same run.
         """
-        run = run_pb2.Run(pipeline=pipeline_name(pipeline), labels=dict(labels))
-        run.parameters.update(dict(parameters))
-        request = pipeline_service_pb2.CreateRunRequest(
-            run=run, run_id=run_id or "", request_id=request_id or ""
-        )
+        request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
         return self._call(self._stub.CreateRun, request)
 
     def get_run(self, run: str) -> run_pb2.Run:
@@ -328,13 +327,8 @@ class PipelinesClient:
             created_before: Only runs created before this time (naive means UTC).
             page_size: Runs fetched per call; the service's default when None.
         """
-        request = pipeline_service_pb2.ListRunsRequest(
-            page_size=page_size or 0,
-            pipeline=pipeline_name(pipeline) if pipeline else "",
-            states=list(states),
-            labels=dict(labels or {}),
-            create_time_after=_timestamp(created_after),
-            create_time_before=_timestamp(created_before),
+        request = _list_runs_request(
+            pipeline, states, labels, created_after, created_before, page_size
         )
         while True:
             response = self._call(self._stub.ListRuns, request)
@@ -416,31 +410,257 @@ class PipelinesClient:
         Raises:
             RPCError: any other error, or UNAVAILABLE `resume.attempts` times in a row.
         """
-        revision = after_revision
-        failures = 0
+        watching = _Resumption(run, after_revision, resume)
         while True:
             try:
-                for snapshot in self.watch_run(run, revision):
-                    failures = 0
-                    # The contract already replays each revision once; this keeps the
-                    # promise even against a server that replays from an older cursor.
-                    if snapshot.revision <= revision:
-                        continue
-                    revision = snapshot.revision
-                    yield snapshot
+                for snapshot in self.watch_run(run, watching.revision):
+                    if watching.is_new(snapshot):
+                        yield snapshot
                 return
             except RPCError as error:
-                if not error.retryable or failures >= resume.attempts:
-                    raise
-                delay = resume.delay(failures)
-                failures += 1
-                logger.info(
-                    "lost the stream of %s (%s); resuming after revision %s in %.1fs",
-                    run_name(run),
-                    error.code.name,
-                    revision,
-                    delay,
-                )
+                delay = watching.pause_after(error)
                 if on_resume is not None:
                     on_resume(error, delay)
                 time.sleep(delay)
+
+
+def _create_run_request(
+    pipeline: str,
+    parameters: Mapping[str, Any],
+    labels: Mapping[str, str],
+    run_id: str | None,
+    request_id: str | None,
+) -> pipeline_service_pb2.CreateRunRequest:
+    run = run_pb2.Run(pipeline=pipeline_name(pipeline), labels=dict(labels))
+    run.parameters.update(dict(parameters))
+    return pipeline_service_pb2.CreateRunRequest(
+        run=run, run_id=run_id or "", request_id=request_id or ""
+    )
+
+
+def _list_runs_request(
+    pipeline: str | None,
+    states: Iterable[run_pb2.RunState.ValueType],
+    labels: Mapping[str, str] | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    page_size: int | None,
+) -> pipeline_service_pb2.ListRunsRequest:
+    return pipeline_service_pb2.ListRunsRequest(
+        page_size=page_size or 0,
+        pipeline=pipeline_name(pipeline) if pipeline else "",
+        states=list(states),
+        labels=dict(labels or {}),
+        create_time_after=_timestamp(created_after),
+        create_time_before=_timestamp(created_before),
+    )
+
+
+class _Resumption:
+    """The state of a resuming watch: the last revision yielded and the failures in a row."""
+
+    def __init__(self, run: str, after_revision: int, policy: ResumePolicy) -> None:
+        self._run = run_name(run)
+        self._policy = policy
+        self.revision = after_revision
+        self._failures = 0
+
+    def is_new(self, snapshot: run_pb2.Run) -> bool:
+        """Whether to yield `snapshot`. The contract already replays each revision once;
+        this keeps the promise even against a server that replays from an older cursor."""
+        self._failures = 0
+        if snapshot.revision <= self.revision:
+            return False
+        self.revision = snapshot.revision
+        return True
+
+    def pause_after(self, error: RPCError) -> float:
+        """Seconds to wait before reconnecting; re-raises `error` when it is not worth it."""
+        if not error.retryable or self._failures >= self._policy.attempts:
+            raise error
+        delay = self._policy.delay(self._failures)
+        self._failures += 1
+        logger.info(
+            "lost the stream of %s (%s); resuming after revision %s in %.1fs",
+            self._run,
+            error.code.name,
+            self.revision,
+            delay,
+        )
+        return delay
+
+
+class AsyncPipelinesClient:
+    """The asyncio PipelineService client (grpc.aio): PipelinesClient's calls, awaited, and
+    its streams as async iterators. Use it as an async context manager, or await close().
+
+    Args:
+        target: "host:port" of the service.
+        timeout: Deadline in seconds of every unary call. WatchRun has none.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: TlsOptions | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=_CHANNEL_OPTIONS
+            )
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+        self._stub = pipeline_service_pb2_grpc.PipelineServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight, watches included, end with CANCELLED."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncPipelinesClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise RPCError.from_grpc(error) from error
+
+    async def _stream(self, method: Any, request: Any, timeout: float | None) -> AsyncIterator[Any]:
+        call = method(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as error:
+            raise RPCError.from_grpc(error) from error
+        finally:
+            call.cancel()
+
+    async def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
+        """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
+        pipelines: list[pipeline_pb2.Pipeline] = []
+        request = pipeline_service_pb2.ListPipelinesRequest()
+        while True:
+            response = await self._call(self._stub.ListPipelines, request)
+            pipelines.extend(response.pipelines)
+            if not response.next_page_token:
+                return pipelines
+            request.page_token = response.next_page_token
+
+    async def get_pipeline(self, pipeline: str) -> pipeline_pb2.Pipeline:
+        """One pipeline, "x" or "pipelines/x", with its compiled IR."""
+        request = pipeline_service_pb2.GetPipelineRequest(name=pipeline_name(pipeline))
+        return await self._call(self._stub.GetPipeline, request)
+
+    async def create_run(
+        self,
+        pipeline: str,
+        parameters: Mapping[str, Any],
+        labels: Mapping[str, str],
+        run_id: str | None = None,
+        request_id: str | None = None,
+    ) -> run_pb2.Run:
+        """Starts a run of `pipeline` (see PipelinesClient.create_run)."""
+        request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
+        return await self._call(self._stub.CreateRun, request)
+
+    async def get_run(self, run: str) -> run_pb2.Run:
+        """The current state of a run, "abc" or "runs/abc"."""
+        request = pipeline_service_pb2.GetRunRequest(name=run_name(run))
+        return await self._call(self._stub.GetRun, request)
+
+    async def list_runs(
+        self,
+        pipeline: str | None = None,
+        states: Iterable[run_pb2.RunState.ValueType] = (),
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[run_pb2.Run]:
+        """Runs matching all the given filters, newest first (see PipelinesClient.list_runs)."""
+        request = _list_runs_request(
+            pipeline, states, labels, created_after, created_before, page_size
+        )
+        while True:
+            response = await self._call(self._stub.ListRuns, request)
+            for run in response.runs:
+                yield run
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def cancel_run(self, run: str) -> run_pb2.Run:
+        """Asks the service to stop a run; returns it in CANCELLING (or unchanged if finished)."""
+        request = pipeline_service_pb2.CancelRunRequest(name=run_name(run))
+        return await self._call(self._stub.CancelRun, request)
+
+    async def retry_run(
+        self, run: str, *, run_id: str | None = None, request_id: str | None = None
+    ) -> run_pb2.Run:
+        """Starts a new run of a failed or cancelled run, reusing its succeeded steps."""
+        request = pipeline_service_pb2.RetryRunRequest(
+            name=run_name(run), run_id=run_id or "", request_id=request_id or ""
+        )
+        return await self._call(self._stub.RetryRun, request)
+
+    async def read_step_logs(
+        self, run: str, step: str, *, follow: bool = False, attempt: int = 0
+    ) -> AsyncIterator[pipeline_service_pb2.LogLine]:
+        """A step's log lines; with `follow`, until the step finishes (no deadline then)."""
+        request = pipeline_service_pb2.ReadStepLogsRequest(
+            run=run_name(run), step=step, follow=follow, attempt=attempt
+        )
+        timeout = None if follow else self.timeout
+        async for response in self._stream(self._stub.ReadStepLogs, request, timeout):
+            for line in response.lines:
+                yield line
+
+    async def watch_run(self, run: str, after_revision: int = 0) -> AsyncIterator[run_pb2.Run]:
+        """Full snapshots of a run as it changes, until it reaches a terminal state (see
+        PipelinesClient.watch_run)."""
+        request = pipeline_service_pb2.WatchRunRequest(
+            name=run_name(run), after_revision=after_revision
+        )
+        async for response in self._stream(self._stub.WatchRun, request, None):
+            yield response.run
+
+    async def watch(
+        self,
+        run: str,
+        after_revision: int = 0,
+        *,
+        resume: ResumePolicy = ResumePolicy(),
+        on_resume: Callable[[RPCError, float], None] | None = None,
+    ) -> AsyncIterator[run_pb2.Run]:
+        """Like `watch_run`, but survives dropped streams and server restarts: each
+        revision exactly once, in order (see PipelinesClient.watch).
+
+        Raises:
+            RPCError: any other error, or UNAVAILABLE `resume.attempts` times in a row.
+        """
+        watching = _Resumption(run, after_revision, resume)
+        while True:
+            try:
+                async for snapshot in self.watch_run(run, watching.revision):
+                    if watching.is_new(snapshot):
+                        yield snapshot
+                return
+            except RPCError as error:
+                delay = watching.pause_after(error)
+                if on_resume is not None:
+                    on_resume(error, delay)
+                await asyncio.sleep(delay)

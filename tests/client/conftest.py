@@ -9,11 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+
+from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
 
 COMPONENT = """
 name: Nap
@@ -30,6 +34,7 @@ implementation:
 NAP = """
 import os, sys, time
 out, seconds = sys.argv[1], float(sys.argv[2])
+print("napping for", seconds, "s", flush=True)
 time.sleep(seconds)
 os.makedirs(os.path.dirname(out), exist_ok=True)
 open(out, "w").write("ok")
@@ -129,3 +134,37 @@ def serve(tmp_path: Path, project: Path) -> Iterator[Callable[[int], Server]]:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(timeout=30)
+
+
+class ScriptedWatch(pipeline_service_pb2_grpc.PipelineServiceServicer):
+    """Answers the n-th WatchRun with the n-th script: revisions to send (those after the
+    request's cursor, unless `replay_all`), then an optional error code."""
+
+    def __init__(self, scripts: Sequence[tuple[Sequence[int], grpc.StatusCode | None]]) -> None:
+        self.scripts = list(scripts)
+        self.cursors: list[int] = []
+        self.authorization: list[str] = []
+        self.replay_all = False
+
+    def WatchRun(self, request, context):
+        self.cursors.append(request.after_revision)
+        self.authorization.append(dict(context.invocation_metadata()).get("authorization", ""))
+        revisions, error = self.scripts.pop(0)
+        for revision in revisions:
+            if self.replay_all or revision > request.after_revision:
+                state = run_pb2.RUN_STATE_SUCCEEDED if revision == 5 else run_pb2.RUN_STATE_RUNNING
+                run = run_pb2.Run(name=request.name, revision=revision, state=state)
+                yield pipeline_service_pb2.WatchRunResponse(run=run)
+        if error is not None:
+            context.abort(error, "scripted")
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[ScriptedWatch, str]]:
+    servicer = ScriptedWatch([])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(None)

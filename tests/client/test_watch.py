@@ -4,13 +4,11 @@ and server restarts (real server processes, killed and restarted mid-watch)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent import futures
 
 import grpc
 import pytest
 
-from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+from skit.pipelines.v1 import run_pb2
 from skit_pipelines.client import PipelinesClient, ResumePolicy, RPCError
 
 FAST = ResumePolicy(attempts=3, first_delay=0.01, max_delay=0.02)
@@ -44,38 +42,6 @@ def test_a_watch_resumes_across_a_server_restart_and_misses_nothing(serve, stop:
     # The first snapshot is the current one; every later revision comes from the store's
     # event log, so exactly once and nothing missed means contiguous from there.
     assert revisions == list(range(revisions[0], last.revision + 1))
-
-
-class _ScriptedWatch(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    """Answers the n-th WatchRun with the n-th script: revisions to send (those after the
-    request's cursor, unless `replay_all`), then an optional error code."""
-
-    def __init__(self, scripts: Sequence[tuple[Sequence[int], grpc.StatusCode | None]]) -> None:
-        self.scripts = list(scripts)
-        self.cursors: list[int] = []
-        self.replay_all = False
-
-    def WatchRun(self, request, context):
-        self.cursors.append(request.after_revision)
-        revisions, error = self.scripts.pop(0)
-        for revision in revisions:
-            if self.replay_all or revision > request.after_revision:
-                state = run_pb2.RUN_STATE_SUCCEEDED if revision == 5 else run_pb2.RUN_STATE_RUNNING
-                run = run_pb2.Run(name=request.name, revision=revision, state=state)
-                yield pipeline_service_pb2.WatchRunResponse(run=run)
-        if error is not None:
-            context.abort(error, "scripted")
-
-
-@pytest.fixture
-def scripted() -> Iterator[tuple[_ScriptedWatch, str]]:
-    servicer = _ScriptedWatch([])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(None)
 
 
 def test_a_server_replaying_from_an_older_cursor_yields_nothing_twice(scripted) -> None:
