@@ -6,6 +6,7 @@ annotation store and the demo model registry with its production model."""
 # No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -140,3 +141,36 @@ async def test_an_alias_file_naming_unknown_intents_fails_the_run(run_pipeline, 
     states = {s.name: s.state for s in run.steps}
     assert states["prepare-slu-dataset"] is StepState.FAILED
     assert states["publish-slu-model"] is StepState.SKIPPED
+
+
+async def test_with_an_s3_model_registry_it_compares_publishes_and_promotes_there(
+    run_pipeline, demo_env, bucket, s3_endpoint, monkeypatch
+):
+    """The registry in S3 (moto's server), as when steps run on other machines: each step
+    gets the registry URL and the AWS variables its component declares."""
+    aws = {
+        name: value
+        for name, value in os.environ.items()
+        if name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    aws["AWS_ENDPOINT_URL"] = s3_endpoint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3_url = f"s3://{bucket}/models"
+    s3 = ModelRegistry.from_url(s3_url)
+    production = registry(demo_env).production(MODEL_KIND)
+    s3.register(MODEL_KIND, production.version, production.path)
+    s3.promote(MODEL_KIND, production.version, expected=None)
+
+    run = await run_pipeline(extra_env={**aws, "MODEL_REGISTRY_URL": s3_url}, promote=True)
+
+    assert run.state is RunState.SUCCEEDED, run.error
+    out = run.output_parameters
+    assert out["production_macro_f1"] > 0.5, "production was read from S3 and scored"
+    published = read_metadata(artifact_path(run, "model")).version
+    assert out["promoted"] is True
+    assert s3.versions(MODEL_KIND) == sorted([production.version, published])
+    assert s3.production(MODEL_KIND).version == published
+    card = (s3.get(MODEL_KIND, published).path / "model_card.md").read_text()
+    assert production.version in card
+    # The demo's file registry was not touched.
+    assert registry(demo_env).production(MODEL_KIND).version == production.version

@@ -17,7 +17,6 @@ from pathlib import Path
 import boto3
 import grpc
 import pytest
-from moto.server import ThreadedMotoServer
 
 from skit.pipelines.v1 import pipeline_service_pb2_grpc
 
@@ -121,17 +120,6 @@ def start_replicas(tmp_path: Path, aws_env: dict[str, str]) -> Iterator[object]:
     for replica in started:
         if replica.stop() != 0:
             print(replica.log.read_text())
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

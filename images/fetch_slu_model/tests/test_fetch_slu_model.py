@@ -87,10 +87,22 @@ def test_a_damaged_model_or_registry_fails_with_exit_13(
     code, _, _ = run("")
     assert code == 13
     assert f"model {version} is damaged" in one_line(capsys.readouterr().err)
-    monkeypatch.setenv("MODEL_REGISTRY_URL", "s3://bucket/models")
+    monkeypatch.setenv("MODEL_REGISTRY_URL", "gs://bucket/models")
     code, _, _ = run("")
     assert code == 13
-    assert "unsupported model registry URL 's3://bucket/models'" in capsys.readouterr().err
+    assert "unsupported model registry URL 'gs://bucket/models'" in capsys.readouterr().err
+    # An S3 registry that cannot be reached (here: an endpoint nobody listens on).
+    monkeypatch.setenv("MODEL_REGISTRY_URL", "s3://bucket/models")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code, _, _ = run("")
+    assert code == 13
+    assert one_line(capsys.readouterr().err).startswith(
+        "fetch_slu_model: model registry: s3://bucket/models: "
+    )
     monkeypatch.delenv("MODEL_REGISTRY_URL")
     assert run("")[0] == 2
 

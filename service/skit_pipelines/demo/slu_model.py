@@ -21,7 +21,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from skit_components.model_registry import ModelRegistry
+from skit_components.model_registry import LocalModelRegistry, ModelRegistry
 from skit_components.slu import MODEL_KIND, Example, save_model, train
 from skit_pipelines.demo import vocabulary as v
 from skit_pipelines.demo.calls import CALL_COLUMNS, TURN_COLUMNS, CallSimulator
@@ -104,7 +104,7 @@ def ensure_demo_models(demo_root: Path, seed: int = 0) -> str:
         temporary = root.with_name(f".{MODELS_DIR}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             temporary.mkdir(parents=True)
-            version = write_production_model(ModelRegistry(temporary), seed)
+            version = write_production_model(LocalModelRegistry(temporary), seed)
             try:
                 os.rename(temporary, root)
             except OSError:
