@@ -16,13 +16,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from skit_components import cli
-from skit_components.db import Database, DatabaseError, connect
+from skit_components.db import Database, DatabaseError, connect, utc_day_bounds
 from skit_components.migrations import ANNOTATIONS, SchemaError, require_schema
 from skit_components.outputs import output_path, write_parameter
 
@@ -90,13 +90,7 @@ class Selection:
 
     def utc_bounds(self) -> tuple[datetime | None, datetime | None]:
         """[start, end) in UTC: local midnight of start_date to the midnight after end_date."""
-        start = end = None
-        if self.start_date:
-            start = datetime.combine(self.start_date, time(0), self.zone).astimezone(UTC)
-        if self.end_date:
-            after = self.end_date + timedelta(days=1)
-            end = datetime.combine(after, time(0), self.zone).astimezone(UTC)
-        return start, end
+        return utc_day_bounds(self.start_date, self.end_date, self.zone)
 
     def describe(self) -> str:
         """The selection, for messages."""

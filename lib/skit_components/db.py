@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -113,6 +113,20 @@ def sqlite_timestamp(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: timestamps must carry a timezone")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def utc_day_bounds(
+    first: date | None, last: date | None, zone: tzinfo
+) -> tuple[datetime | None, datetime | None]:
+    """The UTC interval [start, end) of whole local days `first` to `last` in `zone`: local
+    midnight of `first` to the midnight after `last` (None for an open side). DST days are
+    23 or 25 hours long, so the bounds are computed in the zone, not by adding hours."""
+    start = end = None
+    if first:
+        start = datetime.combine(first, time(0), zone).astimezone(UTC)
+    if last:
+        end = datetime.combine(last + timedelta(days=1), time(0), zone).astimezone(UTC)
+    return start, end
 
 
 def sqlite_url(path: str | Path) -> str:
