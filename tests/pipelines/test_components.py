@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,28 @@ def _input_paths(args: object) -> set[str]:
     if isinstance(args, list):
         return set().union(*(_input_paths(item) for item in args))
     return set()
+
+
+def test_the_smoke_run_works_outside_the_image(folder, tmp_path):
+    """smoke.yaml, as skit-release runs it in the built image, with /smoke made local."""
+    from skit_pipelines import release
+
+    spec = release.load_smoke(folder)
+    smoke = tmp_path / "smoke"
+    release.make_fixture(folder, spec, smoke)
+
+    def local(text: str) -> str:
+        return text.replace("/smoke", str(smoke))
+
+    result = subprocess.run(
+        [sys.executable, "-m", folder.name, *map(local, spec.args)],
+        cwd=folder,
+        env={**os.environ, **{name: local(value) for name, value in spec.env.items()}},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=spec.timeout_seconds,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in spec.outputs:
+        assert (smoke / "out" / name).stat().st_size > 0, name

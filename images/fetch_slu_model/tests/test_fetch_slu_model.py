@@ -123,28 +123,3 @@ def test_runs_as_a_module_in_its_image_folder(registry, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert (tmp_path / "v").read_text() == version
-
-
-def test_the_smoke_run_works_outside_the_image(tmp_path):
-    """smoke.yaml, as skit-release runs it in the built image, with /smoke made local."""
-    from skit_pipelines import release
-
-    spec = release.load_smoke(FOLDER)
-    smoke = tmp_path / "smoke"
-    release.make_fixture(FOLDER, spec, smoke)
-
-    def local(text: str) -> str:
-        return text.replace("/smoke", str(smoke))
-
-    result = subprocess.run(
-        [sys.executable, "-m", FOLDER.name, *map(local, spec.args)],
-        cwd=FOLDER,
-        env={**os.environ, **{name: local(value) for name, value in spec.env.items()}},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=spec.timeout_seconds,
-    )
-    assert result.returncode == 0, result.stderr
-    for name in spec.outputs:
-        assert (smoke / "out" / name).stat().st_size > 0, name
