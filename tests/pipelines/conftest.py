@@ -1,12 +1,13 @@
 """The in-process harness the pipeline end-to-end tests share: the run controller, the local
 backend and the local executor running the real components on demo data.
 
-A test module names its pipeline module in `PIPELINE` and provides a `demo_env` fixture (the
-env vars the steps get)."""
+A test module names its pipeline module in `PIPELINE`, and sets `WRITES_DEMO_DATA = True`
+when its runs change the demo data (so each test gets its own copy)."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.backends.local import LocalBackend, StoreStepCache
 from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
+from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run
 from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 from skit_pipelines.runs import CreateRunInput, RunController
@@ -28,6 +30,25 @@ def catalog(request: pytest.FixtureRequest) -> Catalog:
     module = ROOT / "pipelines" / f"{request.module.PIPELINE}.py"
     pipeline = pipeline_from_spec(compile_module(module))
     return Catalog({pipeline.id: pipeline})
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo data, generated once per module."""
+    root = tmp_path_factory.mktemp("home") / "demo"
+    ensure_demo_data(root)
+    return root
+
+
+@pytest.fixture
+def demo_env(request: pytest.FixtureRequest, demo_root: Path, tmp_path: Path) -> dict[str, str]:
+    """The env vars the steps get: the module's demo data, or a private copy of it when the
+    module's runs write to it (the metrics database, the model registry)."""
+    if not getattr(request.module, "WRITES_DEMO_DATA", False):
+        return ensure_demo_data(demo_root)
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_root, copy)
+    return ensure_demo_data(copy)
 
 
 @pytest.fixture

@@ -10,18 +10,10 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
-
 from skit_components.db import connect
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "download_tagged_entity_dataset"
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return ensure_demo_data(tmp_path_factory.mktemp("home") / "demo")
 
 
 def output_csv(run: Run, name: str) -> list[dict]:

@@ -9,15 +9,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "evaluate_asr"
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return ensure_demo_data(tmp_path_factory.mktemp("home") / "demo")
 
 
 def output_csv(run: Run, name: str) -> list[dict]:

@@ -6,32 +6,15 @@ model registry."""
 # No `from __future__ import annotations`: kfp reads the pipeline signatures' real types.
 
 import json
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
-
 from skit_components.model_registry import ModelRegistry
 from skit_components.slu import MODEL_KIND, Example, save_model, train
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "evaluate_slu"
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("home") / "demo"
-    ensure_demo_data(root)
-    return root
-
-
-@pytest.fixture
-def demo_env(demo_root: Path, tmp_path: Path) -> dict[str, str]:
-    copy = tmp_path / "demo"
-    shutil.copytree(demo_root, copy)
-    return ensure_demo_data(copy)
+WRITES_DEMO_DATA = True
 
 
 def metrics(run: Run) -> dict:

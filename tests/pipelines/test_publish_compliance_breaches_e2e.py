@@ -8,38 +8,20 @@ local OpenAI-compatible server."""
 import csv
 import json
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from skit_components.db import connect
 from skit_components.fake_openai import FakeChatServer, Request, chat_reply, unreachable_url
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.demo import vocabulary as v
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "publish_compliance_breaches"
+WRITES_DEMO_DATA = True
 IST = ZoneInfo("Asia/Kolkata")
 THREAT_RULES = {"threat_of_recovery_visit", "threat_of_legal_action", "disclosure_to_third_parties"}
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("home") / "demo"
-    ensure_demo_data(root)
-    return root
-
-
-@pytest.fixture
-def demo_env(demo_root: Path, tmp_path: Path) -> dict[str, str]:
-    """A private copy of the demo data: these runs write to the metrics database."""
-    copy = tmp_path / "demo"
-    shutil.copytree(demo_root, copy)
-    return ensure_demo_data(copy)
 
 
 def artifact_path(run: Run, name: str) -> Path:

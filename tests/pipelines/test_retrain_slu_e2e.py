@@ -7,34 +7,16 @@ annotation store and the demo model registry with its production model."""
 
 import json
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
-
 from skit_components.model_registry import ModelRegistry
 from skit_components.slu import MODEL_KIND, load_model, read_metadata
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "retrain_slu"
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("home") / "demo"
-    ensure_demo_data(root)
-    return root
-
-
-@pytest.fixture
-def demo_env(demo_root: Path, tmp_path: Path) -> dict[str, str]:
-    """A private copy of the demo data: these runs change the model registry."""
-    copy = tmp_path / "demo"
-    shutil.copytree(demo_root, copy)
-    return ensure_demo_data(copy)
+WRITES_DEMO_DATA = True
 
 
 def artifact_path(run: Run, name: str) -> Path:
