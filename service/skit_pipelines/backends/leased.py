@@ -154,8 +154,10 @@ class LeasedBackend(Backend):
             return
         # As RunController.resume does for the runs it finds at start-up.
         if run.state is RunState.CANCELLING:
-            await sink.run_cancelled(run_id)
-            await self._leases.release(run_id)
+            try:
+                await self._inner.resume_cancelling(run, pipeline, sink)
+            finally:
+                await self._leases.release(run_id)
             return
         if pipeline.version != run.pipeline_version:
             await sink.run_failed(
