@@ -82,7 +82,7 @@ def component_image(name = None, deps = [], test_deps = [], test_size = "medium"
     )
     py_entry_point(
         name = "image",
-        module = "skit_pipelines.release",
+        module = "skit_release.cli",
         args = ["build", "--smoke", name],
         deps = ["//service:skit_pipelines"],
         data = [":files", "//lib:files"],
@@ -122,7 +122,7 @@ def py_entry_point(name, module, function = "main", args = [], deps = [], **kwar
 
     Args:
       name: the binary.
-      module: the module holding the function, e.g. "skit_pipelines.cli".
+      module: the module holding the function, e.g. "skit_pipelines_cli.main".
       function: takes the argument list, returns the exit code.
       args: arguments always passed first (e.g. a subcommand).
       deps: the py_library providing `module`.

@@ -78,7 +78,7 @@ def _time_to_serving(command: list[str], port: int, log: Path) -> float:
 
 def _serve(home: Path, port: int) -> list[str]:
     return [
-        *(sys.executable, "-m", "skit_pipelines.cli", "serve"),
+        *(sys.executable, "-m", "skit_pipelines_cli", "serve"),
         *("--port", str(port), "--home", str(home)),
     ]
 

@@ -140,7 +140,7 @@ def _lines(path: Path) -> int:
 def run(
     calls: int | None = None, repetitions: int = 3, generation_budget_s: float = 300.0
 ) -> list[Figure]:
-    from skit_pipelines.demo import generate
+    from skit_demo import generate
 
     calls = calls or int(os.environ.get("SKIT_BENCH_FETCH_CALLS", "300000"))
     dsn = os.environ.get(DSN_ENV, DEFAULT_DSN)

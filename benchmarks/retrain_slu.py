@@ -21,8 +21,8 @@ from skit_components.slu import (
     stratified_split,
     train,
 )
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.calls import CALL_COLUMNS, TURN_COLUMNS, CallSimulator
+from skit_demo import vocabulary as v
+from skit_demo.calls import CALL_COLUMNS, TURN_COLUMNS, CallSimulator
 
 TARGET_SECONDS = 60.0
 _LANGUAGE = CALL_COLUMNS.index("language")

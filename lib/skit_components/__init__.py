@@ -4,6 +4,5 @@
 - `migrations`: the versioned schema of those databases; components never create schema.
 - `cli`: argument parsing and the exit-code contract (2 bad input, 13 internal error).
 - `outputs`: writing output parameter and artifact files at the paths KFP hands a step.
-- `testing`: a pytest plugin with `postgres_dsn`, a fresh PostgreSQL database per test.
 - `loader`: importing a component module from its image folder (for tests).
 """

@@ -67,7 +67,7 @@ def prepare_config(config: ServerConfig) -> ServerConfig:
     and hands their URLs to the steps, except where the configuration names its own."""
     if not config.demo_data:
         return config
-    from skit_pipelines.demo import ensure_demo_data
+    from skit_demo import ensure_demo_data
 
     demo_env = ensure_demo_data(config.demo_root)
     return replace(config, step_env={**demo_env, **config.step_env})
@@ -200,7 +200,7 @@ async def open_run_store(config: ServerConfig) -> RunStore:
 def open_artifact_store(config: ServerConfig) -> ArtifactStore:
     """A local directory (the embedded default) or an S3 bucket prefix."""
     if config.artifacts_url.startswith("s3://"):
-        from skit_pipelines.artifacts_s3 import S3ArtifactStore, S3Settings
+        from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Settings
 
         return S3ArtifactStore.from_url(
             config.artifacts_url,
@@ -249,7 +249,7 @@ def _kubeflow_backend(
     config: ServerConfig, store: RunStore, catalog: Catalog, images: ImageLock
 ) -> KubeflowBackend:
     from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings
-    from skit_pipelines.backends.leases import LocalRunLeases, RunLeases
+    from skit_pipelines.store.leases import LocalRunLeases, RunLeases
     from skit_pipelines.store.postgres import PostgresRunStore
 
     owner = replica_id()

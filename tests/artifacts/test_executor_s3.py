@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from kfp import compiler, dsl
 
-from skit_pipelines.artifacts_s3 import S3ArtifactStore, S3Settings
+from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Settings
 from skit_pipelines.domain import Step
 from skit_pipelines.executor import ExecutorConfig, InMemoryStepCache, LocalExecutor
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from skit_pipelines.artifacts import content_hash
-from skit_pipelines.artifacts_s3 import S3ArtifactStore, S3Location, S3Settings
+from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Location, S3Settings
 from skit_pipelines.errors import InvalidArgument
 
 MiB = 1024 * 1024

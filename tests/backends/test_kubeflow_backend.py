@@ -1,5 +1,5 @@
 """KubeflowBackend against a local KFP v2beta1 API server whose bodies go through the
-kfp-server-api models (skit_pipelines.backends.kubeflow_fake), with PostgreSQL for the
+kfp-server-api models (skit_testing.kubeflow_fake), with PostgreSQL for the
 run store and the leases. A "replica" is a store, a backend and a controller, with the
 images lock it was deployed with."""
 
@@ -20,7 +20,6 @@ import yaml
 from google.rpc import code_pb2, error_details_pb2
 
 from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
-from skit_pipelines.backends.kubeflow_fake import FakeKfpServer
 from skit_pipelines.catalog import Catalog, ir_version
 from skit_pipelines.domain import Pipeline, Run, RunState, StepState
 from skit_pipelines.errors import FailedPrecondition
@@ -28,8 +27,9 @@ from skit_pipelines.imagelock import load_lock, pin_images
 from skit_pipelines.runs import CreateRunInput, RunController
 from skit_pipelines.servicer import error_status
 from skit_pipelines.store.postgres import PostgresRunStore
+from skit_testing.kubeflow_fake import FakeKfpServer
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 TOKEN = "s3cret-token"
 UI = "https://kubeflow.example.com/pipeline"

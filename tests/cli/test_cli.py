@@ -15,9 +15,9 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
-from skit_pipelines import cli
-from skit_pipelines.client import PipelinesClient
 from skit_pipelines.config import ServerConfig
+from skit_pipelines_cli import main as cli
+from skit_pipelines_client import PipelinesClient
 
 RUNNING = run_pb2.STEP_STATE_RUNNING
 
@@ -617,14 +617,14 @@ def test_serve_reports_a_bad_environment_variable(monkeypatch, capsys):
 
 def test_demo_data_defaults_to_sqlite_files_under_home(monkeypatch, tmp_path: Path, capsys):
     calls: list[tuple[tuple, dict]] = []
-    fake_demo = types.ModuleType("skit_pipelines.demo")
+    fake_demo = types.ModuleType("skit_demo")
 
     def generate(*args, **kwargs):
         calls.append((args, kwargs))
         return {"calls": 10, "metrics": 40}
 
     fake_demo.generate = generate
-    monkeypatch.setitem(sys.modules, "skit_pipelines.demo", fake_demo)
+    monkeypatch.setitem(sys.modules, "skit_demo", fake_demo)
 
     assert cli.main(["demo-data", "--home", str(tmp_path), "--calls", "10"]) == 0
 
@@ -641,9 +641,9 @@ def test_demo_data_defaults_to_sqlite_files_under_home(monkeypatch, tmp_path: Pa
 
 def test_demo_data_passes_explicit_urls_and_seed(monkeypatch, tmp_path: Path):
     calls: list[tuple[tuple, dict]] = []
-    fake_demo = types.ModuleType("skit_pipelines.demo")
+    fake_demo = types.ModuleType("skit_demo")
     fake_demo.generate = lambda *args, **kwargs: calls.append((args, kwargs)) or "done"
-    monkeypatch.setitem(sys.modules, "skit_pipelines.demo", fake_demo)
+    monkeypatch.setitem(sys.modules, "skit_demo", fake_demo)
 
     code = cli.main(
         [

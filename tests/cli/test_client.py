@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
-from skit_pipelines import cli
-from skit_pipelines.client import (
+from skit_pipelines_cli import main as cli
+from skit_pipelines_client import (
     FieldViolation,
     PipelinesClient,
     RPCError,

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from skit.pipelines.v1 import run_pb2
-from skit_pipelines import cli
-from skit_pipelines.client import FieldViolation, RPCError
+from skit_pipelines_cli import main as cli
+from skit_pipelines_client import FieldViolation, RPCError
 
 NOW = datetime(2026, 11, 26, 10, 1, 0, tzinfo=UTC)  # 60 s after the fake runs were created
 RUNNING = run_pb2.STEP_STATE_RUNNING

@@ -114,7 +114,7 @@ def serve(tmp_path: Path, project: Path) -> Iterator[Callable[[int], Server]]:
         with log.open("a") as sink:
             process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "skit_pipelines.cli", "serve"),
+                    *(sys.executable, "-m", "skit_pipelines_cli", "serve"),
                     *("--port", str(port), "--home", str(tmp_path / "home")),
                 ],
                 stdout=sink,

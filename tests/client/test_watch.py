@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from skit.pipelines.v1 import run_pb2
-from skit_pipelines.client import PipelinesClient, ResumePolicy, RPCError
+from skit_pipelines_client import PipelinesClient, ResumePolicy, RPCError
 
 FAST = ResumePolicy(attempts=3, first_delay=0.01, max_delay=0.02)
 

@@ -14,13 +14,13 @@ import pytest
 
 from skit_components.db import Database, connect, sqlite_url
 from skit_components.migrations import ANNOTATIONS, latest_version, migrate, schema_version
-from skit_pipelines.demo import DemoDataExists, ensure_demo_data, generate, write_annotations
-from skit_pipelines.demo import annotations as a
-from skit_pipelines.demo import calls as simulated_calls
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.bootstrap import ANNOTATIONS_DB, CALLS_DB, METRICS_DB
+from skit_demo import DemoDataExists, ensure_demo_data, generate, write_annotations
+from skit_demo import annotations as a
+from skit_demo import calls as simulated_calls
+from skit_demo import vocabulary as v
+from skit_demo.bootstrap import ANNOTATIONS_DB, CALLS_DB, METRICS_DB
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 TABLES = ("annotation_projects", "annotation_tasks", "annotations")
 ALIASES = {alias for aliases in v.INTENT_ALIASES.values() for alias in aliases}

@@ -12,18 +12,18 @@ import pytest
 
 from skit_components.db import Database, connect, sqlite_url
 from skit_components.migrations import CALLS, METRICS, latest_version, migrate, schema_version
-from skit_pipelines.demo import (
+from skit_demo import (
     DEFAULT_DAYS,
     DEMO_END,
     DemoDataExists,
     ensure_demo_data,
     generate,
 )
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.bootstrap import CALLS_DB, METRICS_DB
-from skit_pipelines.demo.calls import MAX_TURNS
+from skit_demo import vocabulary as v
+from skit_demo.bootstrap import CALLS_DB, METRICS_DB
+from skit_demo.calls import MAX_TURNS
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 IST = ZoneInfo("Asia/Kolkata")
 TABLES = {

@@ -27,7 +27,7 @@ class RunningServer:
     log: Path
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "skit_pipelines.cli", "--server", self.address, *args]
+        command = [sys.executable, "-m", "skit_pipelines_cli", "--server", self.address, *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(
@@ -65,7 +65,7 @@ def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> 
             [
                 sys.executable,
                 "-m",
-                "skit_pipelines.cli",
+                "skit_pipelines_cli",
                 "serve",
                 "--port",
                 "0",

@@ -203,7 +203,7 @@ def test_authenticated_server_through_the_cli(server_control, tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "skit_pipelines.cli",
+            "skit_pipelines_cli",
             "tokens",
             "add",
             "ci-bot",
@@ -243,7 +243,7 @@ def test_refuses_to_expose_an_unauthenticated_server(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "skit_pipelines.cli",
+            "skit_pipelines_cli",
             "serve",
             "--host",
             "0.0.0.0",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from skit_demo import ensure_demo_data
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.backends.local import LocalBackend, StoreStepCache
 from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
-from skit_pipelines.demo import ensure_demo_data
 from skit_pipelines.domain import Run
 from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 from skit_pipelines.runs import CreateRunInput, RunController

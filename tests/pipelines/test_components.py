@@ -127,7 +127,7 @@ def _input_paths(args: object) -> set[str]:
 
 def test_the_smoke_run_works_outside_the_image(folder, tmp_path):
     """smoke.yaml, as skit-release runs it in the built image, with /smoke made local."""
-    from skit_pipelines import release
+    from skit_release import cli as release
 
     spec = release.load_smoke(folder)
     smoke = tmp_path / "smoke"

@@ -14,9 +14,9 @@ from urllib.parse import unquote, urlparse
 from zoneinfo import ZoneInfo
 
 from skit_components.db import connect
-from skit_components.fake_openai import FakeChatServer, Request, chat_reply, unreachable_url
-from skit_pipelines.demo import vocabulary as v
+from skit_demo import vocabulary as v
 from skit_pipelines.domain import Run, RunState, StepState
+from skit_testing.fake_openai import FakeChatServer, Request, chat_reply, unreachable_url
 
 PIPELINE = "publish_compliance_breaches"
 WRITES_DEMO_DATA = True

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from skit_pipelines import release
 from skit_pipelines.imagelock import load_lock, pin_images
-from skit_pipelines.release import (
+from skit_release import cli as release
+from skit_release.cli import (
     Buildah,
     Builder,
     Engine,

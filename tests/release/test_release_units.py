@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from skit_pipelines import release
 from skit_pipelines.imagelock import (
     ImageLockError,
     LockEntry,
@@ -16,7 +15,8 @@ from skit_pipelines.imagelock import (
     save_lock,
 )
 from skit_pipelines.images import folder_name_for_image
-from skit_pipelines.release import Change, Image
+from skit_release import cli as release
+from skit_release.cli import Change, Image
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGEST_A = "sha256:" + "a" * 64

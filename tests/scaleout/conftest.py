@@ -91,7 +91,7 @@ def start_replicas(tmp_path: Path, aws_env: dict[str, str]) -> Iterator[object]:
                     [
                         sys.executable,
                         "-m",
-                        "skit_pipelines.cli",
+                        "skit_pipelines_cli",
                         "serve",
                         "--port",
                         "0",

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.artifacts_s3 import S3ArtifactStore
+from skit_pipelines.artifacts.s3 import S3ArtifactStore
 from skit_pipelines.backends.kubeflow import KubeflowBackend
-from skit_pipelines.cli import build_parser
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition
 from skit_pipelines.runs import CreateRunInput
 from skit_pipelines.server import build_application, open_artifact_store, open_run_store
+from skit_pipelines_cli.main import build_parser
 
 PROJECT = Path(__file__).resolve().parent / "project"
 NOWHERE = "http://127.0.0.1:9"
@@ -197,7 +197,7 @@ def test_serve_exits_2_with_one_line_for_a_malformed_lock(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "skit_pipelines.cli",
+            "skit_pipelines_cli",
             "serve",
             "--port",
             "0",

@@ -15,9 +15,9 @@ import yaml
 
 from skit.pipelines.v1 import pipeline_service_pb2 as api
 from skit.pipelines.v1 import run_pb2
-from skit_pipelines.backends.kubeflow_fake import FakeKfpServer
+from skit_testing.kubeflow_fake import FakeKfpServer
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 TOKEN = "kfp-bearer-token"
 TICK = "registry.example.com/ml/skit-pipelines/t-tick:0.1.0"

@@ -19,7 +19,7 @@ from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, RunState, 
 from skit_pipelines.runs import RunController
 from skit_pipelines.store.postgres import PostgresRunStore
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

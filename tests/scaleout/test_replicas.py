@@ -15,7 +15,7 @@ import psycopg
 from skit.pipelines.v1 import pipeline_service_pb2 as api
 from skit.pipelines.v1 import run_pb2
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 
 def ticker(seconds: float, **fields: str) -> api.CreateRunRequest:

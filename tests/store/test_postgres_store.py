@@ -17,7 +17,7 @@ from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import Unavailable
 from skit_pipelines.store.postgres import MIGRATIONS, PostgresRunStore, RetryPolicy
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

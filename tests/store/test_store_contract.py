@@ -15,7 +15,7 @@ from skit_pipelines.errors import AlreadyExists, NotFound
 from skit_pipelines.store import PostgresRunStore, RunQuery, RunStore, SqliteRunStore
 from skit_pipelines.store.base import sortable_time
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

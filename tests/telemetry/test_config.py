@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from skit_pipelines import cli, server
+from skit_pipelines import server
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.telemetry import Telemetry
+from skit_pipelines_cli import main as cli
 
 
 def test_telemetry_settings_come_from_the_environment() -> None:

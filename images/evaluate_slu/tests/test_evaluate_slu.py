@@ -12,7 +12,7 @@ import pytest
 from skit_components.loader import import_component
 from skit_components.model_registry import ModelRegistry
 from skit_components.slu import MODEL_KIND, Example, save_model, train
-from skit_pipelines.demo import vocabulary as v
+from skit_demo import vocabulary as v
 
 FOLDER = Path(__file__).resolve().parents[1]
 evaluate_slu = import_component(FOLDER)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from skit_components.fake_openai import FakeChatServer, Reply, Request, chat_reply, unreachable_url
 from skit_components.loader import import_component
+from skit_testing.fake_openai import FakeChatServer, Reply, Request, chat_reply, unreachable_url
 
 FOLDER = Path(__file__).resolve().parents[1]
 judge_compliance = import_component(FOLDER)
@@ -134,7 +134,7 @@ def test_the_bundled_policy_is_valid_and_versioned():
 
 
 def test_the_bundled_policy_catches_every_demo_threat_and_no_demo_prompt():
-    from skit_pipelines.demo import vocabulary as v
+    from skit_demo import vocabulary as v
 
     policy = judge_compliance.read_policy("")
     for language, phrases in v.COMPLIANCE_BREACH_PHRASES.items():

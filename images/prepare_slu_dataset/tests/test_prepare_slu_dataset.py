@@ -216,7 +216,7 @@ def test_tags_in_the_annotation_tools_shapes(tag, intent):
 
 
 def test_the_bundled_alias_file_is_the_demo_vocabulary():
-    from skit_pipelines.demo import vocabulary as v
+    from skit_demo import vocabulary as v
 
     bundled = yaml.safe_load((FOLDER / "intent_aliases.yaml").read_text())
     assert {k: tuple(a) for k, a in bundled["aliases"].items()} == v.INTENT_ALIASES

@@ -11,9 +11,9 @@ import pytest
 
 from skit_components.db import connect, sqlite_url
 from skit_components.loader import import_component
-from skit_pipelines.demo import generate
+from skit_demo import generate
 
-pytest_plugins = ["skit_components.testing"]
+pytest_plugins = ["skit_testing.postgres"]
 
 FOLDER = Path(__file__).resolve().parents[1]
 publish_breaches = import_component(FOLDER)

@@ -21,7 +21,7 @@ from skit_components.slu import (
     score,
     stratified_split,
 )
-from skit_pipelines.demo import vocabulary as v
+from skit_demo import vocabulary as v
 
 FOLDER = Path(__file__).resolve().parents[1]
 train_slu = import_component(FOLDER)

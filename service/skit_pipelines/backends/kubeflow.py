@@ -47,12 +47,12 @@ from tenacity import (
 )
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.backends.leases import RunLeases
 from skit_pipelines.catalog import ir_version
 from skit_pipelines.domain import ErrorInfo, Pipeline, Run, RunState, Step, StepState
 from skit_pipelines.errors import FailedPrecondition, NotFound, Unavailable
 from skit_pipelines.imagelock import LOCK_PATH, ImageLock, ImageLockError, pin_images
 from skit_pipelines.store.base import RunStore
+from skit_pipelines.store.leases import RunLeases
 
 if TYPE_CHECKING:
     import kfp

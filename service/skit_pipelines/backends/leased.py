@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.backends.leases import RunLeases
 from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, RunState, Step
 from skit_pipelines.errors import NotFound
 from skit_pipelines.store.base import RunStore
+from skit_pipelines.store.leases import RunLeases
 
 logger = logging.getLogger(__name__)
 

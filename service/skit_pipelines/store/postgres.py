@@ -43,7 +43,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from skit_pipelines.backends.leases import RunLeases
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from skit_pipelines.store import codec
@@ -55,6 +54,7 @@ from skit_pipelines.store.base import (
     RunQuery,
     RunStore,
 )
+from skit_pipelines.store.leases import RunLeases
 
 logger = logging.getLogger(__name__)
 

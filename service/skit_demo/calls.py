@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from skit_pipelines.demo import vocabulary as v
+from skit_demo import vocabulary as v
 
 IST = ZoneInfo("Asia/Kolkata")
 """The demo clients are Indian: call times, dates and entities are local to India."""

@@ -16,7 +16,7 @@ When none is possible the test is skipped, or fails if env SKIT_TEST_REQUIRE_POS
 `throwaway_postgres` starts a server of the test's own, for tests that restart or stop it.
 
 Use it by loading this module as a plugin in a test module:
-`pytest_plugins = ["skit_components.testing"]`.
+`pytest_plugins = ["skit_testing.postgres"]`.
 """
 
 from __future__ import annotations

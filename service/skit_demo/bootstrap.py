@@ -11,8 +11,8 @@ from pathlib import Path
 
 from skit_components.db import connect, sqlite_url
 from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
-from skit_pipelines.demo.generator import generate, write_annotations
-from skit_pipelines.demo.slu_model import ensure_demo_models
+from skit_demo.generator import generate, write_annotations
+from skit_demo.slu_model import ensure_demo_models
 
 logger = logging.getLogger(__name__)
 

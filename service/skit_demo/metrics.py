@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from skit_pipelines.demo import vocabulary as v
+from skit_demo import vocabulary as v
 
 SITUATION_COLUMNS = (
     "id",

@@ -28,8 +28,8 @@ from functools import cache
 from typing import Any
 
 from skit_components.db import Database
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.calls import IST
+from skit_demo import vocabulary as v
+from skit_demo.calls import IST
 
 PROJECT_COLUMNS = ("id", "source", "name", "task_type", "language", "client_id", "created_at")
 TASK_COLUMNS = (

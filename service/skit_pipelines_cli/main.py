@@ -25,9 +25,9 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
-from skit_pipelines.client import PipelinesClient, RPCError, TlsOptions, run_name
 from skit_pipelines.config import ServerConfig
 from skit_pipelines.errors import PipelinesError
+from skit_pipelines_client import PipelinesClient, RPCError, TlsOptions, run_name
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -670,7 +670,7 @@ def _sqlite_url(path: Path) -> str:
 
 
 def _demo_data(args: argparse.Namespace, out: TextIO) -> int:
-    from skit_pipelines.demo import generate
+    from skit_demo import generate
 
     config = _config_from_env().with_overrides(home=args.home)
     if not (args.calls_db_url and args.metrics_db_url and args.annotations_db_url):

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from skit_pipelines.demo.bootstrap import ensure_demo_data
-from skit_pipelines.demo.generator import (
+from skit_demo.bootstrap import ensure_demo_data
+from skit_demo.generator import (
     DEFAULT_CALLS,
     DEFAULT_DAYS,
     DEMO_END,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from skit_components.model_registry import LocalModelRegistry, ModelRegistry
 from skit_components.slu import MODEL_KIND, Example, save_model, train
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.calls import CALL_COLUMNS, TURN_COLUMNS, CallSimulator
-from skit_pipelines.demo.generator import DEMO_END
+from skit_demo import vocabulary as v
+from skit_demo.calls import CALL_COLUMNS, TURN_COLUMNS, CallSimulator
+from skit_demo.generator import DEMO_END
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from skit_components.db import SQLITE, Database, connect
 from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
-from skit_pipelines.demo import vocabulary as v
-from skit_pipelines.demo.annotations import (
+from skit_demo import vocabulary as v
+from skit_demo.annotations import (
     ANNOTATION_COLUMNS,
     PROJECT_COLUMNS,
     TASK_COLUMNS,
@@ -21,13 +21,13 @@ from skit_pipelines.demo.annotations import (
     project_rows,
     read_turns,
 )
-from skit_pipelines.demo.calls import (
+from skit_demo.calls import (
     CALL_COLUMNS,
     IST,
     TURN_COLUMNS,
     CallSimulator,
 )
-from skit_pipelines.demo.metrics import (
+from skit_demo.metrics import (
     CONVERSATION_COLUMNS,
     PROMPT_COLUMNS,
     SITUATION_COLUMNS,

@@ -437,7 +437,7 @@ def make_fixture(folder: Path, spec: SmokeSpec, target: Path) -> None:
     (target / "out").mkdir()
     if spec.demo_data is not None:
         from skit_components.db import sqlite_url
-        from skit_pipelines.demo import generate
+        from skit_demo import generate
 
         options: dict[str, Any] = {
             "seed": int(spec.demo_data.get("seed", 1)),

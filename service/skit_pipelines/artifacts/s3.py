@@ -24,7 +24,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from skit_pipelines.artifacts import ArtifactStore, StoredArtifact, content_hash
+from skit_pipelines.artifacts.base import ArtifactStore, StoredArtifact, content_hash
 from skit_pipelines.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)

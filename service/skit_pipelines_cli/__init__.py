@@ -1,0 +1,1 @@
+"""The skit-pipelines command: client commands against a server, and `serve`."""

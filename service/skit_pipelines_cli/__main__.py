@@ -1,0 +1,5 @@
+import sys
+
+from skit_pipelines_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""skit-release: the image release tool (changed images, versions, build, smoke, push, lock)."""

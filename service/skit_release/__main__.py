@@ -1,0 +1,5 @@
+import sys
+
+from skit_release.cli import main
+
+sys.exit(main())
