@@ -27,10 +27,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## ruff (lint and format) and buf lint (buf comes from npm, into .venv/buf).
+## ruff (lint and format), mypy (strict on service/) and buf lint (buf comes from npm, into .venv/buf).
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy service
 	$(BUF) lint
 
 $(BUF):
