@@ -29,7 +29,7 @@ from typing import Any
 
 from skit_components.db import Database
 from skit_demo import vocabulary as v
-from skit_demo.calls import IST
+from skit_demo.calls import IST, Row
 
 PROJECT_COLUMNS = ("id", "source", "name", "task_type", "language", "client_id", "created_at")
 TASK_COLUMNS = (
@@ -151,12 +151,12 @@ class CallTurn:
     turn_index: int
     reftime: datetime
     state: str
-    utterances: list
+    utterances: list[Any]
     bot_response: str
     intent: str | None
     intent_score: float | None
-    slots: dict
-    entities: list
+    slots: dict[str, Any]
+    entities: list[Any]
     audio_url: str
     call_id: int
     call_uuid: str
@@ -298,7 +298,7 @@ def _confusions(language: str) -> frozenset[tuple[str, str]]:
     )
 
 
-def _fill(words: tuple[str, ...], slot: str | None, entity_words: tuple[str, ...]) -> tuple:
+def _fill(words: tuple[str, ...], slot: str | None, entity_words: tuple[str, ...]) -> Row:
     if slot is None:
         return words
     out: list[str] = []
@@ -324,7 +324,7 @@ def _distance(
     return previous[-1]
 
 
-def project_rows(created_at: Any) -> list[tuple]:
+def project_rows(created_at: Any) -> list[Row]:
     """The PROJECTS as rows of PROJECT_COLUMNS, all created at `created_at`."""
     return [
         (p.id, p.source, p.name, p.task_type, p.language, p.client_id, created_at) for p in PROJECTS
@@ -348,10 +348,10 @@ class AnnotationSimulator:
         self._task_id = 0
         self._annotation_id = 0
 
-    def simulate(self, turn: CallTurn) -> tuple[list[tuple], list[tuple]]:
+    def simulate(self, turn: CallTurn) -> tuple[list[Row], list[Row]]:
         """The task rows (TASK_COLUMNS) and annotation rows (ANNOTATION_COLUMNS) of a turn."""
-        tasks: list[tuple] = []
-        annotations: list[tuple] = []
+        tasks: list[Row] = []
+        annotations: list[Row] = []
         if not turn.utterances:
             # The caller said nothing: nothing to label.
             return tasks, annotations
@@ -369,7 +369,7 @@ class AnnotationSimulator:
             annotations.extend(labels)
         return tasks, annotations
 
-    def _task(self, project: Project, turn: CallTurn, spoken: Spoken) -> tuple[tuple, list[tuple]]:
+    def _task(self, project: Project, turn: CallTurn, spoken: Spoken) -> tuple[Row, list[Row]]:
         rng = self._rng
         self._task_id += 1
         gold = rng.random() < GOLD_SHARE
@@ -398,14 +398,14 @@ class AnnotationSimulator:
         )
         return task, labels
 
-    def _annotation(self, annotator: str, tag: dict, when: datetime) -> tuple:
+    def _annotation(self, annotator: str, tag: dict[str, Any], when: datetime) -> Row:
         self._annotation_id += 1
         when = when.replace(microsecond=when.microsecond // 1000 * 1000)
         return (self._annotation_id, self._task_id, annotator, _json(tag), self._timestamp(when))
 
     def _tag(
         self, project: Project, turn: CallTurn, spoken: Spoken, error_rate: float | None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """An annotator's tag; error_rate None is the reviewer, who is always right."""
         if project.task_type == "intent":
             return self._intent_tag(project, turn, spoken, error_rate)
@@ -415,7 +415,7 @@ class AnnotationSimulator:
 
     def _intent_tag(
         self, project: Project, turn: CallTurn, spoken: Spoken, error_rate: float | None
-    ) -> dict:
+    ) -> dict[str, Any]:
         rng = self._rng
         intent = spoken.intent
         if error_rate is not None:
@@ -431,7 +431,7 @@ class AnnotationSimulator:
                 intent = v.INTENT_ALIASES[intent][0]
         return {"choices": [intent]}
 
-    def _entity_tag(self, turn: CallTurn, error_rate: float | None) -> dict:
+    def _entity_tag(self, turn: CallTurn, error_rate: float | None) -> dict[str, Any]:
         """Spans into the task's text (the best ASR alternative), as annotators mark them."""
         rng = self._rng
         text = turn.primary_utterance
@@ -456,7 +456,7 @@ class AnnotationSimulator:
             tagged.append({"type": kind, "text": text[start:end], "start": start, "end": end})
         return {"entities": tagged}
 
-    def _transcription_tag(self, spoken: Spoken, error_rate: float | None) -> dict:
+    def _transcription_tag(self, spoken: Spoken, error_rate: float | None) -> dict[str, Any]:
         rng = self._rng
         text = spoken.text
         if error_rate is None:

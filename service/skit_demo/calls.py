@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 from skit_demo import vocabulary as v
 
 IST = ZoneInfo("Asia/Kolkata")
+Row: TypeAlias = tuple[Any, ...]
+"""One database row, its values in the table's column order."""
 """The demo clients are Indian: call times, dates and entities are local to India."""
 
 CALL_COLUMNS = (
@@ -120,9 +122,9 @@ def random_uuid(rng: random.Random) -> str:
 
 @dataclass(frozen=True)
 class SimulatedCall:
-    call: tuple
+    call: Row
     """A row of CALL_COLUMNS."""
-    turns: list[tuple]
+    turns: list[Row]
     """Rows of TURN_COLUMNS."""
     threat: bool
     """A bot turn carries a compliance-breach phrase."""
@@ -248,11 +250,11 @@ class _Turn:
     reftime: datetime
     state: str
     bot_response: str
-    utterances: list
+    utterances: list[Any]
     intent: str | None = None
     intent_score: float | None = None
-    slots: dict = field(default_factory=dict)
-    entities: list = field(default_factory=list)
+    slots: dict[str, Any] = field(default_factory=dict)
+    entities: list[Any] = field(default_factory=list)
     asr_latency_ms: int | None = None
     slu_latency_ms: int | None = None
 
@@ -420,7 +422,7 @@ class _Conversation:
 
 def _asr_alternatives(
     rng: random.Random, language: str, words: list[str], entity: tuple[str, str, str] | None
-) -> tuple[list[list[dict]], bool, int]:
+) -> tuple[list[list[dict[str, Any]]], bool, int]:
     """ASR n-best list(s) for what the caller said, whether the best alternative is right,
     and where the entity starts in it (-1 without one).
 
@@ -511,7 +513,7 @@ def _spoken_date(language: str, day: date) -> str:
     return f"{day.day} {month}" if language in ("en", "hi") else f"{month} {day.day}"
 
 
-def _json(value: list | dict) -> str:
+def _json(value: list[Any] | dict[str, Any]) -> str:
     if not value:
         return "[]" if isinstance(value, list) else "{}"
     return json.dumps(value, ensure_ascii=False)

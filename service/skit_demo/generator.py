@@ -26,6 +26,7 @@ from skit_demo.calls import (
     IST,
     TURN_COLUMNS,
     CallSimulator,
+    Row,
 )
 from skit_demo.metrics import (
     CONVERSATION_COLUMNS,
@@ -124,8 +125,8 @@ def generate(
             timestamp=db.dialect.timestamp_param,
         )
         with db.transaction():
-            call_rows: list[tuple] = []
-            turn_rows: list[tuple] = []
+            call_rows: list[Row] = []
+            turn_rows: list[Row] = []
             for simulated in simulator:
                 call_rows.append(simulated.call)
                 turn_rows.extend(simulated.turns)
@@ -273,8 +274,8 @@ def write_annotations(
                 PROJECT_COLUMNS,
                 project_rows(db.dialect.timestamp_param(opened)),
             )
-            task_rows: list[tuple] = []
-            annotation_rows: list[tuple] = []
+            task_rows: list[Row] = []
+            annotation_rows: list[Row] = []
             for turn in read_turns(calls_db):
                 tasks, annotations = simulator.simulate(turn)
                 task_rows.extend(tasks)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from skit_demo import vocabulary as v
+from skit_demo.calls import Row
 
 SITUATION_COLUMNS = (
     "id",
@@ -70,9 +71,9 @@ _SECOND_STATE = {
 
 @dataclass(frozen=True)
 class MetricsRows:
-    situations: list[tuple]
-    prompts: list[tuple]
-    conversations: list[tuple]
+    situations: list[Row]
+    prompts: list[Row]
+    conversations: list[Row]
 
     @property
     def invalid_situations(self) -> int:
@@ -97,8 +98,8 @@ def metrics_rows(
     ]
     rng.shuffle(combos)
     situations = []
-    prompts = []
-    conversations = []
+    prompts: list[Row] = []
+    conversations: list[Row] = []
     for situation_id, (situation, scenario, category) in enumerate(combos, start=1):
         created = moment()
         valid = rng.random() >= INVALID_SHARE
@@ -150,7 +151,9 @@ def metrics_rows(
     return MetricsRows(situations, prompts, conversations)
 
 
-def _conversation(rng: random.Random, client: str, template_id: int, intent: str) -> list[dict]:
+def _conversation(
+    rng: random.Random, client: str, template_id: int, intent: str
+) -> list[dict[str, Any]]:
     """A short English bot/user exchange reaching the situation's point."""
     context = {
         "client": client,

@@ -54,7 +54,7 @@ def production_training_set(seed: int = 0, calls: int = PRODUCTION_CALLS) -> lis
     for call in simulator:
         language = call.call[_LANGUAGE]
         for turn in call.turns:
-            intent = turn[_INTENT]
+            intent: str | None = turn[_INTENT]
             if intent is None:
                 continue
             segments = json.loads(turn[_UTTERANCES])

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "skp_"
 ERROR_DOMAIN = "pipelines.skit.ai"
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+# grpc.aio's method handlers hold coroutine functions, which grpc-stubs types as plain
+# callables of a sync context; Any keeps the checker from asserting the wrong signature.
+_Handler: TypeAlias = Any
 _SERVICE = "/skit.pipelines.v1.PipelineService/"
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -161,7 +165,7 @@ def add_token(path: Path, name: str, role: str) -> str:
     return token
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # stubs' generics are not subscriptable at run time
     """Wraps every PipelineService handler so it first resolves and checks its caller."""
 
     def __init__(self, tokens: TokenFile) -> None:
@@ -169,9 +173,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> _Handler:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_OPEN_PREFIXES):
@@ -179,7 +183,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         needed = _METHOD_ROLES.get(method.removeprefix(_SERVICE), Role.ADMIN)
         return _guarded(handler, method.rsplit("/", 1)[-1], needed, self._authenticate)
 
-    def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal | None:
+    def _authenticate(self, context: _Context) -> Principal | None:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
@@ -193,19 +197,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: int, reason: str, message: str) -> None:
+async def _abort(context: _Context, code: int, reason: str, message: str) -> NoReturn:
     status = status_pb2.Status(code=code, message=message)
     status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    await context.abort_with_status(rpc_status.to_status(status))
+    # grpc-stubs 1.53 does not declare aio's abort_with_status (grpcio has it since 1.38).
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returned")
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler,
+    handler: _Handler,
     method: str,
     needed: Role,
-    authenticate: Callable[[grpc.aio.ServicerContext], Principal | None],
-) -> grpc.RpcMethodHandler:
-    async def authorize(context: grpc.aio.ServicerContext) -> Principal:
+    authenticate: Callable[[_Context], Principal | None],
+) -> _Handler:
+    async def authorize(context: _Context) -> Principal:
         principal = authenticate(context)
         if principal is None:
             await _abort(
@@ -225,14 +231,14 @@ def _guarded(
             )
         return principal
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: _Context) -> Any:
         token = _current.set(await authorize(context))
         try:
             return await handler.unary_unary(request, context)
         finally:
             _current.reset(token)
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def stream(request: Any, context: _Context) -> Any:
         token = _current.set(await authorize(context))
         try:
             async for item in handler.unary_stream(request, context):

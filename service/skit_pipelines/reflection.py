@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA_PACKAGE = "grpc.reflection.v1alpha"
@@ -44,7 +45,7 @@ def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
 def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
     _register_v1_descriptor(descriptor_pool.Default())
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(
         (

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2, message_factory
@@ -36,6 +36,7 @@ from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "pipelines.skit.ai"
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _CONVERTED_REVISIONS = 1024
 _LOG_BATCH_LINES = 500
 _LOG_BATCH_WAIT = 0.05
@@ -155,37 +156,42 @@ def add_to_server(servicer: PipelineServicer, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
-    server.add_registered_method_handlers(service.full_name, handlers)
+    # grpc-stubs 1.53 predates registered method handlers (grpcio 1.63).
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+async def abort_with_status(context: _Context, status: grpc.Status) -> NoReturn:
+    """Ends the call with `status` (google.rpc.Status details included); never returns."""
+    # grpc-stubs 1.53 does not declare aio's abort_with_status (grpcio has it since 1.38).
+    await context.abort_with_status(status)  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returned")
 
 
 def _unary(
-    method: Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]],
-) -> Callable[[Any, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
+    method: Callable[[Any, _Request, _Context], Awaitable[_Response]],
+) -> Callable[[Any, _Request, _Context], Awaitable[_Response]]:
     @functools.wraps(method)
-    async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+    async def wrapper(self: Any, request: _Request, context: _Context) -> _Response:
         try:
             _reject_malformed(request)
             return await method(self, request, context)
         except Exception as exc:
-            await context.abort_with_status(rpc_status.to_status(error_status(exc)))
-            raise AssertionError("abort_with_status returned") from exc
+            await abort_with_status(context, rpc_status.to_status(error_status(exc)))
 
     return wrapper
 
 
 def _streaming(
-    method: Callable[[Any, _Request, grpc.aio.ServicerContext], AsyncIterator[_Response]],
-) -> Callable[[Any, _Request, grpc.aio.ServicerContext], AsyncIterator[_Response]]:
+    method: Callable[[Any, _Request, _Context], AsyncIterator[_Response]],
+) -> Callable[[Any, _Request, _Context], AsyncIterator[_Response]]:
     @functools.wraps(method)
-    async def wrapper(
-        self: Any, request: _Request, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[_Response]:
+    async def wrapper(self: Any, request: _Request, context: _Context) -> AsyncIterator[_Response]:
         try:
             _reject_malformed(request)
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:
-            await context.abort_with_status(rpc_status.to_status(error_status(exc)))
+            await abort_with_status(context, rpc_status.to_status(error_status(exc)))
 
     return wrapper
 
@@ -209,8 +215,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         return message
 
     @_unary
-    async def ListPipelines(  # type: ignore[override]
-        self, request: pipeline_service_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
+    async def ListPipelines(
+        self, request: pipeline_service_pb2.ListPipelinesRequest, context: _Context
     ) -> pipeline_service_pb2.ListPipelinesResponse:
         pipelines, next_token = self._controller.list_pipelines(
             request.page_size, request.page_token
@@ -220,14 +226,14 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         )
 
     @_unary
-    async def GetPipeline(  # type: ignore[override]
-        self, request: pipeline_service_pb2.GetPipelineRequest, context: grpc.aio.ServicerContext
+    async def GetPipeline(
+        self, request: pipeline_service_pb2.GetPipelineRequest, context: _Context
     ) -> pipeline_pb2.Pipeline:
         return convert.pipeline(self._controller.get_pipeline(request.name), with_spec=True)
 
     @_unary
-    async def CreateRun(  # type: ignore[override]
-        self, request: pipeline_service_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
+    async def CreateRun(
+        self, request: pipeline_service_pb2.CreateRunRequest, context: _Context
     ) -> run_pb2.Run:
         run = await self._controller.create_run(
             CreateRunInput(
@@ -242,16 +248,16 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         return convert.run(run)
 
     @_unary
-    async def GetRun(  # type: ignore[override]
-        self, request: pipeline_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    async def GetRun(
+        self, request: pipeline_service_pb2.GetRunRequest, context: _Context
     ) -> run_pb2.Run:
         # Converted once per revision, like the watchers' messages: a run is mostly polled
         # while nothing changes, and conversion is most of the cost of a call.
         return self._watch_message(await self._controller.get_run(request.name)).run
 
     @_unary
-    async def ListRuns(  # type: ignore[override]
-        self, request: pipeline_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    async def ListRuns(
+        self, request: pipeline_service_pb2.ListRunsRequest, context: _Context
     ) -> pipeline_service_pb2.ListRunsResponse:
         runs, next_token = await self._controller.list_runs(
             ListRunsInput(
@@ -273,15 +279,15 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         )
 
     @_unary
-    async def CancelRun(  # type: ignore[override]
-        self, request: pipeline_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    async def CancelRun(
+        self, request: pipeline_service_pb2.CancelRunRequest, context: _Context
     ) -> run_pb2.Run:
         run = await self._controller.cancel_run(request.name, principal=current_principal())
         return convert.run(run)
 
     @_streaming
-    async def WatchRun(  # type: ignore[override]
-        self, request: pipeline_service_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    async def WatchRun(
+        self, request: pipeline_service_pb2.WatchRunRequest, context: _Context
     ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
         runs = self._controller.watch_run(
             request.name, request.after_revision, principal=current_principal()
@@ -290,8 +296,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             yield self._watch_message(run)
 
     @_unary
-    async def RetryRun(  # type: ignore[override]
-        self, request: pipeline_service_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
+    async def RetryRun(
+        self, request: pipeline_service_pb2.RetryRunRequest, context: _Context
     ) -> run_pb2.Run:
         run = await self._controller.retry_run(
             request.name,
@@ -302,8 +308,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         return convert.run(run)
 
     @_streaming
-    async def ReadStepLogs(  # type: ignore[override]
-        self, request: pipeline_service_pb2.ReadStepLogsRequest, context: grpc.aio.ServicerContext
+    async def ReadStepLogs(
+        self, request: pipeline_service_pb2.ReadStepLogsRequest, context: _Context
     ) -> AsyncIterator[pipeline_service_pb2.ReadStepLogsResponse]:
         lines = self._controller.read_step_logs(
             request.run,

@@ -94,8 +94,7 @@ class FakeChatServer:
     @property
     def url(self) -> str:
         """The base URL, as OpenAI clients take it (…/v1)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
 
     def __enter__(self) -> FakeChatServer:
         self._thread.start()

@@ -203,7 +203,8 @@ def _postgres_bin(tool: str) -> str | None:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _start_throwaway_server() -> tuple[_ThrowawayServer | None, str]:

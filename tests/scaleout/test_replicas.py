@@ -14,6 +14,9 @@ import psycopg
 
 from skit.pipelines.v1 import pipeline_service_pb2 as api
 from skit.pipelines.v1 import run_pb2
+from skit_testing.waiting import until
+
+OUTAGE_SECONDS = 1.0
 
 pytest_plugins = ["skit_testing.postgres"]
 
@@ -144,10 +147,15 @@ async def test_replicas_ride_out_a_postgres_restart(start_replicas, throwaway_po
         get = api.GetRunRequest(name=run.name)
         watch_b = asyncio.create_task(revisions(on_b.WatchRun(api.WatchRunRequest(name=run.name))))
         watch_a = asyncio.create_task(revisions(on_a.WatchRun(api.WatchRunRequest(name=run.name))))
-        await asyncio.sleep(0.8)
 
+        async def running() -> bool:
+            current = await on_a.GetRun(get, timeout=10)
+            return current.state == run_pb2.RUN_STATE_RUNNING
+
+        await until(running, 30, what="the run is RUNNING")
         await asyncio.to_thread(server.shut_down)
-        await asyncio.sleep(1.0)
+        # The outage itself: long enough for both replicas to see failing calls.
+        await asyncio.sleep(OUTAGE_SECONDS)
         await asyncio.to_thread(server.start_again)
         back = time.monotonic()
         while True:

@@ -1,5 +1,7 @@
 """Load: many watchers plus a steady stream of creates, for a bounded time. Every watcher
-sees every revision in order, no call fails, and memory growth is reported."""
+sees every revision in order, no call fails, and memory stays bounded: a second round of
+the same load may not grow the process by more than a small fraction of the first (a leak
+per watcher, revision or run grows both rounds alike)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ pytestmark = pytest.mark.xdist_group("load")
 WATCHERS = 300
 SECONDS = 4.0
 CREATES_PER_SECOND = 40
+ROUNDS = 2
+STEADY_GROWTH_LIMIT_MIB = 8.0
+"""RSS growth allowed in the second round, once caches and the allocator have warmed up.
+Measured here: about 21 MiB in the first round, under 3 MiB in the second."""
 
 
 def create_request() -> pb.CreateRunRequest:
@@ -28,10 +34,23 @@ def create_request() -> pb.CreateRunRequest:
     return pb.CreateRunRequest(run=run_pb2.Run(pipeline="pipelines/typed", parameters=parameters))
 
 
+def rss_mib(process: psutil.Process) -> float:
+    gc.collect()
+    return process.memory_info().rss / 2**20
+
+
 async def test_watchers_and_creates_under_load(service) -> None:
     process = psutil.Process()
-    gc.collect()
-    rss_before = process.memory_info().rss
+    growth = []
+    for _ in range(ROUNDS):
+        before = rss_mib(process)
+        await load_round(service)
+        growth.append(rss_mib(process) - before)
+    print(f"load: RSS growth per round {', '.join(f'{g:.1f}' for g in growth)} MiB")
+    assert growth[-1] <= STEADY_GROWTH_LIMIT_MIB, growth
+
+
+async def load_round(service) -> None:
     target = await service.stub.CreateRun(create_request())
     target_id = target.name.removeprefix("runs/")
     sink = service.backend.sinks[target_id]
@@ -58,11 +77,9 @@ async def test_watchers_and_creates_under_load(service) -> None:
     results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
     for revisions in results:
         assert revisions[0] >= 1 and revisions == list(range(revisions[0], final.revision + 1))
-    gc.collect()
-    growth = (process.memory_info().rss - rss_before) / 2**20
     print(
         f"load: {WATCHERS} watchers x {final.revision} revisions, {created} creates in"
-        f" {SECONDS:.0f}s, RSS growth {growth:.1f} MiB"
+        f" {SECONDS:.0f}s"
     )
     assert created >= SECONDS * CREATES_PER_SECOND / 2
     assert service.store.hub.watcher_count() == 0
