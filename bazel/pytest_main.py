@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
+import declared_imports
 import pytest
 
 
 def main(argv: list[str]) -> int:
+    declared_imports.keep_declared_only()
     args = ["-c", "pyproject.toml", "--rootdir", ".", *argv]
     if xml := os.environ.get("XML_OUTPUT_FILE"):
         args.append(f"--junitxml={xml}")

@@ -4,5 +4,8 @@
 - `migrations`: the versioned schema of those databases; components never create schema.
 - `cli`: argument parsing and the exit-code contract (2 bad input, 13 internal error).
 - `outputs`: writing output parameter and artifact files at the paths KFP hands a step.
-- `loader`: importing a component module from its image folder (for tests).
+- `slu`: intent classification: the tagged CSV, the split, training, evaluation, model files.
+- `model_registry`: immutable model versions and a production pointer per model kind.
+- `loader`: importing a component's entrypoint (a module or a small package) from its image
+  folder, as `python3 -m <name>` would (for tests and benchmarks).
 """

@@ -100,14 +100,14 @@ def iso_date_or_empty(text: str) -> date | None:
         raise argparse.ArgumentTypeError(f"expected a date like 2026-10-31, got {text!r}") from None
 
 
-def json_list(item_type: type[int] | type[str]) -> Callable[[str], list]:
+def json_list(item_type: type[int] | type[str]) -> Callable[[str], list[int | str]]:
     """A JsonArray input whose items all have `item_type`; "" is the empty list.
 
     Integer items may arrive as integral floats ([1.0, 2.0]): list parameters travel as
     google.protobuf.Value, whose only number type is a double.
     """
 
-    def parse(text: str) -> list:
+    def parse(text: str) -> list[int | str]:
         if not text.strip():
             return []
         try:
@@ -116,8 +116,14 @@ def json_list(item_type: type[int] | type[str]) -> Callable[[str], list]:
             raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}") from None
         if not isinstance(value, list):
             raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
-        items = [_as(item_type, v) for v in value]
-        bad = [v for v, item in zip(value, items, strict=True) if item is None]
+        items: list[int | str] = []
+        bad: list[object] = []
+        for v in value:
+            item = _as(item_type, v)
+            if item is None:
+                bad.append(v)
+            else:
+                items.append(item)
         if bad:
             raise argparse.ArgumentTypeError(
                 f"expected a JSON array of {item_type.__name__}, got items {bad!r}"

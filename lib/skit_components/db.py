@@ -98,7 +98,8 @@ class PostgresDialect(Dialect):
         return value.astimezone(UTC)
 
     def to_datetime(self, value: Any) -> datetime:
-        return value.astimezone(UTC)
+        moment: datetime = value  # psycopg returns timestamptz columns as aware datetimes
+        return moment.astimezone(UTC)
 
     def json_text(self, column: str) -> str:
         return f"{column}::text"
@@ -174,15 +175,16 @@ class Database:
             with self.connection.cursor() as cursor:
                 cursor.executemany(self.dialect.sql(query), rows)
 
-    def fetchall(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def fetchall(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self.execute(query, params).fetchall())
 
-    def fetchone(self, query: str, params: Sequence[Any] = ()) -> tuple | None:
-        return self.execute(query, params).fetchone()
+    def fetchone(self, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.execute(query, params).fetchone()
+        return row
 
     def stream(
         self, query: str, params: Sequence[Any] = (), *, batch_size: int = 2000
-    ) -> Iterator[tuple]:
+    ) -> Iterator[tuple[Any, ...]]:
         """Yields the rows of a query without holding the result in memory: a server-side
         cursor on PostgreSQL, SQLite's own lazy cursor otherwise."""
         if self.dialect is SQLITE:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 
 def output_path(path: str | Path) -> Path:
@@ -13,7 +14,9 @@ def output_path(path: str | Path) -> Path:
     return path
 
 
-def write_parameter(path: str | Path, value: str | int | float | bool | list | dict) -> None:
+def write_parameter(
+    path: str | Path, value: str | int | float | bool | list[Any] | dict[str, Any]
+) -> None:
     """Writes an output parameter in the text form KFP's launcher parses for its type:
     strings as they are, everything else as JSON (so booleans are "true"/"false")."""
     text = value if isinstance(value, str) else json.dumps(value)

@@ -492,8 +492,8 @@ def score(
         for t, p, language in zip(truth, predicted, languages, strict=True):
             grouped[language or "unknown"][0].append(t)
             grouped[language or "unknown"][1].append(p)
-        for language, (t, p) in sorted(grouped.items()):
-            per_language[language] = _macro_f1(t, p)
+        for language, (language_truth, language_predicted) in sorted(grouped.items()):
+            per_language[language] = _macro_f1(language_truth, language_predicted)
     return Evaluation(
         examples=len(truth),
         labels=labels,

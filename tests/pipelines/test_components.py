@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kfp import components
 
-from skit_components.loader import import_component
+from skit_components.loader import entrypoint_file, import_component
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -47,7 +47,6 @@ def test_folder_has_every_required_file(folder):
     for required in (
         "component.yaml",
         "Dockerfile",
-        f"{name}.py",
         "VERSION",
         "CHANGELOG.md",
         "requirements.in",
@@ -56,6 +55,11 @@ def test_folder_has_every_required_file(folder):
         f"tests/test_{name}.py",
     ):
         assert (folder / required).is_file(), f"{name}/{required} is missing"
+    # The entrypoint: a module <name>.py, or a small package <name>/ run by its __main__.py.
+    entrypoint = entrypoint_file(folder)
+    assert entrypoint.is_file(), f"{name}/{name}.py (or {name}/__init__.py) is missing"
+    if entrypoint.name == "__init__.py":
+        assert (entrypoint.parent / "__main__.py").is_file(), f"{name}/{name}/__main__.py"
 
 
 def test_version_is_semver_and_in_the_changelog(folder):
@@ -94,7 +98,11 @@ def test_dockerfile_runs_the_same_command_as_a_non_root_user(folder):
     name = folder.name
     text = (folder / "Dockerfile").read_text()
     assert f'ENTRYPOINT ["python3", "-m", "{name}"]' in text
-    assert f"COPY images/{name}/{name}.py" in text
+    if entrypoint_file(folder).name == "__init__.py":
+        assert f"COPY images/{name}/{name}/*.py /app/{name}/" in text
+    else:
+        assert f"COPY images/{name}/{name}.py" in text
+    assert f"COPY images/{name}/tests" not in text, "test code stays out of the image"
     assert f"COPY images/{name}/requirements.lock" in text
     assert "--require-hashes" in text
     user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
@@ -127,11 +135,11 @@ def _input_paths(args: object) -> set[str]:
 
 def test_the_smoke_run_works_outside_the_image(folder, tmp_path):
     """smoke.yaml, as skit-release runs it in the built image, with /smoke made local."""
-    from skit_release import cli as release
+    from skit_release.smoke import load_smoke, make_fixture
 
-    spec = release.load_smoke(folder)
+    spec = load_smoke(folder)
     smoke = tmp_path / "smoke"
-    release.make_fixture(folder, spec, smoke)
+    make_fixture(folder, spec, smoke)
 
     def local(text: str) -> str:
         return text.replace("/smoke", str(smoke))

@@ -25,16 +25,13 @@ from pathlib import Path
 import pytest
 
 from skit_pipelines.imagelock import load_lock, pin_images
-from skit_release import cli as release
-from skit_release.cli import (
-    Buildah,
-    Builder,
-    Engine,
-    Image,
-    ImageConfig,
-    SmokeResult,
-    SmokeSpec,
-)
+from skit_release import cli, layout
+from skit_release.base_image import DEFAULT_CACHE_DIR, make_base_image
+from skit_release.builder import Builder, Outcome, ci_images, release
+from skit_release.engines import Buildah, Engine, ImageConfig
+from skit_release.git import ReleaseError
+from skit_release.layout import Image
+from skit_release.smoke import SmokeResult, SmokeSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ("fetch_calls", "invalidate_situations")
@@ -47,7 +44,7 @@ GIT_ENV = {
 pytestmark = pytest.mark.xdist_group("buildah")  # one worker: real builds share storage
 REAL_BUILDAH = os.environ.get("SKIT_TEST_BUILDAH") == "1"
 # The base image cache is shared with `skit-release` (CI keeps it between runs).
-cache_dir = Path(os.environ.get("SKIT_CACHE_DIR", release.DEFAULT_CACHE_DIR))
+cache_dir = Path(os.environ.get("SKIT_CACHE_DIR", DEFAULT_CACHE_DIR))
 
 
 def git(repo: Path, *args: str) -> str:
@@ -134,7 +131,7 @@ def _builder(repo: Path) -> tuple[Builder, Engine]:
         return Builder(root=repo, engine=engine, base_image=None), engine
     engine = Buildah()
     began = time.perf_counter()
-    base = release.make_base_image(engine, cache_dir)
+    base = make_base_image(engine, cache_dir)
     print(f"base image {base}: {time.perf_counter() - began:.1f}s")
     return Builder(root=repo, engine=engine, base_image=base), engine
 
@@ -152,11 +149,11 @@ def engines() -> Iterator[list[Engine]]:
 
 
 def _changed(repo: Path) -> list[str]:
-    return [image.name for image in release.changed_images(repo)]
+    return [image.name for image in layout.changed_images(repo)]
 
 
 def _images(repo: Path, *names: str) -> list[Image]:
-    return release.select_images(repo, list(names))
+    return layout.select_images(repo, list(names))
 
 
 def _bump(repo: Path, name: str, version: str) -> None:
@@ -194,9 +191,9 @@ def test_changing_one_component_releases_and_repins_only_that_image(
 
     # Never released: both are changed, and releasing them tags both.
     assert _changed(repo) == list(IMAGES)
-    _, problems = release.check(repo)
+    _, problems = layout.check(repo)
     assert problems == {}
-    outcomes = release.release(repo, _images(repo, *IMAGES), builder, registry, tag=True)
+    outcomes = release(repo, _images(repo, *IMAGES), builder, registry, tag=True)
     assert [o.error for o in outcomes] == [None, None]
     first = load_lock(lock_path)
     assert set(first) == set(IMAGES)
@@ -214,18 +211,18 @@ def test_changing_one_component_releases_and_repins_only_that_image(
     assert _changed(repo) == ["fetch_calls"]  # uncommitted changes count
     git(repo, "commit", "--quiet", "-am", "Change fetch_calls")
     assert _changed(repo) == ["fetch_calls"]
-    _, problems = release.check(repo)
+    _, problems = layout.check(repo)
     assert list(problems) == ["fetch_calls"]
     assert any("bump it" in p for p in problems["fetch_calls"])
-    assert release.main(["--repo", str(repo), "check"]) == release.EXIT_FAILURE
+    assert cli.main(["--repo", str(repo), "check"]) == cli.EXIT_FAILURE
 
     _bump(repo, "fetch_calls", "0.1.1")
     git(repo, "commit", "--quiet", "-am", "fetch_calls 0.1.1")
-    assert release.check(repo)[1] == {}
+    assert layout.check(repo)[1] == {}
 
     # Release what changed: one build, one push, one new lock entry and tag.
     built_before = list(getattr(engine, "built", []))
-    outcomes = release.release(repo, release.changed_images(repo), builder, registry, tag=True)
+    outcomes = release(repo, layout.changed_images(repo), builder, registry, tag=True)
     assert [(o.image.name, o.error) for o in outcomes] == [("fetch_calls", None)]
     if isinstance(engine, FakeEngine):
         assert engine.built == [*built_before, "fetch_calls"]
@@ -259,7 +256,7 @@ def test_a_change_in_lib_changes_every_image(clone):
     assert _changed(clone) == []
     (clone / "lib" / "skit_components" / "new_helper.py").write_text("VALUE = 1\n")
     assert _changed(clone) == list(IMAGES)  # untracked files count too
-    changes = {c.image.name: c for c in release.changes(clone)}
+    changes = {c.image.name: c for c in layout.changes(clone)}
     assert changes["fetch_calls"].files == ("lib/skit_components/new_helper.py",)
 
 
@@ -267,20 +264,20 @@ def test_the_latest_release_tag_in_history_is_the_last_release(clone):
     git(clone, "tag", "images/fetch_calls/v0.0.9")
     git(clone, "tag", "images/fetch_calls/v0.1.0")
     git(clone, "tag", "images/fetch_calls/not-a-version")
-    change = next(c for c in release.changes(clone) if c.image.name == "fetch_calls")
+    change = next(c for c in layout.changes(clone) if c.image.name == "fetch_calls")
     assert change.last_version == "0.1.0" and not change.changed
 
 
 def test_a_release_tag_needs_committed_content(clone, tmp_path):
     (clone / "images" / "fetch_calls" / "README.md").write_text("edited\n")
     builder = Builder(root=clone, engine=FakeEngine(clone))
-    with pytest.raises(release.ReleaseError, match="commit the changes of images/fetch_calls"):
-        release.release(clone, _images(clone, "fetch_calls"), builder, f"oci:{tmp_path}", tag=True)
+    with pytest.raises(ReleaseError, match="commit the changes of images/fetch_calls"):
+        release(clone, _images(clone, "fetch_calls"), builder, f"oci:{tmp_path}", tag=True)
 
 
 def test_changed_cli_lists_names_and_json(clone, capsys):
     git(clone, "tag", "images/invalidate_situations/v0.1.0")
-    assert release.main(["--repo", str(clone), "changed", "--json"]) == 0
+    assert cli.main(["--repo", str(clone), "changed", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [entry["name"] for entry in listed] == ["fetch_calls"]
     assert listed[0]["last_release"] is None
@@ -290,7 +287,7 @@ def test_compile_cli_pins_from_the_lock(clone, tmp_path, capsys):
     out = tmp_path / "ir"
     module = str(clone / "pipelines" / "random_sample_calls.py")
     command = ["--repo", str(clone), "compile", "--pin", "--out", str(out), module]
-    assert release.main(command) == 1
+    assert cli.main(command) == 1
     assert "never released" in capsys.readouterr().err
     (clone / "images" / "images.lock.json").write_text(
         json.dumps(
@@ -304,7 +301,7 @@ def test_compile_cli_pins_from_the_lock(clone, tmp_path, capsys):
             }
         )
     )
-    assert release.main(command) == 0
+    assert cli.main(command) == 0
     text = (out / "random-sample-calls.yaml").read_text()
     assert "reg.example/skit-pipelines/fetch-calls:0.1.0@sha256:" + "0" * 64 in text
 
@@ -316,20 +313,20 @@ def test_real_images_have_their_entrypoint_user_and_version(clone, engines):
     engines.append(engine)
     assert isinstance(engine, Buildah)
     image = _images(clone, "invalidate_situations")[0]
-    builder.build(image, release.Outcome(image))
+    builder.build(image, Outcome(image))
     config: ImageConfig = engine.config(image.local_ref)
     assert config.entrypoint == ("python3", "-m", "invalidate_situations")
     assert config.user not in ("", "0", "root")
 
 
 def test_ci_builds_the_changed_images_or_else_the_least_recently_released(clone):
-    assert [i.name for i in release.ci_images(release.changes(clone))] == list(IMAGES)
+    assert [i.name for i in ci_images(layout.changes(clone))] == list(IMAGES)
     git(clone, "tag", "images/invalidate_situations/v0.1.0")
-    assert [i.name for i in release.ci_images(release.changes(clone))] == ["fetch_calls"]
+    assert [i.name for i in ci_images(layout.changes(clone))] == ["fetch_calls"]
     subprocess.run(
         ["git", "-C", str(clone), "commit", "--quiet", "--allow-empty", "-m", "later"],
         env={**os.environ, **GIT_ENV, "GIT_COMMITTER_DATE": "2030-01-01T00:00:00Z"},
         check=True,
     )
     git(clone, "tag", "images/fetch_calls/v0.1.0")
-    assert [i.name for i in release.ci_images(release.changes(clone))] == ["invalidate_situations"]
+    assert [i.name for i in ci_images(layout.changes(clone))] == ["invalidate_situations"]

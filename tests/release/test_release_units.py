@@ -15,8 +15,11 @@ from skit_pipelines.imagelock import (
     save_lock,
 )
 from skit_pipelines.images import folder_name_for_image
-from skit_release import cli as release
-from skit_release.cli import Change, Image
+from skit_release.base_image import apt_mirror, base_image_ref
+from skit_release.builder import push_destination
+from skit_release.git import ReleaseError, is_semver, semver_key
+from skit_release.layout import Change, Image, image_folders, layout_problems, release_problems
+from skit_release.smoke import load_smoke, make_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGEST_A = "sha256:" + "a" * 64
@@ -33,16 +36,16 @@ def test_semver_precedence():
         "0.1.1",
         "0.2.0",
     ]
-    assert sorted(ordered[::-1], key=release.semver_key) == ordered
-    assert release.semver_key("1.10.0") > release.semver_key("1.9.3")
+    assert sorted(ordered[::-1], key=semver_key) == ordered
+    assert semver_key("1.10.0") > semver_key("1.9.3")
     for bad in ("1.0", "v1.0.0", "01.0.0", "1.0.0-", ""):
-        assert not release.is_semver(bad)
+        assert not is_semver(bad)
 
 
 def test_every_image_folder_is_complete():
     """Every images/<name>/ has a BUILD.bazel calling component_image(), a smoke.yaml, and
     what a release needs; `skit-release check` prints how to fix what is missing."""
-    problems = [p for image in release.image_folders(ROOT) for p in release.layout_problems(image)]
+    problems = [p for image in image_folders(ROOT) for p in layout_problems(image)]
     assert not problems, "\n".join(problems)
 
 
@@ -67,13 +70,13 @@ def _folder(tmp_path: Path, version: str = "0.2.0", tag: str = "0.2.0") -> Image
 
 def test_a_complete_bumped_folder_has_no_problems(tmp_path):
     image = _folder(tmp_path)
-    assert release.layout_problems(image) == []
-    assert release.release_problems(Change(image, "0.1.0", ("images/thing/thing.py",))) == []
+    assert layout_problems(image) == []
+    assert release_problems(Change(image, "0.1.0", ("images/thing/thing.py",))) == []
 
 
 def test_a_changed_image_must_bump_version_and_changelog_and_component_tag(tmp_path):
     image = _folder(tmp_path, version="0.1.0", tag="0.0.9")
-    problems = release.release_problems(Change(image, "0.1.0", ("images/thing/thing.py",)))
+    problems = release_problems(Change(image, "0.1.0", ("images/thing/thing.py",)))
     assert any("bump it" in p for p in problems)
     assert any("CHANGELOG.md has no `## 0.1.0`" in p for p in problems)
     assert any("component.yaml names tag 0.0.9 but VERSION is 0.1.0" in p for p in problems)
@@ -84,7 +87,7 @@ def test_layout_problems_say_how_to_fix_them(tmp_path):
     (image.folder / "BUILD.bazel").unlink()
     (image.folder / "smoke.yaml").unlink()
     (image.folder / "Dockerfile").write_text("FROM python:3.11-slim\n")
-    problems = "\n".join(release.layout_problems(image))
+    problems = "\n".join(layout_problems(image))
     assert "component_image()" in problems and "BUILD.bazel" in problems
     assert "smoke.yaml is missing" in problems and "images/fetch_calls/smoke.yaml" in problems
     assert "ARG BASE_IMAGE" in problems
@@ -92,20 +95,20 @@ def test_layout_problems_say_how_to_fix_them(tmp_path):
 
 def test_smoke_definitions_of_the_repo_load():
     for name in ("fetch_calls", "invalidate_situations", "fetch_tagged_dataset"):
-        spec = release.load_smoke(ROOT / "images" / name)
+        spec = load_smoke(ROOT / "images" / name)
         assert spec.args and spec.outputs and spec.demo_data is not None
 
 
 def test_bad_smoke_definitions_are_refused(tmp_path):
     image = _folder(tmp_path)
     (image.folder / "smoke.yaml").write_text("args: [--x]\n")
-    with pytest.raises(release.ReleaseError, match="outputs"):
-        release.load_smoke(image.folder)
+    with pytest.raises(ReleaseError, match="outputs"):
+        load_smoke(image.folder)
     (image.folder / "smoke.yaml").write_text(
         "args: [--x]\noutputs: [a]\nfixture: {files: {a: nope}}\n"
     )
-    with pytest.raises(release.ReleaseError, match="nope does not exist"):
-        release.load_smoke(image.folder)
+    with pytest.raises(ReleaseError, match="nope does not exist"):
+        load_smoke(image.folder)
 
 
 def test_smoke_fixture_has_the_demo_databases_and_files(tmp_path):
@@ -117,7 +120,7 @@ def test_smoke_fixture_has_the_demo_databases_and_files(tmp_path):
         ' text: {t.csv: "a\\n1\\n"}}\n'
     )
     target = tmp_path / "smoke"
-    release.make_fixture(image.folder, release.load_smoke(image.folder), target)
+    make_fixture(image.folder, load_smoke(image.folder), target)
     assert (target / "calls.db").stat().st_size > 0
     assert (target / "metrics.db").stat().st_size > 0
     assert (target / "in" / "x.csv").read_text() == "a,b\n1,2\n"
@@ -142,13 +145,13 @@ def test_smoke_fixture_has_the_demo_databases_and_files(tmp_path):
 )
 def test_registry_destinations(registry, destination, reference):
     image = Image("fetch_calls", Path("images/fetch_calls"), "1.2.3")
-    assert release.push_destination(registry, image) == (destination, reference)
+    assert push_destination(registry, image) == (destination, reference)
 
 
 @pytest.mark.parametrize("transport", ["oci:", "oci-archive:", "dir:"])
 def test_local_transport_references_still_name_the_image_folder(tmp_path, transport):
     image = Image("fetch_calls", Path("images/fetch_calls"), "1.2.3")
-    destination, reference = release.push_destination(f"{transport}{tmp_path}", image)
+    destination, reference = push_destination(f"{transport}{tmp_path}", image)
     assert destination == reference and destination.startswith(transport + str(tmp_path))
     assert folder_name_for_image(reference) == "fetch_calls"
     assert folder_name_for_image(f"{reference}@{DIGEST_A}") == "fetch_calls"
@@ -227,15 +230,15 @@ def test_the_committed_lock_is_valid():
 
 
 def test_apt_mirror_is_a_url():
-    assert release.apt_mirror().startswith(("http://", "https://", "file:"))
+    assert apt_mirror().startswith(("http://", "https://", "file:"))
 
 
 def test_base_image_name_changes_weekly():
     import datetime
 
-    monday = release.base_image_ref(today=datetime.date(2026, 11, 23))
-    sunday = release.base_image_ref(today=datetime.date(2026, 11, 29))
-    next_monday = release.base_image_ref(today=datetime.date(2026, 11, 30))
+    monday = base_image_ref(today=datetime.date(2026, 11, 23))
+    sunday = base_image_ref(today=datetime.date(2026, 11, 29))
+    next_monday = base_image_ref(today=datetime.date(2026, 11, 30))
     assert monday == sunday != next_monday
     assert monday.startswith("localhost/skit-pipelines-base:bookworm-2026w48-")
 
@@ -243,8 +246,6 @@ def test_base_image_name_changes_weekly():
 def test_an_image_folder_must_be_listed_in_images_build(tmp_path):
     image = _folder(tmp_path)
     (tmp_path / "images" / "BUILD.bazel").write_text('IMAGES = [\n    "other",\n]\n')
-    assert release.layout_problems(image) == [
-        'images/thing: add "thing", to IMAGES in images/BUILD.bazel'
-    ]
+    assert layout_problems(image) == ['images/thing: add "thing", to IMAGES in images/BUILD.bazel']
     (tmp_path / "images" / "BUILD.bazel").write_text('IMAGES = [\n    "other",\n    "thing",\n]\n')
-    assert release.layout_problems(image) == []
+    assert layout_problems(image) == []

@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -252,8 +254,8 @@ calling_hours:
         "night_shift": 0,  # 11:00 IST on a Monday
     }
     (rule,) = [r for r in policy.hours]
-    zone = judge_compliance.ZoneInfo("Asia/Kolkata")
-    at = judge_compliance.datetime
+    zone = ZoneInfo("Asia/Kolkata")
+    at = datetime
     assert rule.allows(at(2026, 10, 5, 23, 30, tzinfo=zone))
     assert rule.allows(at(2026, 10, 6, 5, 59, tzinfo=zone))
     assert not rule.allows(at(2026, 10, 6, 6, 0, tzinfo=zone))
@@ -335,8 +337,8 @@ def test_redaction_removes_numbers_contacts_and_names():
 @pytest.fixture
 def llm_env(monkeypatch: pytest.MonkeyPatch):
     """Points the judge at a fake endpoint; retries back off for milliseconds, not seconds."""
-    monkeypatch.setattr(judge_compliance, "BACKOFF_INITIAL_SECONDS", 0.01)
-    monkeypatch.setattr(judge_compliance, "BACKOFF_MAX_SECONDS", 0.05)
+    monkeypatch.setattr(judge_compliance.llm_client, "BACKOFF_INITIAL_SECONDS", 0.01)
+    monkeypatch.setattr(judge_compliance.llm_client, "BACKOFF_MAX_SECONDS", 0.05)
 
     def _point(url: str, key: str = "secret-key") -> None:
         monkeypatch.setenv("LLM_BASE_URL", url)
