@@ -7,7 +7,7 @@ from pathlib import Path
 
 from skit_pipelines import protogen
 
-COMMITTED = protogen.PROJECT_ROOT / "service"
+COMMITTED = protogen.OUTPUT_ROOT
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:

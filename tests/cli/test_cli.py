@@ -16,6 +16,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines.config import ServerConfig
+from skit_pipelines_cli import live
 from skit_pipelines_cli import main as cli
 from skit_pipelines_client import PipelinesClient
 
@@ -454,7 +455,7 @@ def test_live_watch_redraws_in_place_and_draws_below_a_note(server, fake, succee
     out = io.StringIO()
 
     with PipelinesClient(server) as client:
-        assert cli.watch(client, "abc", out, live=True) == 0
+        assert live.watch(client, "abc", out, live=True) == 0
 
     text = out.getvalue()
     assert text.startswith("\x1b[?25l\x1b[Jruns/abc  pipelines/transcribe-calls  QUEUED  r1")
@@ -496,7 +497,7 @@ def test_live_watch_notes_a_dropped_stream_after_the_frames_received_before_it(
     fake.drop_watch_after = 2
     shown: list[tuple[str, str]] = []
     monkeypatch.setattr(sys, "stderr", _Recorder("err", shown))
-    render_frame = cli.render_frame
+    render_frame = live.render_frame
     lagged = []
 
     def slow_first_frame(*args, **kwargs):
@@ -505,10 +506,10 @@ def test_live_watch_notes_a_dropped_stream_after_the_frames_received_before_it(
             time.sleep(0.5)  # the stream goes on meanwhile, and drops
         return render_frame(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "render_frame", slow_first_frame)
+    monkeypatch.setattr(live, "render_frame", slow_first_frame)
 
     with PipelinesClient(server) as client:
-        assert cli.watch(client, "abc", _Recorder("out", shown), live=True) == 0
+        assert live.watch(client, "abc", _Recorder("out", shown), live=True) == 0
 
     note = next(i for i, (stream, text) in enumerate(shown) if "resuming" in text)
     assert shown[note][0] == "err"

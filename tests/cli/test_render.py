@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from skit.pipelines.v1 import run_pb2
-from skit_pipelines_cli import main as cli
+from skit_pipelines_cli import render, values
 from skit_pipelines_client import FieldViolation, RPCError
 
 NOW = datetime(2026, 11, 26, 10, 1, 0, tzinfo=UTC)  # 60 s after the fake runs were created
@@ -34,37 +34,37 @@ RUNNING = run_pb2.STEP_STATE_RUNNING
     ],
 )
 def test_parse_value_reads_json_else_text(text, value):
-    assert cli.parse_value(text) == value
-    assert type(cli.parse_value(text)) is type(value)
+    assert values.parse_value(text) == value
+    assert type(values.parse_value(text)) is type(value)
 
 
 def test_parse_param_splits_on_the_first_equals():
-    assert cli.parse_param("query=a=b") == ("query", "a=b")
+    assert values.parse_param("query=a=b") == ("query", "a=b")
     with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_param("=5")
+        values.parse_param("=5")
 
 
 @pytest.mark.parametrize("text", ["running", "RUNNING", "RUN_STATE_RUNNING", " Running "])
 def test_parse_run_state_accepts_any_spelling(text):
-    assert cli.parse_run_state(text) == run_pb2.RUN_STATE_RUNNING
+    assert values.parse_run_state(text) == run_pb2.RUN_STATE_RUNNING
 
 
 @pytest.mark.parametrize("text", ["unspecified", "done", ""])
 def test_parse_run_state_rejects_others(text):
     with pytest.raises(argparse.ArgumentTypeError, match="choose from queued, running"):
-        cli.parse_run_state(text)
+        values.parse_run_state(text)
 
 
 def test_parse_time_takes_naive_times_as_utc():
-    assert cli.parse_time("2026-11-26T10:00:00") == datetime(2026, 11, 26, 10, tzinfo=UTC)
-    assert cli.parse_time("2026-11-26T10:00:00Z") == datetime(2026, 11, 26, 10, tzinfo=UTC)
+    assert values.parse_time("2026-11-26T10:00:00") == datetime(2026, 11, 26, 10, tzinfo=UTC)
+    assert values.parse_time("2026-11-26T10:00:00Z") == datetime(2026, 11, 26, 10, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"), [(4.25, "4.2s"), (187, "3m07s"), (7500, "2h05m"), (-1, "0.0s")]
 )
 def test_format_duration(seconds, text):
-    assert cli.format_duration(seconds) == text
+    assert render.format_duration(seconds) == text
 
 
 # change_lines: the piped rendering of WatchRun
@@ -73,7 +73,7 @@ def test_format_duration(seconds, text):
 def test_first_snapshot_lists_the_run_and_every_step(make_run):
     current = make_run(revision=3, steps=[("a", run_pb2.STEP_STATE_SUCCEEDED), ("b", RUNNING)])
 
-    assert cli.change_lines(None, current) == [
+    assert render.change_lines(None, current) == [
         "2026-11-26T10:00:03Z runs/abc r3 RUNNING",
         "2026-11-26T10:00:03Z runs/abc r3 RUNNING step a SUCCEEDED",
         "2026-11-26T10:00:03Z runs/abc r3 RUNNING step b RUNNING",
@@ -84,14 +84,14 @@ def test_an_unchanged_snapshot_prints_nothing(make_run):
     before = make_run(revision=3, steps=[("a", RUNNING)])
     after = make_run(revision=4, steps=[("a", RUNNING)])
 
-    assert cli.change_lines(before, after) == []
+    assert render.change_lines(before, after) == []
 
 
 def test_only_the_changed_step_is_printed(make_run):
     before = make_run(revision=3, steps=[("a", RUNNING), ("b", run_pb2.STEP_STATE_PENDING)])
     after = make_run(revision=4, steps=[("a", RUNNING), ("b", RUNNING)])
 
-    assert cli.change_lines(before, after) == [
+    assert render.change_lines(before, after) == [
         "2026-11-26T10:00:04Z runs/abc r4 RUNNING step b RUNNING"
     ]
 
@@ -102,10 +102,10 @@ def test_a_retried_step_prints_its_attempt_and_error(make_run):
     )
     retrying = run_pb2.Step(name="a", state=RUNNING, attempt=2)
 
-    assert cli.change_lines(make_run(steps=[failed]), make_run(revision=2, steps=[retrying])) == [
-        "2026-11-26T10:00:02Z runs/abc r2 RUNNING step a RUNNING attempt 2"
-    ]
-    assert cli.change_lines(None, make_run(steps=[failed]))[-1].endswith("step a FAILED: OOM")
+    assert render.change_lines(
+        make_run(steps=[failed]), make_run(revision=2, steps=[retrying])
+    ) == ["2026-11-26T10:00:02Z runs/abc r2 RUNNING step a RUNNING attempt 2"]
+    assert render.change_lines(None, make_run(steps=[failed]))[-1].endswith("step a FAILED: OOM")
 
 
 def test_a_terminal_state_comes_after_the_step_changes(make_run):
@@ -117,7 +117,7 @@ def test_a_terminal_state_comes_after_the_step_changes(make_run):
         error={"code": 13, "message": "step a failed"},
     )
 
-    assert cli.change_lines(before, after) == [
+    assert render.change_lines(before, after) == [
         "2026-11-26T10:00:05Z runs/abc r5 FAILED step a FAILED",
         "2026-11-26T10:00:05Z runs/abc r5 FAILED: step a failed",
     ]
@@ -146,7 +146,7 @@ def running(make_run, at) -> run_pb2.Run:
 
 
 def test_frame_has_a_header_and_a_line_per_step(running):
-    frame = cli.render_frame(running, NOW)
+    frame = render.render_frame(running, NOW)
 
     assert frame[0] == "runs/abc  pipelines/transcribe-calls  RUNNING  r7  elapsed 50.0s"
     assert [line.split() for line in frame[1:]] == [
@@ -160,19 +160,19 @@ def test_frame_of_a_finished_run_stops_the_clock(running, at):
     running.state = run_pb2.RUN_STATE_SUCCEEDED
     running.end_time.CopyFrom(at(40))
 
-    assert cli.render_frame(running, NOW)[0].endswith("SUCCEEDED  r7  elapsed 30.0s")
+    assert render.render_frame(running, NOW)[0].endswith("SUCCEEDED  r7  elapsed 30.0s")
 
 
 def test_ascii_frame_has_no_other_characters(running):
-    frame = "\n".join(cli.render_frame(running, NOW, ascii_only=True))
+    frame = "\n".join(render.render_frame(running, NOW, ascii_only=True))
 
     assert frame.isascii()
     assert "+ fetch-calls" in frame and "> transcribe" in frame and ". train" in frame
 
 
 def test_redraw_moves_up_over_the_previous_frame_and_clips_lines():
-    assert cli.redraw(0, ["a", "b"], 80) == "\x1b[Ja\nb\n"
-    assert cli.redraw(3, ["x" * 100], 10) == "\x1b[3A\r\x1b[J" + "x" * 10 + "\n"
+    assert render.redraw(0, ["a", "b"], 80) == "\x1b[Ja\nb\n"
+    assert render.redraw(3, ["x" * 100], 10) == "\x1b[3A\r\x1b[J" + "x" * 10 + "\n"
 
 
 # outcome and errors
@@ -188,7 +188,7 @@ def test_outcome_of_a_success_lists_the_artifacts(make_run):
         output_parameters={"accuracy": 0.75, "rows": 120},
     )
 
-    assert cli.outcome_lines(finished) == [
+    assert render.outcome_lines(finished) == [
         "outputs:",
         "  transcripts  s3://b/t.csv",
         "  report       file:///tmp/report.html",
@@ -207,7 +207,7 @@ def test_error_lines_name_code_reason_violations_and_metadata():
         violations=[FieldViolation("request_id", "already used")],
     )
 
-    assert cli.error_lines(error, "h:1") == [
+    assert render.error_lines(error, "h:1") == [
         "error: request_id was used for a different request (ALREADY_EXISTS: REQUEST_ID_REUSED)",
         "  request_id: already used",
         "  existing: runs/abc",
@@ -217,4 +217,4 @@ def test_error_lines_name_code_reason_violations_and_metadata():
 def test_error_lines_do_not_repeat_a_reason_equal_to_the_code():
     error = RPCError(grpc.StatusCode.INVALID_ARGUMENT, "bad", reason="INVALID_ARGUMENT")
 
-    assert cli.error_lines(error, "h:1") == ["error: bad (INVALID_ARGUMENT)"]
+    assert render.error_lines(error, "h:1") == ["error: bad (INVALID_ARGUMENT)"]

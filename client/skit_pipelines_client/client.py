@@ -15,17 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
+from skit_pipelines_client._stubs import async_stub, sync_stub
 
 logger = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 RUNS_PREFIX = "runs/"
 PIPELINES_PREFIX = "pipelines/"
@@ -103,7 +108,8 @@ class RPCError(Exception):
         code = error.code() or grpc.StatusCode.UNKNOWN
         message = error.details() or ""
         try:
-            status = rpc_status.from_call(error)
+            # AioRpcError has the code(), details() and trailing_metadata() that from_call reads.
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
         except ValueError:
             # from_call rejects details whose code or message disagree with the call's;
             # the plain code and message are still worth reporting.
@@ -142,7 +148,11 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return timestamp
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+# grpc-stubs makes the interceptor classes generic; at run time they are not subscriptable.
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
     """Adds `authorization: Bearer <token>` to every call (also over plain loopback
     channels, where gRPC's own call credentials refuse to go)."""
 
@@ -159,10 +169,20 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
             compression=details.compression,
         )
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Message], grpc.CallFuture[Message]],
+        client_call_details: grpc.ClientCallDetails,
+        request: Message,
+    ) -> grpc.CallFuture[Message]:
         return continuation(self._with_token(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Message], grpc.CallIterator[Message]],
+        client_call_details: grpc.ClientCallDetails,
+        request: Message,
+    ) -> grpc.CallIterator[Message]:
         return continuation(self._with_token(client_call_details), request)
 
 
@@ -213,7 +233,7 @@ class ResumePolicy:
 
     def delay(self, failures: int) -> float:
         """The pause after `failures` earlier failures in a row (0 for the first)."""
-        base = min(self.first_delay * 2**failures, self.max_delay)
+        base = min(self.first_delay * 2.0**failures, self.max_delay)
         return base * (1 - self.jitter * random.random())
 
 
@@ -243,7 +263,7 @@ class PipelinesClient:
         if token is not None:
             channel = grpc.intercept_channel(channel, _BearerToken(token))
         self._channel = channel
-        self._stub = pipeline_service_pb2_grpc.PipelineServiceStub(self._channel)
+        self._stub = sync_stub(self._channel)
 
     def close(self) -> None:
         """Closes the channel; calls in flight, watches included, end with CANCELLED."""
@@ -260,7 +280,9 @@ class PipelinesClient:
     ) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as error:
@@ -311,7 +333,7 @@ class PipelinesClient:
     def list_runs(
         self,
         pipeline: str | None = None,
-        states: Iterable[run_pb2.RunState.ValueType] = (),
+        states: Iterable[run_pb2.RunState] = (),
         labels: Mapping[str, str] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
@@ -365,7 +387,7 @@ class PipelinesClient:
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
 
     def watch_run(self, run: str, after_revision: int = 0) -> Iterator[run_pb2.Run]:
         """Full snapshots of a run as it changes, until it reaches a terminal state.
@@ -384,7 +406,7 @@ class PipelinesClient:
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
 
     def watch(
         self,
@@ -440,7 +462,7 @@ def _create_run_request(
 
 def _list_runs_request(
     pipeline: str | None,
-    states: Iterable[run_pb2.RunState.ValueType],
+    states: Iterable[run_pb2.RunState],
     labels: Mapping[str, str] | None,
     created_after: datetime | None,
     created_before: datetime | None,
@@ -516,11 +538,11 @@ class AsyncPipelinesClient:
                 target, tls.credentials(), options=_CHANNEL_OPTIONS
             )
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
-        self._stub = pipeline_service_pb2_grpc.PipelineServiceStub(self._channel)
+        self._stub = async_stub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight, watches included, end with CANCELLED."""
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncPipelinesClient:
         return self
@@ -533,13 +555,20 @@ class AsyncPipelinesClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
         try:
             return await method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
 
-    async def _stream(self, method: Any, request: Any, timeout: float | None) -> AsyncIterator[Any]:
+    async def _stream(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> AsyncIterator[_Response]:
         call = method(request, timeout=timeout, metadata=self._metadata)
         try:
             async for response in call:
@@ -585,7 +614,7 @@ class AsyncPipelinesClient:
     async def list_runs(
         self,
         pipeline: str | None = None,
-        states: Iterable[run_pb2.RunState.ValueType] = (),
+        states: Iterable[run_pb2.RunState] = (),
         labels: Mapping[str, str] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,

@@ -1,0 +1,75 @@
+"""Typed views of the generated PipelineServiceStub.
+
+grpcio-tools writes the stub without types (its .pyi covers the messages only), so each
+client holds the stub as one of these protocols: the methods it calls, with their message
+types as grpc-stubs spells them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, cast
+
+import grpc
+import grpc.aio
+
+from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+
+
+class SyncStub(Protocol):
+    """PipelineServiceStub over a grpc.Channel."""
+
+    ListPipelines: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListPipelinesRequest, pipeline_service_pb2.ListPipelinesResponse
+    ]
+    GetPipeline: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetPipelineRequest, pipeline_pb2.Pipeline
+    ]
+    CreateRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.CreateRunRequest, run_pb2.Run]
+    GetRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.GetRunRequest, run_pb2.Run]
+    ListRuns: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListRunsRequest, pipeline_service_pb2.ListRunsResponse
+    ]
+    CancelRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.CancelRunRequest, run_pb2.Run]
+    RetryRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
+    WatchRun: grpc.UnaryStreamMultiCallable[
+        pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
+    ]
+    ReadStepLogs: grpc.UnaryStreamMultiCallable[
+        pipeline_service_pb2.ReadStepLogsRequest, pipeline_service_pb2.ReadStepLogsResponse
+    ]
+
+
+class AsyncStub(Protocol):
+    """PipelineServiceStub over a grpc.aio.Channel."""
+
+    ListPipelines: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListPipelinesRequest, pipeline_service_pb2.ListPipelinesResponse
+    ]
+    GetPipeline: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetPipelineRequest, pipeline_pb2.Pipeline
+    ]
+    CreateRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.CreateRunRequest, run_pb2.Run]
+    GetRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.GetRunRequest, run_pb2.Run]
+    ListRuns: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListRunsRequest, pipeline_service_pb2.ListRunsResponse
+    ]
+    CancelRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.CancelRunRequest, run_pb2.Run]
+    RetryRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
+    WatchRun: grpc.aio.UnaryStreamMultiCallable[
+        pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
+    ]
+    ReadStepLogs: grpc.aio.UnaryStreamMultiCallable[
+        pipeline_service_pb2.ReadStepLogsRequest, pipeline_service_pb2.ReadStepLogsResponse
+    ]
+
+
+def sync_stub(channel: grpc.Channel) -> SyncStub:
+    """The generated stub on a synchronous channel."""
+    stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
+    return cast(SyncStub, stub)
+
+
+def async_stub(channel: grpc.aio.Channel) -> AsyncStub:
+    """The generated stub on an asyncio channel (it makes grpc.aio multi-callables there)."""
+    stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
+    return cast(AsyncStub, stub)

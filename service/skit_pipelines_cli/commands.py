@@ -1,0 +1,269 @@
+"""One function per command, and `dispatch`, which runs the parsed one.
+
+Local commands take (args, out) and need no service; remote ones take (client, args, out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from google.protobuf.message import Message
+
+from skit.pipelines.v1 import pipeline_service_pb2
+from skit_pipelines.config import ServerConfig
+from skit_pipelines_cli.live import watch
+from skit_pipelines_cli.render import (
+    EXIT_OK,
+    describe_pipeline,
+    describe_run,
+    emit,
+    format_time,
+    needs_ascii,
+    pipelines_table,
+    print_json,
+    run_state_label,
+    runs_table,
+)
+from skit_pipelines_cli.values import UsageError
+from skit_pipelines_client import PipelinesClient, TlsOptions
+
+# The service caps ListRuns pages at this many runs (skit_pipelines.runs.MAX_PAGE_SIZE).
+_MAX_PAGE_SIZE = 1000
+
+LocalCommand = Callable[[argparse.Namespace, TextIO], int]
+RemoteCommand = Callable[[PipelinesClient, argparse.Namespace, TextIO], int]
+
+
+def dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    """Runs the parsed command; a remote one on a client connected as the options say."""
+    if hasattr(args, "local"):
+        local: LocalCommand = args.local
+        return local(args, out)
+    remote: RemoteCommand = args.remote
+    with _connect(args) as client:
+        return remote(client, args, out)
+
+
+def _connect(args: argparse.Namespace) -> PipelinesClient:
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        tls = TlsOptions(ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
+    return PipelinesClient(args.server, timeout=args.timeout, token=args.token, tls=tls)
+
+
+def serve(args: argparse.Namespace, out: TextIO) -> int:
+    """`serve`: the service, configured by SKIT_* variables and the flags over them."""
+    # Imported here: the client commands need neither the server nor its dependencies.
+    from skit_pipelines.server import serve as run_server
+
+    config = _config_from_env().with_overrides(
+        host=args.host,
+        port=args.port,
+        home=args.home,
+        pipelines_dir=args.pipelines_dir,
+        images_dir=args.images_dir,
+        health_port=args.health_port,
+        tokens_file=args.tokens_file,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
+        insecure=args.insecure,
+        store_url=args.store,
+        artifacts_url=args.artifacts,
+        s3_endpoint_url=args.s3_endpoint_url,
+        backend=args.backend,
+        kfp_host=args.kfp_host,
+        kfp_ui_url=args.kfp_ui_url,
+        kfp_images_lock=args.kfp_images_lock,
+        kfp_step_secrets=args.kfp_step_secrets,
+        traces_exporter=args.traces_exporter,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_otlp=args.metrics_otlp,
+        otlp_endpoint=args.otlp_endpoint,
+    )
+    return run_server(config)
+
+
+def tokens_add(args: argparse.Namespace, out: TextIO) -> int:
+    """`tokens add`: prints the new token once; the file keeps its hash."""
+    from skit_pipelines.auth import add_token
+
+    token = add_token(args.tokens_file, args.name, args.role)
+    print(token, file=out)
+    print(
+        f"created a {args.role} token for {args.name}; it is shown only now"
+        f" (the file keeps its hash): {args.tokens_file}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _config_from_env() -> ServerConfig:
+    try:
+        return ServerConfig.from_env()
+    except ValueError as error:
+        raise UsageError(f"bad SKIT_* environment variable: {error}") from error
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def demo_data(args: argparse.Namespace, out: TextIO) -> int:
+    """`demo-data`: the demo databases, SQLite files under the home unless named."""
+    from skit_demo import generate
+
+    config = _config_from_env().with_overrides(home=args.home)
+    if not (args.calls_db_url and args.metrics_db_url and args.annotations_db_url):
+        config.demo_root.mkdir(parents=True, exist_ok=True)
+    calls_db_url = args.calls_db_url or _sqlite_url(config.demo_root / "calls.db")
+    metrics_db_url = args.metrics_db_url or _sqlite_url(config.demo_root / "metrics.db")
+    # With databases named elsewhere, an annotation store appears only where it is named too.
+    annotations_db_url = args.annotations_db_url or (
+        None
+        if args.calls_db_url or args.metrics_db_url
+        else _sqlite_url(config.demo_root / "annotations.db")
+    )
+    # Only what was given: generate's own defaults apply otherwise.
+    given = {"seed": args.seed, "calls": args.calls}
+    options = {key: value for key, value in given.items() if value is not None}
+    summary = generate(
+        calls_db_url, metrics_db_url, annotations_db_url=annotations_db_url, **options
+    )
+    if isinstance(summary, Mapping):
+        emit([f"{key}: {value}" for key, value in summary.items()], out)
+    else:
+        print(summary, file=out)
+    return EXIT_OK
+
+
+def _show(
+    args: argparse.Namespace,
+    out: TextIO,
+    messages: Message | Sequence[Message],
+    text: Callable[[], Sequence[str]],
+) -> int:
+    """Prints the messages as JSON with --output json, else the text lines."""
+    if args.output == "json":
+        print_json(messages, out)
+    else:
+        emit(text(), out)
+    return EXIT_OK
+
+
+def pipelines_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`pipelines list`."""
+    pipelines = client.list_pipelines()
+    return _show(args, out, pipelines, lambda: pipelines_table(pipelines))
+
+
+def pipelines_get(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`pipelines get`."""
+    pipeline = client.get_pipeline(args.name)
+    return _show(args, out, pipeline, lambda: describe_pipeline(pipeline))
+
+
+def _read_param_file(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        values = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--param-json {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise UsageError(f"--param-json {path}: expected a JSON object")
+    return values
+
+
+def runs_create(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs create`: --param-json, then each --param over it; --watch follows the run."""
+    parameters = _read_param_file(args.param_json) if args.param_json else {}
+    parameters.update(args.params)
+    run = client.create_run(
+        args.pipeline,
+        parameters,
+        dict(args.labels),
+        run_id=args.run_id,
+        request_id=args.request_id,
+    )
+    if args.output == "json" and not args.watch:
+        print_json(run, out)
+        return EXIT_OK
+    if args.output != "json":
+        print(run.name, file=out, flush=True)
+    if not args.watch:
+        return EXIT_OK
+    return watch(client, run.name, out, output=args.output, live=_is_live(args, out))
+
+
+def runs_get(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs get`."""
+    run = client.get_run(args.name)
+    return _show(
+        args, out, run, lambda: describe_run(run, datetime.now(UTC), ascii_only=needs_ascii(out))
+    )
+
+
+def runs_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs list`: at most --limit runs, fetched page by page."""
+    runs_iter = client.list_runs(
+        pipeline=args.pipeline,
+        states=args.states,
+        labels=dict(args.labels),
+        created_after=args.created_after,
+        created_before=args.created_before,
+        page_size=min(args.limit, _MAX_PAGE_SIZE) if args.limit else None,
+    )
+    runs = list(itertools.islice(runs_iter, args.limit or None))
+    return _show(args, out, runs, lambda: runs_table(runs))
+
+
+def runs_cancel(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs cancel`."""
+    run = client.cancel_run(args.name)
+    return _show(args, out, run, lambda: [f"{run.name} {run_state_label(run.state)}"])
+
+
+def runs_retry(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs retry`: prints the new run; --watch follows it."""
+    run = client.retry_run(args.name, run_id=args.run_id, request_id=args.request_id)
+    if not args.watch:
+        return _show(args, out, run, lambda: [run.name])
+    if args.output != "json":
+        print(run.name, file=out, flush=True)
+    return watch(client, run.name, out, output=args.output, live=_is_live(args, out))
+
+
+def runs_logs(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs logs`: a line per log line, "!" marking stderr."""
+    lines = client.read_step_logs(args.name, args.step, follow=args.follow, attempt=args.attempt)
+    for line in lines:
+        if args.output == "json":
+            print_json(line, out)
+            continue
+        marker = "!" if line.stream == pipeline_service_pb2.LOG_STREAM_STDERR else " "
+        print(f"{format_time(line.time)} #{line.attempt}{marker} {line.text}", file=out, flush=True)
+    return EXIT_OK
+
+
+def runs_watch(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs watch`."""
+    return watch(
+        client,
+        args.name,
+        out,
+        after_revision=args.after_revision,
+        output=args.output,
+        live=_is_live(args, out),
+    )
+
+
+def _is_live(args: argparse.Namespace, out: TextIO) -> bool:
+    return args.output == "text" and out.isatty()

@@ -1,0 +1,437 @@
+"""The command line: one small function per command group, building the argparse parser.
+
+Each command's parser names its handler in `commands`: `local` for those that need no
+service (serve, tokens, demo-data), `remote` for those that call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from skit_pipelines_cli import commands
+from skit_pipelines_cli.values import (
+    parse_count,
+    parse_label,
+    parse_param,
+    parse_run_state,
+    parse_time,
+)
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+_HOME_HELP = "state directory (SKIT_HOME; default .skit-pipelines)"
+
+
+# What add_subparsers returns, as typeshed names it; a string: it is not generic at run time.
+_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The argument parser; `environ` supplies the default of --server (SKIT_SERVER)."""
+    parser = argparse.ArgumentParser(
+        prog="skit-pipelines",
+        description="Run reusable ML pipelines through the skit-pipelines service.",
+    )
+    # The connection options are accepted before the command and after it; the copies
+    # on subcommands default to SUPPRESS so they never overwrite an earlier value.
+    _add_connection_options(parser, environ)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, None)
+
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(subcommands)
+    _add_tokens(subcommands)
+    _add_demo_data(subcommands)
+    _add_pipelines(subcommands, common)
+    _add_runs(subcommands, common)
+    return parser
+
+
+def _add_serve(subcommands: _Subcommands) -> None:
+    """`serve`: where to listen, state, auth and TLS; then scale-out and observability."""
+    serve = subcommands.add_parser(
+        "serve",
+        help="run the service",
+        description="Serve PipelineService. Flags override SKIT_HOST, SKIT_PORT and SKIT_HOME.",
+    )
+    serve.add_argument("--host", help="address to listen on (SKIT_HOST; default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="port to listen on, 0 for any (SKIT_PORT; default 50051)"
+    )
+    serve.add_argument("--home", type=Path, help=_HOME_HELP)
+    serve.add_argument(
+        "--pipelines-dir",
+        type=Path,
+        metavar="DIR",
+        help="the pipeline modules (SKIT_PIPELINES_DIR; default pipelines/ of the checkout)",
+    )
+    serve.add_argument(
+        "--images-dir",
+        type=Path,
+        metavar="DIR",
+        help="the image folders (SKIT_IMAGES_DIR; default images/ of the checkout)",
+    )
+    serve.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="also serve grpc.health.v1 alone, in plaintext, on this port, e.g. for a"
+        " Kubernetes grpc probe when TLS is on (SKIT_HEALTH_PORT; default off)",
+    )
+    serve.add_argument(
+        "--tokens-file",
+        type=Path,
+        help="turn authentication on with this tokens file (SKIT_TOKENS_FILE)",
+    )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (SKIT_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key (SKIT_TLS_KEY)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA: mutual TLS (SKIT_TLS_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without authentication (SKIT_INSECURE)",
+    )
+    _add_scale_out_options(serve)
+    _add_observability_options(serve)
+    serve.set_defaults(local=commands.serve)
+
+
+def _add_scale_out_options(serve: argparse.ArgumentParser) -> None:
+    scale_out = serve.add_argument_group(
+        "scale-out",
+        "several replicas share a PostgreSQL run store and S3 artifacts, and may run"
+        " pipelines on Kubeflow; the KFP credentials come from SKIT_KFP_TOKEN or"
+        " SKIT_KFP_COOKIE, never from flags",
+    )
+    scale_out.add_argument(
+        "--store",
+        metavar="URL",
+        help="run store: sqlite:///path or postgresql://user@host/db (SKIT_STORE;"
+        " default sqlite under --home)",
+    )
+    scale_out.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="artifact store: file:///path or s3://bucket/prefix (SKIT_ARTIFACTS;"
+        " default a directory under --home)",
+    )
+    scale_out.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="S3 endpoint override, e.g. MinIO (SKIT_S3_ENDPOINT_URL; default: the AWS"
+        " configuration's)",
+    )
+    scale_out.add_argument(
+        "--backend",
+        choices=("local", "kubeflow"),
+        help="where runs execute (SKIT_BACKEND; default local)",
+    )
+    scale_out.add_argument(
+        "--kfp-host", metavar="URL", help="Kubeflow Pipelines API endpoint (SKIT_KFP_HOST)"
+    )
+    scale_out.add_argument(
+        "--kfp-ui-url",
+        metavar="URL",
+        help="Kubeflow Pipelines UI base URL for run links (SKIT_KFP_UI_URL; default --kfp-host)",
+    )
+    scale_out.add_argument(
+        "--kfp-images-lock",
+        type=Path,
+        metavar="PATH",
+        help="the images lock whose digests pin the images of pipelines run on Kubeflow"
+        " (SKIT_KFP_IMAGES_LOCK; default images/images.lock.json)",
+    )
+    scale_out.add_argument(
+        "--kfp-step-secrets",
+        metavar="ENV=SECRET/KEY,...",
+        help="the Kubernetes secret and key each variable components declare comes from on"
+        " Kubeflow (SKIT_KFP_STEP_SECRETS), e.g. CALLS_DB_URL=skit-step-env/CALLS_DB_URL",
+    )
+
+
+def _add_observability_options(serve: argparse.ArgumentParser) -> None:
+    observability = serve.add_argument_group(
+        "observability", "OpenTelemetry traces and metrics (README.md: Observability)"
+    )
+    observability.add_argument(
+        "--traces-exporter",
+        choices=("none", "console", "otlp"),
+        help="where spans go (SKIT_TRACES_EXPORTER; default none)",
+    )
+    observability.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://--metrics-host:PORT/metrics, 0 for any port"
+        " (SKIT_METRICS_PORT; default off)",
+    )
+    observability.add_argument(
+        "--metrics-host", help="address of /metrics (SKIT_METRICS_HOST; default 127.0.0.1)"
+    )
+    observability.add_argument(
+        "--metrics-otlp",
+        action="store_true",
+        default=None,
+        help="also push metrics over OTLP (SKIT_METRICS_OTLP)",
+    )
+    observability.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/gRPC collector, e.g. http://collector:4317 (SKIT_OTLP_ENDPOINT; default"
+        " OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317)",
+    )
+
+
+def _add_tokens(subcommands: _Subcommands) -> None:
+    """`tokens add`."""
+    tokens = subcommands.add_parser("tokens", help="manage API tokens").add_subparsers(
+        dest="tokens_command", required=True, metavar="COMMAND"
+    )
+    tokens_add = tokens.add_parser(
+        "add",
+        help="create a token, print it once, store only its hash",
+        description="Create a token for a principal. The token is printed once; the tokens "
+        "file keeps only its SHA-256 hash, the principal name and the role.",
+    )
+    tokens_add.add_argument("name", help="the principal, e.g. reports-service")
+    tokens_add.add_argument(
+        "--role",
+        required=True,
+        choices=("viewer", "runner", "admin"),
+        help="viewer: read and watch; runner: also create, cancel and retry its own runs;"
+        " admin: everything",
+    )
+    tokens_add.add_argument("--tokens-file", type=Path, required=True)
+    tokens_add.set_defaults(local=commands.tokens_add)
+
+
+def _add_demo_data(subcommands: _Subcommands) -> None:
+    demo = subcommands.add_parser(
+        "demo-data",
+        help="generate the demo calls and metrics databases",
+        description="Generate demo databases; by default SQLite files under <home>/demo/.",
+    )
+    demo.add_argument("--home", type=Path, help=_HOME_HELP)
+    demo.add_argument("--calls", type=int, help="how many calls to generate")
+    demo.add_argument("--seed", type=int, help="random seed, for reproducible data")
+    demo.add_argument(
+        "--calls-db-url", help="calls database (default sqlite:///<home>/demo/calls.db)"
+    )
+    demo.add_argument(
+        "--metrics-db-url", help="metrics database (default sqlite:///<home>/demo/metrics.db)"
+    )
+    demo.add_argument(
+        "--annotations-db-url",
+        help="annotation store (default sqlite:///<home>/demo/annotations.db)",
+    )
+    demo.set_defaults(local=commands.demo_data)
+
+
+def _add_pipelines(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """`pipelines list` and `pipelines get`."""
+    pipelines = subcommands.add_parser(
+        "pipelines", help="list and inspect pipelines"
+    ).add_subparsers(dest="pipelines_command", required=True, metavar="COMMAND")
+    pipelines_list = pipelines.add_parser("list", parents=[common], help="list the pipelines")
+    pipelines_list.set_defaults(remote=commands.pipelines_list)
+    pipelines_get = pipelines.add_parser(
+        "get", parents=[common], help="show a pipeline and its parameters"
+    )
+    pipelines_get.add_argument("name", help='"x" or "pipelines/x"')
+    pipelines_get.set_defaults(remote=commands.pipelines_get)
+
+
+def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """`runs` create, get, list, cancel, retry, logs and watch (help lists them in this order)."""
+    runs = subcommands.add_parser("runs", help="start, inspect and watch runs").add_subparsers(
+        dest="runs_command", required=True, metavar="COMMAND"
+    )
+    _add_runs_create(runs, common)
+    get = runs.add_parser("get", parents=[common], help="show a run")
+    get.add_argument("name", help='"abc" or "runs/abc"')
+    get.set_defaults(remote=commands.runs_get)
+    _add_runs_list(runs, common)
+    cancel = runs.add_parser("cancel", parents=[common], help="cancel a run")
+    cancel.add_argument("name", help='"abc" or "runs/abc"')
+    cancel.set_defaults(remote=commands.runs_cancel)
+    _add_runs_retry(runs, common)
+    _add_runs_logs(runs, common)
+    _add_runs_watch(runs, common)
+
+
+def _add_runs_create(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
+    create = runs.add_parser(
+        "create",
+        parents=[common],
+        help="start a run",
+        description="Start a run and print its name. --param values are JSON when they parse "
+        '(5, true, [1,2], {"a":1}), else text; quote to force text: --param \'id="007"\'.',
+    )
+    create.add_argument("pipeline", help='"x" or "pipelines/x"')
+    create.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter (repeatable)",
+    )
+    create.add_argument(
+        "--param-json",
+        metavar="FILE",
+        help="a JSON object of parameters (- for stdin); --param overrides it",
+    )
+    create.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label (repeatable)",
+    )
+    create.add_argument("--run-id", help="the new run's id (default: chosen by the service)")
+    create.add_argument(
+        "--request-id", help="idempotency key: repeating the command returns the same run"
+    )
+    create.add_argument(
+        "--watch", action="store_true", help="watch the run; exit 0 only if it succeeds"
+    )
+    create.set_defaults(remote=commands.runs_create)
+
+
+def _add_runs_list(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
+    list_runs = runs.add_parser("list", parents=[common], help="list runs, newest first")
+    list_runs.add_argument("--pipeline", help="only runs of this pipeline")
+    list_runs.add_argument(
+        "--state",
+        dest="states",
+        action="extend",
+        nargs="+",
+        type=parse_run_state,
+        default=[],
+        metavar="STATE",
+        help="only runs in one of these states (queued, running, succeeded, ...)",
+    )
+    list_runs.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this label (repeatable)",
+    )
+    list_runs.add_argument(
+        "--created-after", type=parse_time, metavar="TIME", help="only runs created at or after"
+    )
+    list_runs.add_argument(
+        "--created-before", type=parse_time, metavar="TIME", help="only runs created before"
+    )
+    list_runs.add_argument(
+        "--limit",
+        type=parse_count,
+        default=50,
+        metavar="N",
+        help="at most N runs (default 50; 0 for all)",
+    )
+    list_runs.set_defaults(remote=commands.runs_list)
+
+
+def _add_runs_retry(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
+    retry = runs.add_parser(
+        "retry",
+        parents=[common],
+        help="start a new run of a failed or cancelled run, reusing its succeeded steps",
+    )
+    retry.add_argument("name", help='"abc" or "runs/abc"')
+    retry.add_argument("--run-id", help="id of the new run (default: chosen by the server)")
+    retry.add_argument("--request-id", help="idempotency key: a retry with the same id is a no-op")
+    retry.add_argument("--watch", action="store_true", help="follow the new run until it ends")
+    retry.set_defaults(remote=commands.runs_retry)
+
+
+def _add_runs_logs(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
+    logs = runs.add_parser("logs", parents=[common], help="print a step's output")
+    logs.add_argument("name", help='"abc" or "runs/abc"')
+    logs.add_argument("step", help='the step name as `runs get` shows it, e.g. "fetch-calls"')
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the step finishes"
+    )
+    logs.add_argument(
+        "--attempt", type=parse_count, default=0, metavar="N", help="only attempt N (default: all)"
+    )
+    logs.set_defaults(remote=commands.runs_logs)
+
+
+def _add_runs_watch(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
+    watch = runs.add_parser(
+        "watch",
+        parents=[common],
+        help="follow a run until it finishes",
+        description="Follow a run: a live view on a terminal, one line per change otherwise. "
+        "Exits 0 if the run succeeds, 1 if it fails or is cancelled.",
+    )
+    watch.add_argument("name", help='"abc" or "runs/abc"')
+    watch.add_argument(
+        "--after-revision",
+        type=parse_count,
+        default=0,
+        metavar="N",
+        help="resume after revision N instead of starting from the current state",
+    )
+    watch.set_defaults(remote=commands.runs_watch)
+
+
+def _add_connection_options(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None
+) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if environ is None else value
+
+    server = environ.get("SKIT_SERVER", DEFAULT_SERVER) if environ is not None else None
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=default(server),
+        help=f"the service (SKIT_SERVER; default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default=default("text"),
+        help="text for people, json for scripts (default text)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default(DEFAULT_TIMEOUT_SECONDS),
+        help=f"deadline of each call, watches excepted (default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--token",
+        default=default(environ.get("SKIT_TOKEN") if environ is not None else None),
+        help="bearer token (SKIT_TOKEN)",
+    )
+    for flag, env, what in (
+        ("--tls-ca", "SKIT_TLS_CA", "PEM roots to trust; turns TLS on"),
+        ("--tls-cert", "SKIT_TLS_CLIENT_CERT", "client certificate for mutual TLS"),
+        ("--tls-key", "SKIT_TLS_CLIENT_KEY", "client key for mutual TLS"),
+    ):
+        parser.add_argument(
+            flag,
+            type=Path,
+            default=default(Path(environ[env]) if environ and environ.get(env) else None),
+            help=f"{what} ({env})",
+        )
