@@ -14,15 +14,17 @@ from urllib.parse import unquote
 
 import pytest
 import yaml
+from google.protobuf import json_format
 from kfp import compiler, dsl
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.domain import Artifact, Step, StepState
 from skit_pipelines.errors import InvalidArgument
 from skit_pipelines.executor import ExecutorConfig, LocalExecutor, PipelineFailed
-from skit_pipelines.executor._local import _RetryPolicy
 from skit_pipelines.executor._logs import AttemptLog
 from skit_pipelines.executor._process import StepProcess
+from skit_pipelines.executor._retry import RetryPolicy
 from skit_pipelines.images import parse_duration, resolve_image
 
 IMAGES = Path(__file__).parent / "images"
@@ -71,6 +73,14 @@ def make_executor(
         ),
         LocalArtifactStore(tmp_path / "artifacts"),
     )
+
+
+class _RetryPolicy:
+    """RetryPolicy.of for a task as compiled to YAML: the executor reads the parsed proto."""
+
+    @staticmethod
+    def of(task: dict[str, Any]) -> RetryPolicy | None:
+        return RetryPolicy.of(json_format.ParseDict(task, pipeline_spec_pb2.PipelineTaskSpec()))
 
 
 def set_backoff(spec: dict[str, Any], task: str, **fields: Any) -> None:

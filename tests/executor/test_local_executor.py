@@ -67,6 +67,8 @@ def make_executor(
             max_parallel_steps=max_parallel_steps,
             cancel_grace_seconds=grace,
             step_env=step_env or {},
+            # The service passes its own environment (see ServerConfig): steps see PATH.
+            inherited_env=os.environ,
         ),
         LocalArtifactStore(tmp_path / "artifacts"),
         cache,

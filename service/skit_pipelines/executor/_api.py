@@ -34,6 +34,10 @@ class ExecutorConfig:
     `skit.ai/timeout`; None means no limit."""
     logs_root: Path | None = None
     """Where step logs are kept (see `step_log_path`); None means `work_root / "logs"`."""
+    inherited_env: Mapping[str, str] = field(default_factory=dict)
+    """The service's environment as steps inherit it: only PATH, HOME and LANG are taken
+    (passing all of os.environ is safe); a missing one gets a fixed default (os.defpath,
+    "/", "C.UTF-8"). The executor never reads os.environ itself."""
 
     @property
     def resolved_logs_root(self) -> Path:

@@ -49,6 +49,8 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
             raise ExpressionError(f"unexpected character at {pos} in {text!r}")
         pos = match.end()
         kind = match.lastgroup
+        if kind is None:
+            raise ExpressionError(f"unexpected character at {pos} in {text!r}")
         raw = match.group(kind)
         if kind == "num":
             raw = raw.rstrip("u")
@@ -62,6 +64,22 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
             tokens.append((kind, raw))
     tokens.append(("end", None))
     return tokens
+
+
+def _either(left: Evaluator, right: Evaluator) -> Evaluator:
+    return lambda v: bool(left(v)) or bool(right(v))
+
+
+def _both(left: Evaluator, right: Evaluator) -> Evaluator:
+    return lambda v: bool(left(v)) and bool(right(v))
+
+
+def _member(base: Evaluator, key: str) -> Evaluator:
+    return lambda v: _index(base(v), key)
+
+
+def _item(base: Evaluator, key: Evaluator) -> Evaluator:
+    return lambda v: _index(base(v), key(v))
 
 
 def _int(value: Any) -> int:
@@ -154,7 +172,7 @@ class _Parser:
         while self._peek() == ("op", "||"):
             self._next()
             left, right = node, self._and()
-            node = lambda v, a=left, b=right: bool(a(v)) or bool(b(v))  # noqa: E731
+            node = _either(left, right)
         return node
 
     def _and(self) -> Evaluator:
@@ -162,7 +180,7 @@ class _Parser:
         while self._peek() == ("op", "&&"):
             self._next()
             left, right = node, self._relation()
-            node = lambda v, a=left, b=right: bool(a(v)) and bool(b(v))  # noqa: E731
+            node = _both(left, right)
         return node
 
     def _relation(self) -> Evaluator:
@@ -196,12 +214,12 @@ class _Parser:
                 kind, member = self._next()
                 if kind != "ident":
                     raise ExpressionError(f"expected a member name in {self._text!r}")
-                node = lambda v, base=node, key=member: _index(base(v), key)  # noqa: E731
+                node = _member(node, member)
             elif (kind, value) == ("op", "["):
                 self._next()
                 key_node = self._or()
                 self._expect("]")
-                node = lambda v, base=node, key=key_node: _index(base(v), key(v))  # noqa: E731
+                node = _item(node, key_node)
             else:
                 return node
 

@@ -15,6 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format
+from kfp.pipeline_spec.pipeline_spec_pb2 import ExecutorInput, RuntimeArtifact
+
+from skit_pipelines.executor._ir import to_value
 from skit_pipelines.executor._values import to_text
 
 _PLACEHOLDER = re.compile(
@@ -53,36 +57,44 @@ class CommandContext:
     def is_present(self, name: str) -> bool:
         return self.parameters.get(name) is not None or bool(self.input_artifacts.get(name))
 
-    def executor_input(self) -> dict[str, Any]:
-        """The ExecutorInput message as JSON, with local paths as URIs (as `kfp.local` does)."""
+    def executor_input(self) -> ExecutorInput:
+        """The step's ExecutorInput, with local paths as URIs (as `kfp.local` does)."""
+        message = ExecutorInput()
+        for name, value in self.parameters.items():
+            if value is not None:
+                message.inputs.parameter_values[name].CopyFrom(to_value(value))
+        for name, artifacts in self.input_artifacts.items():
+            listed = message.inputs.artifacts[name].artifacts
+            for artifact in artifacts:
+                _runtime_artifact(listed.add(), artifact)
+        for name, path in self.output_parameter_files.items():
+            message.outputs.parameters[name].output_file = path
+        for name, artifact in self.output_artifacts.items():
+            _runtime_artifact(message.outputs.artifacts[name].artifacts.add(), artifact)
+        message.outputs.output_file = self.executor_output_file
+        return message
 
-        def artifact_json(artifact: LocalArtifact) -> dict[str, Any]:
-            return {
-                "name": artifact.name,
-                "type": {"schemaTitle": artifact.schema_title},
-                "uri": artifact.path,
-                "metadata": {},
-            }
 
-        return {
-            "inputs": {
-                "parameterValues": {k: v for k, v in self.parameters.items() if v is not None},
-                "artifacts": {
-                    name: {"artifacts": [artifact_json(a) for a in artifacts]}
-                    for name, artifacts in self.input_artifacts.items()
-                },
-            },
-            "outputs": {
-                "parameters": {
-                    name: {"outputFile": path} for name, path in self.output_parameter_files.items()
-                },
-                "artifacts": {
-                    name: {"artifacts": [artifact_json(a)]}
-                    for name, a in self.output_artifacts.items()
-                },
-                "outputFile": self.executor_output_file,
-            },
-        }
+def _as_launcher_json(message: ExecutorInput) -> Any:
+    """The message as JSON, integral numbers without ".0", as KFP's launcher (Go's
+    protojson) writes them: a component's `int` input must not read 3.0."""
+    return _integral(json_format.MessageToDict(message))
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def _runtime_artifact(message: RuntimeArtifact, artifact: LocalArtifact) -> None:
+    message.name = artifact.name
+    message.type.schema_title = artifact.schema_title
+    message.uri = artifact.path
 
 
 def uses_executor_output(templates: Sequence[str]) -> bool:
@@ -137,7 +149,7 @@ def _replace(match: re.Match[str], context: CommandContext, cache: list[str]) ->
     io, kind, name, attr, system = match.group("io", "kind", "name", "attr", "system")
     if io is None and system is None:
         if not cache:
-            cache.append(json.dumps(context.executor_input()))
+            cache.append(json.dumps(_as_launcher_json(context.executor_input()), sort_keys=True))
         return cache[0]
     if system is not None:
         if system == "outputs.output_file":

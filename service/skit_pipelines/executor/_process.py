@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -133,7 +134,7 @@ class StepProcess:
         try:
             for reader, stream in zip(readers, ("stdout", "stderr"), strict=True):
                 pipes.append(
-                    await loop.connect_read_pipe(lambda s=stream: _PipeToLog(log, s), reader)
+                    await loop.connect_read_pipe(functools.partial(_PipeToLog, log, stream), reader)
                 )
         except BaseException:
             for transport, _ in pipes:

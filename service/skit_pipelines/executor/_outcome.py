@@ -1,0 +1,97 @@
+"""How tasks and attempts end: the result values the executor's parts hand each other."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from skit_pipelines.domain import Artifact, ErrorInfo
+
+STEP_FAILED = "STEP_FAILED"
+"""ErrorInfo.reason of a step that failed (its command, its inputs or its outputs)."""
+STEP_TIMEOUT = "STEP_TIMEOUT"
+"""ErrorInfo.reason of an attempt that outlived its timeout."""
+INVALID_PIPELINE = "INVALID_PIPELINE_SPEC"
+"""ErrorInfo.reason of a pipeline whose IR does not parse."""
+
+Parameters = Mapping[str, Any]
+"""Parameter values by name: JSON values (str, int, float, bool, list, dict, None)."""
+Artifacts = Mapping[str, tuple[Artifact, ...]]
+"""Artifacts by input or output name; a loop's collected outputs hold several."""
+
+
+def error_info(code: grpc.StatusCode, message: str, reason: str) -> ErrorInfo:
+    """An ErrorInfo with the google.rpc.Code number of a grpc.StatusCode."""
+    number: int = code.value[0]
+    return ErrorInfo(code=number, message=message, reason=reason)
+
+
+def step_error(message: str) -> ErrorInfo:
+    """Why a step failed, for anything but a timeout."""
+    return error_info(grpc.StatusCode.UNKNOWN, message, STEP_FAILED)
+
+
+def timeout_error(message: str) -> ErrorInfo:
+    return error_info(grpc.StatusCode.DEADLINE_EXCEEDED, message, STEP_TIMEOUT)
+
+
+class TaskState(enum.Enum):
+    SUCCEEDED = "SUCCEEDED"
+    NOT_TRIGGERED = "NOT_TRIGGERED"
+    """Its condition was false; tasks after it still run (KFP semantics)."""
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+    """Not run because something upstream, or elsewhere in the run, failed."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task (container, DAG or loop) ended, and what it produced."""
+
+    state: TaskState
+    parameters: Parameters = field(default_factory=dict)
+    artifacts: Artifacts = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    fresh: bool = True
+    """Produced in this call rather than all taken from `reuse`: what depends on it
+    cannot be reused, since its earlier result came from different inputs."""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (TaskState.SUCCEEDED, TaskState.NOT_TRIGGERED)
+
+    @classmethod
+    def succeeded(
+        cls, parameters: Parameters, artifacts: tuple[Artifact, ...], *, fresh: bool = True
+    ) -> Outcome:
+        """A container step's success: each output artifact under its own name."""
+        return cls(
+            TaskState.SUCCEEDED, dict(parameters), {a.name: (a,) for a in artifacts}, fresh=fresh
+        )
+
+    @classmethod
+    def failed(cls, error: ErrorInfo | None) -> Outcome:
+        return cls(TaskState.FAILED, error=error)
+
+
+@dataclass(frozen=True)
+class StepOutputs:
+    """What a successful attempt produced: parameter values and stored artifacts."""
+
+    parameters: Parameters
+    artifacts: tuple[Artifact, ...]
+
+
+@dataclass(frozen=True)
+class AttemptFailed:
+    """Why one attempt of a step failed."""
+
+    error: ErrorInfo
+
+
+AttemptResult = StepOutputs | AttemptFailed
+"""How one attempt of a step ended."""
