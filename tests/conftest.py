@@ -83,7 +83,7 @@ def typed_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
 
 
 class FakeBackend(Backend):
-    """Records submissions; tests drive progress through the sink it was handed."""
+    """Records submissions; tests drive progress through the sink it was started with."""
 
     name = "fake"
 
@@ -94,9 +94,9 @@ class FakeBackend(Backend):
         self.cancel_completes = True
         self.logs: dict[tuple[str, str], list[LogLine]] = {}
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         self.submitted.append(run.id)
-        self.sinks[run.id] = sink
+        self.sinks[run.id] = self.sink
 
     async def cancel(self, run_id: str) -> None:
         self.cancelled.append(run_id)
@@ -150,6 +150,7 @@ async def service(
     store = SqliteRunStore(tmp_path / "runs.db")
     backend = FakeBackend()
     controller = RunController(store, Catalog({typed_pipeline.id: typed_pipeline}), backend)
+    backend.start(controller)
     server, port, health = await create_grpc_server(controller, service_config)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -9,7 +9,6 @@ instead. Health and reflection stay open so probes and `buf curl --list-services
 from __future__ import annotations
 
 import contextvars
-import enum
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from skit_pipelines.domain import ANONYMOUS_ADMIN, Principal, Role
 from skit_pipelines.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -38,14 +38,6 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _Handler: TypeAlias = Any
 _SERVICE = "/skit.pipelines.v1.PipelineService/"
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-
-
-class Role(enum.IntEnum):
-    """Ordered: each role may do everything the ones below it may."""
-
-    VIEWER = 1
-    RUNNER = 2
-    ADMIN = 3
 
 
 _METHOD_ROLES: Mapping[str, Role] = {
@@ -62,19 +54,6 @@ _METHOD_ROLES: Mapping[str, Role] = {
 """The least role for each method; runners act only on their own runs (checked by the
 controller, which knows who created a run)."""
 
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    role: Role
-
-    def may_act_on(self, creator: str) -> bool:
-        """Whether this principal may cancel or retry a run `creator` created."""
-        return self.role is Role.ADMIN or creator == self.name
-
-
-ANONYMOUS_ADMIN = Principal(name="", role=Role.ADMIN)
-"""Who calls when authentication is off (the embedded default on loopback)."""
 
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
     "skit_principal", default=ANONYMOUS_ADMIN

@@ -59,12 +59,34 @@ class Artifact:
     size_bytes: int = 0
 
 
+class Code(enum.IntEnum):
+    """Mirrors google.rpc.Code (same numbers): the `code` of an ErrorInfo."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """Why a run or step failed: a google.rpc.Status without the protobuf."""
 
     code: int
-    """A google.rpc.Code number (e.g. 2 UNKNOWN, 4 DEADLINE_EXCEEDED, 1 CANCELLED, 13 INTERNAL)."""
+    """A google.rpc.Code number: a `Code` (a remote backend may report others)."""
     message: str
     reason: str = ""
     """A stable UPPER_SNAKE reason, e.g. STEP_FAILED."""
@@ -157,6 +179,30 @@ class Pipeline:
     @property
     def name(self) -> str:
         return f"pipelines/{self.id}"
+
+
+class Role(enum.IntEnum):
+    """Ordered: each role may do everything the ones below it may."""
+
+    VIEWER = 1
+    RUNNER = 2
+    ADMIN = 3
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls: a name from the tokens file (or a client certificate) and a role."""
+
+    name: str
+    role: Role
+
+    def may_act_on(self, creator: str) -> bool:
+        """Whether this principal may cancel or retry a run `creator` created."""
+        return self.role is Role.ADMIN or creator == self.name
+
+
+ANONYMOUS_ADMIN = Principal(name="", role=Role.ADMIN)
+"""Who calls when authentication is off (the embedded default on loopback)."""
 
 
 @dataclass(frozen=True)

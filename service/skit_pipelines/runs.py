@@ -1,7 +1,8 @@
 """The runs controller: validation, idempotency, create, cancel, watch and recovery.
 
 It owns run behaviour; the servicer only translates, the store only persists, the
-backend only executes (and reports back through the RunSink methods below).
+backend only executes (and reports back through the RunSink methods below). Each state
+change it stores is told to a RunObserver (telemetry), which server.py wires in.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from skit_pipelines import names
-from skit_pipelines.auth import ANONYMOUS_ADMIN, Principal
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog, resolve_parameters
 from skit_pipelines.domain import (
+    ANONYMOUS_ADMIN,
     Artifact,
+    Code,
     ErrorInfo,
     LogLine,
     Pipeline,
+    Principal,
     Run,
     RunState,
     Step,
@@ -41,7 +44,6 @@ from skit_pipelines.errors import (
     Unavailable,
 )
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
-from skit_pipelines.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,39 @@ Clock = Callable[[], datetime]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RunObserver(Protocol):
+    """Hears each run change the controller has stored (telemetry.Telemetry: spans and
+    metrics). Called on the event loop; must not block."""
+
+    def run_created(self, run: Run) -> None:
+        """`run` was stored, QUEUED."""
+
+    def run_started(self, run: Run) -> None:
+        """A backend started `run` (RUNNING, or already further along)."""
+
+    def step_changed(self, run: Run, step: Step, previous: Step | None) -> None:
+        """`step` was stored in `run`, replacing `previous` (None for a new step)."""
+
+    def run_finished(self, run: Run) -> None:
+        """`run` reached a terminal state: SUCCEEDED, FAILED or CANCELLED."""
+
+
+class _Unobserved:
+    """The RunObserver when nobody listens."""
+
+    def run_created(self, run: Run) -> None:
+        return None
+
+    def run_started(self, run: Run) -> None:
+        return None
+
+    def step_changed(self, run: Run, step: Step, previous: Step | None) -> None:
+        return None
+
+    def run_finished(self, run: Run) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,7 +169,7 @@ class RunController:
         *,
         clock: Clock = _utcnow,
         max_streams_per_principal: int = 10_000,
-        telemetry: Telemetry | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -143,8 +178,7 @@ class RunController:
         self._max_streams = max_streams_per_principal
         self._streams: dict[str, int] = {}
         self._draining = False
-        self._telemetry = telemetry or Telemetry()
-        self._telemetry.count_watchers(store.hub.watcher_count)
+        self._observer: RunObserver = observer or _Unobserved()
 
     @property
     def store(self) -> RunStore:
@@ -240,7 +274,7 @@ class RunController:
                 )
             return outcome.run
         logger.info("created %s of %s", run.name, pipeline.name, extra={"run": run.id})
-        self._telemetry.run_created(outcome.run)
+        self._observer.run_created(outcome.run)
         await self._submit(run, pipeline)
         return run
 
@@ -301,16 +335,22 @@ class RunController:
 
     async def _submit(self, run: Run, pipeline: Pipeline) -> None:
         try:
-            await self._backend.submit(run, pipeline, self)
+            await self._backend.submit(run, pipeline)
         except FailedPrecondition as exc:
             # Runs that skip CreateRun's check (resumed, or stored by a replica deployed
             # differently) fail with the backend's reason: no retry can fix it.
             logger.warning("cannot submit %s: %s", run.name, exc.message, extra={"run": run.id})
-            await self.run_failed(run.id, ErrorInfo(code=9, message=exc.message, reason=exc.reason))
+            await self.run_failed(
+                run.id,
+                ErrorInfo(code=Code.FAILED_PRECONDITION, message=exc.message, reason=exc.reason),
+            )
         except Exception as exc:
             logger.exception("submitting %s failed", run.name)
             await self.run_failed(
-                run.id, ErrorInfo(code=14, message=f"cannot submit: {exc}", reason="SUBMIT_FAILED")
+                run.id,
+                ErrorInfo(
+                    code=Code.UNAVAILABLE, message=f"cannot submit: {exc}", reason="SUBMIT_FAILED"
+                ),
             )
 
     async def get_run(self, name: str) -> Run:
@@ -357,9 +397,23 @@ class RunController:
     async def cancel_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> Run:
         run_id = names.parse_name(name, "runs")
         _check_owner(principal, await self._store.get_run(run_id), "cancel")
-        run = await self._store.update_run(run_id, _to_cancelling)
+        run = await self._to_cancelling(run_id)
         if run.state is RunState.CANCELLING:
             await self._backend.cancel(run_id)
+        return run
+
+    async def _to_cancelling(self, run_id: str) -> Run:
+        """The one CANCELLING transition: from any state that has not ended."""
+        changed = False
+
+        def cancelling(run: Run) -> Run:
+            nonlocal changed
+            changed = not (run.state.terminal or run.state is RunState.CANCELLING)
+            return replace(run, state=RunState.CANCELLING) if changed else run
+
+        run = await self._store.update_run(run_id, cancelling)
+        if changed:
+            logger.info("%s is CANCELLING", run.name, extra={"run": run_id})
         return run
 
     async def watch_run(
@@ -436,20 +490,20 @@ class RunController:
         for run in await self._store.list_unfinished_runs():
             try:
                 pipeline: Pipeline | None = self._catalog.get(run.pipeline)
-            except Exception:
+            except NotFound:
                 pipeline = None
             if pipeline is not None and pipeline.version != run.pipeline_version:
                 pipeline = None
             if run.state is RunState.CANCELLING:
                 # Only the backend knows whether something of the run still goes on (a
                 # Kubeflow run never terminated, another replica's steps stopping).
-                await self._backend.resume_cancelling(run, pipeline, self)
+                await self._backend.resume_cancelling(run, pipeline)
                 continue
             if pipeline is None:
                 await self.run_failed(
                     run.id,
                     ErrorInfo(
-                        code=9,
+                        code=Code.FAILED_PRECONDITION,
                         message=f"pipeline version {run.pipeline_version} is no longer available",
                         reason="PIPELINE_VERSION_GONE",
                     ),
@@ -471,7 +525,7 @@ class RunController:
         run = await self._store.update_run(run_id, started)
         if run.state is RunState.RUNNING:
             logger.info("%s is RUNNING", run.name, extra={"run": run_id})
-        self._telemetry.run_started(run)
+        self._observer.run_started(run)
 
     async def step_changed(self, run_id: str, step: Step) -> None:
         applied = False
@@ -506,7 +560,7 @@ class RunController:
                 step.state.name,
                 extra={"run": run_id, "step": step.name, "attempt": step.attempt},
             )
-        self._telemetry.step_changed(run, step, previous)
+        self._observer.step_changed(run, step, previous)
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]
@@ -524,6 +578,22 @@ class RunController:
     async def run_cancelled(self, run_id: str) -> None:
         await self._finish(run_id, RunState.CANCELLED)
 
+    async def backend_run_assigned(self, run_id: str, backend_run_id: str, url: str) -> None:
+        def named(run: Run) -> Run:
+            return replace(run, backend_run_id=backend_run_id, backend_run_url=url)
+
+        run = await self._store.update_run(run_id, named)
+        logger.info(
+            "%s is %s run %s",
+            run.name,
+            run.backend,
+            backend_run_id,
+            extra={"run": run_id, "url": url},
+        )
+
+    async def cancel_requested_remotely(self, run_id: str) -> None:
+        await self._to_cancelling(run_id)
+
     async def _finish(self, run_id: str, state: RunState, **changes: Any) -> None:
         now = self._clock()
         finishing = False
@@ -538,7 +608,7 @@ class RunController:
         run = await self._store.update_run(run_id, finished)
         logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
         if finishing:
-            self._telemetry.run_finished(run)
+            self._observer.run_finished(run)
 
 
 def _check_owner(principal: Principal, run: Run, action: str) -> None:
@@ -548,9 +618,3 @@ def _check_owner(principal: Principal, run: Run, action: str) -> None:
             " created; only its creator or an admin may",
             reason="NOT_RUN_OWNER",
         )
-
-
-def _to_cancelling(run: Run) -> Run:
-    if run.state.terminal or run.state is RunState.CANCELLING:
-        return run
-    return replace(run, state=RunState.CANCELLING)

@@ -80,10 +80,11 @@ class _RunTrace:
 class Telemetry:
     """Traces and metrics of one service process; `Telemetry()` is the disabled one.
 
-    The runs controller calls the run_* and step_changed hooks after each state change
-    it stores; the local backend asks `step_trace_env` for each step process it starts.
-    All of it runs on the event loop's thread, except the gauges' callbacks, which the
-    metric readers call from theirs (they only read sizes).
+    It is the runs controller's RunObserver (runs.py): the controller calls the run_*
+    and step_changed hooks after each state change it stores; the local backend asks
+    `step_trace_env` for each step process it starts. All of it runs on the event loop's
+    thread, except the gauges' callbacks, which the metric readers call from theirs
+    (they only read sizes).
 
     Args:
         tracer_provider: Where spans go; None turns tracing off.

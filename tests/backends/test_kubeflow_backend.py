@@ -20,6 +20,7 @@ import yaml
 from google.rpc import code_pb2, error_details_pb2
 
 from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
+from skit_pipelines.backends.kubeflow_platform import parse_step_secrets
 from skit_pipelines.catalog import Catalog, ir_version
 from skit_pipelines.domain import Pipeline, Run, RunState, StepState
 from skit_pipelines.errors import FailedPrecondition
@@ -100,6 +101,8 @@ async def replicas(
         lease_seconds: float = 30.0,
         cookie: str = "",
         images_lock: Path = lock,
+        step_env: tuple[str, ...] = (),
+        step_secrets: str = "",
     ) -> Replica:
         store = await PostgresRunStore.open(postgres_dsn)
         catalog = Catalog({typed_pipeline.id: typed_pipeline})
@@ -111,6 +114,7 @@ async def replicas(
             poll_seconds=0.05,
             lease_seconds=lease_seconds,
             retry_seconds=10,
+            step_secrets=parse_step_secrets(step_secrets),
         )
         backend = KubeflowBackend(
             settings,
@@ -118,10 +122,11 @@ async def replicas(
             store.leases(owner, lease_seconds),
             catalog.get,
             images=load_lock(images_lock),
+            env_of_image=lambda image: step_env,
         )
         controller = RunController(store, catalog, backend)
-        if start:
-            backend.start(controller)
+        # start=False: a replica whose rounds (poll_once) only the test runs.
+        backend.start(controller, background=start)
         replica = Replica(store, backend, controller)
         made.append(replica)
         return replica
@@ -482,3 +487,58 @@ async def _state_is(store: PostgresRunStore, run_id: str, state: RunState) -> bo
 async def _has_step(store: PostgresRunStore, run_id: str, name: str, state: StepState) -> bool:
     run = await store.get_run(run_id)
     return any(s.name == name and s.state is state for s in run.steps)
+
+
+async def test_declared_env_reaches_steps_as_secret_references(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas(
+        "a", step_env=("CALLS_DB_URL",), step_secrets="CALLS_DB_URL=skit-step-env/calls-db-url"
+    )
+    await a.controller.create_run(create(typed_pipeline))
+
+    [version] = fake.versions()
+    spec, platform = yaml.safe_load_all(fake.package(version.pipeline_version_id))
+    assert executor_images(spec) == {f"{ECHO}@{DIGEST}"}
+    [secret] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-echo"][
+        "secretAsEnv"
+    ]
+    assert secret["secretName"] == "skit-step-env"
+    assert secret["keyToEnv"] == [{"secretKey": "calls-db-url", "envVar": "CALLS_DB_URL"}]
+
+
+async def test_declared_env_without_a_secret_refuses_the_run_before_anything_is_uploaded(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas(
+        "a", step_env=("CALLS_DB_URL", "LLM_API_KEY"), step_secrets="CALLS_DB_URL=c/u"
+    )
+    with pytest.raises(FailedPrecondition) as refused:
+        await a.controller.create_run(create(typed_pipeline))
+
+    assert refused.value.reason == "STEP_SECRETS_NOT_MAPPED"
+    assert "LLM_API_KEY" in refused.value.message
+    assert error_status(refused.value).code == code_pb2.FAILED_PRECONDITION
+    assert await a.store.list_unfinished_runs() == []
+    assert [r for r in fake.requests if r.method == "POST"] == []
+
+
+async def test_polls_that_change_nothing_store_no_revision(
+    replicas, fake: FakeKfpServer, typed_pipeline: Pipeline
+) -> None:
+    a = await replicas("a", start=False)
+    a.backend.start(a.controller, background=False)
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = (await a.store.get_run(run.id)).backend_run_id
+    fake.set_state(kfp_id, "RUNNING", {"echo": "RUNNING"})
+    await a.backend.poll_once()
+    settled = (await a.store.get_run(run.id)).revision
+    for _ in range(10):
+        await a.backend.poll_once()
+    assert (await a.store.get_run(run.id)).revision == settled
+    fake.set_state(kfp_id, "SUCCEEDED", {"echo": "SUCCEEDED"})
+    await a.backend.poll_once()
+    done = await a.store.get_run(run.id)
+    assert done.state is RunState.SUCCEEDED
+    # created, assigned, started, step running, step done, succeeded: a handful at most.
+    assert done.revision <= 8

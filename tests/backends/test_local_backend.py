@@ -92,6 +92,7 @@ class Harness:
         )
         self.backend = LocalBackend(executor, max_active_runs=max_active_runs)
         self.controller = RunController(self.store, Catalog({pipeline.id: pipeline}), self.backend)
+        self.backend.start(self.controller)
 
     async def create(self, **parameters) -> Run:
         return await self.controller.create_run(

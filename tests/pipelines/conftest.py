@@ -69,6 +69,7 @@ def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
         )
         backend = LocalBackend(executor)
         controller = RunController(store, catalog, backend)
+        backend.start(controller)
         try:
             (pipeline,) = catalog.list()
             run = await controller.create_run(

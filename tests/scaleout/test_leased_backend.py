@@ -36,9 +36,9 @@ class Executing(Backend):
         self.stops_at_once = True
         """False: a cancelled run's steps take a while to stop (the run stays CANCELLING)."""
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         self.submitted.append(run.id)
-        self.sinks[run.id] = sink
+        self.sinks[run.id] = self.sink
 
     async def cancel(self, run_id: str) -> None:
         self.cancels.append(run_id)
@@ -71,6 +71,12 @@ class Recorder:
 
     async def run_cancelled(self, run_id: str) -> None:
         self.calls.append(("cancelled", run_id))
+
+    async def backend_run_assigned(self, run_id: str, backend_run_id: str, url: str) -> None:
+        self.calls.append(("assigned", run_id))
+
+    async def cancel_requested_remotely(self, run_id: str) -> None:
+        self.calls.append(("cancel requested", run_id))
 
 
 PIPELINE = Pipeline(
@@ -132,10 +138,11 @@ async def test_a_run_executes_on_one_replica_and_moves_when_it_dies(
     a, executed_a = replica(store, "a")
     b, executed_b = replica(store, "b")
     sink = Recorder()
+    a.start(sink, background=False)
     b.start(sink)
     run = await store.get_run("r1")
-    await a.submit(run, PIPELINE, sink)
-    await b.submit(run, PIPELINE, sink)  # b resuming the unfinished runs it finds
+    await a.submit(run, PIPELINE)
+    await b.submit(run, PIPELINE)  # b resuming the unfinished runs it finds
     assert (executed_a.submitted, executed_b.submitted) == (["r1"], [])
     for _ in range(3):
         await a.renew_once()
@@ -160,8 +167,9 @@ async def test_shutdown_hands_runs_over_and_cancelling_ones_end(
     a, _ = replica(store, "a")
     b, executed_b = replica(store, "b")
     sink = Recorder()
+    a.start(sink, background=False)
     for run_id in ("r1", "r2"):
-        await a.submit(await store.get_run(run_id), PIPELINE, sink)
+        await a.submit(await store.get_run(run_id), PIPELINE)
     await store.update_run("r2", lambda run: replace(run, state=RunState.CANCELLING))
     await a.shutdown()
     b.start(sink)
@@ -175,7 +183,8 @@ async def test_a_cancel_stored_elsewhere_reaches_the_executing_replica_once(
     await store.create_run(make_run("r1"))
     a, executed_a = replica(store, "a")
     executed_a.stops_at_once = False
-    await a.submit(await store.get_run("r1"), PIPELINE, Recorder())
+    a.start(Recorder(), background=False)
+    await a.submit(await store.get_run("r1"), PIPELINE)
     # Stored by another replica while this one heard nothing (no LISTEN wiring here).
     await store.update_run("r1", lambda run: replace(run, state=RunState.CANCELLING))
     await a.renew_once()
@@ -193,10 +202,12 @@ async def test_a_run_found_cancelling_is_ended_only_by_the_replica_stopping_it(
     await store.create_run(make_run("r1"))
     a, executed_a = replica(store, "a")
     executed_a.stops_at_once = False
-    await a.submit(await store.get_run("r1"), PIPELINE, Recorder())
+    a.start(Recorder(), background=False)
+    await a.submit(await store.get_run("r1"), PIPELINE)
     await store.update_run("r1", lambda run: replace(run, state=RunState.CANCELLING))
     b, _ = replica(store, "b")
     b_controller = RunController(store, Catalog({PIPELINE.id: PIPELINE}), b)
+    b.start(b_controller, background=False)
 
     await b_controller.resume()  # as any replica does when it starts
     assert (await store.get_run("r1")).state is RunState.CANCELLING

@@ -55,6 +55,7 @@ class _ServerThread:
     async def _serve(self, tmp_path: Path, pipeline, backend) -> None:
         store = SqliteRunStore(tmp_path / "runs.db")
         controller = RunController(store, Catalog({pipeline.id: pipeline}), backend)
+        backend.start(controller)
         server, self.port, health = await create_grpc_server(
             controller, ServerConfig(port=0, home=tmp_path)
         )

@@ -248,3 +248,16 @@ async def test_step_cache_round_trip(store: RunStore) -> None:
     store.cache_put("k", {"a": [1, 2]})
     store.cache_put("k", {"a": [3]})
     assert store.cache_get("k") == {"a": [3]}
+
+
+async def test_a_lease_has_one_owner_until_handed_over_or_released(store: RunStore) -> None:
+    await store.create_run(make_run("r1"))
+    mine, theirs = store.leases("a", ttl_seconds=30), store.leases("b", ttl_seconds=30)
+    assert await mine.acquire("r1")
+    assert not await theirs.acquire("r1")
+    assert await theirs.claim_expired(10) == []
+    await mine.hand_over(["r1"])
+    assert await theirs.claim_expired(10) == ["r1"]
+    assert await mine.renew(["r1"]) == set()
+    await theirs.release("r1")
+    assert await mine.acquire("r1")

@@ -1,4 +1,8 @@
-"""The Backend seam: what executes runs (the local executor, later Kubeflow Pipelines)."""
+"""The Backend seam: what executes runs (the local executor, Kubeflow Pipelines).
+
+A backend executes and reports; it never writes the run store. Everything it learns about
+a run goes to the RunSink it was started with (the runs controller), which stores it.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,33 @@ class RunSink(Protocol):
 
     async def run_cancelled(self, run_id: str) -> None: ...
 
+    async def backend_run_assigned(self, run_id: str, backend_run_id: str, url: str) -> None:
+        """The backend's own id of the run, and a link to it in the backend's UI."""
+
+    async def cancel_requested_remotely(self, run_id: str) -> None:
+        """Someone stopped the run in the backend itself (e.g. the Kubeflow UI), not
+        through CancelRun: the run is CANCELLING until the backend reports run_cancelled."""
+
 
 class Backend(ABC):
-    """Executes runs and reports their progress to a RunSink."""
+    """Executes runs and reports their progress to the RunSink handed to `start`."""
 
     name: str
+    _sink: RunSink | None = None
+
+    def start(self, sink: RunSink) -> None:
+        """Hands over where progress goes, once, before anything is submitted or resumed.
+
+        A backend with work of its own in the background (polling, leases) starts it here.
+        """
+        self._sink = sink
+
+    @property
+    def sink(self) -> RunSink:
+        """The sink `start` handed over."""
+        if self._sink is None:
+            raise RuntimeError(f"the {self.name} backend was used before start()")
+        return self._sink
 
     def check_runnable(self, pipeline: Pipeline) -> None:
         """Raises FailedPrecondition when this backend cannot run `pipeline` as it is (the
@@ -37,17 +63,17 @@ class Backend(ABC):
         before the run is stored, so the caller gets the error rather than a FAILED run."""
         return  # the local executor runs whatever the catalog compiled
 
-    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None) -> None:
         """Ends a run found CANCELLING at start-up: the process cancelling it stopped.
 
         `pipeline` is None when the catalog no longer has the run's version. Here nothing
         of the run goes on any more: its steps ran in that process (and a starting local
         executor kills what they left running), so the run is CANCELLED at once.
         """
-        await sink.run_cancelled(run.id)
+        await self.sink.run_cancelled(run.id)
 
     @abstractmethod
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         """Starts (or queues) the run and returns without waiting for it."""
 
     @abstractmethod

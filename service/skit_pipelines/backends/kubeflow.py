@@ -10,7 +10,7 @@ that name before any create, so a retried or resumed submit never starts a secon
 Its id and UI URL are recorded on the run.
 
 Progress is polled, by exactly one replica per active run: the holder of the run's
-lease (backends/leases.py). Each replica has one loop that renews its leases, claims the
+lease (store/leases.py). Each replica has one loop that renews its leases, claims the
 leases of replicas that died, and polls its runs; KFP task details become steps and KFP
 states become run states. Watchers never poll: they follow the store.
 
@@ -30,9 +30,10 @@ import logging
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,8 +48,16 @@ from tenacity import (
 )
 
 from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.backends.kubeflow_outputs import Collected, blobs_for, collect, log_uri
+from skit_pipelines.backends.kubeflow_platform import SecretRef, declared_env, platform_spec
+from skit_pipelines.backends.kubeflow_tasks import (
+    IrShape,
+    RunTasks,
+    map_steps,
+    nodes_from_details,
+)
 from skit_pipelines.catalog import ir_version
-from skit_pipelines.domain import ErrorInfo, Pipeline, Run, RunState, Step, StepState
+from skit_pipelines.domain import Code, ErrorInfo, LogLine, Pipeline, Run, RunState, StepState
 from skit_pipelines.errors import FailedPrecondition, NotFound, Unavailable
 from skit_pipelines.imagelock import LOCK_PATH, ImageLock, ImageLockError, pin_images
 from skit_pipelines.store.base import RunStore
@@ -64,19 +73,8 @@ T = TypeVar("T")
 
 _TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
 
-_STEP_STATES = {
-    "PENDING": StepState.PENDING,
-    "RUNNING": StepState.RUNNING,
-    "PAUSED": StepState.RUNNING,
-    "CANCELING": StepState.RUNNING,
-    "SUCCEEDED": StepState.SUCCEEDED,
-    "SKIPPED": StepState.SKIPPED,
-    "FAILED": StepState.FAILED,
-    "CANCELED": StepState.CANCELLED,
-}
 _ACTIVE_KFP_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
-ROOT_TASK = "root"
-"""The display name KFP gives the execution of the pipeline's root DAG."""
+_ENDED_KFP_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,13 @@ class KubeflowSettings:
     """Timeout of each HTTP request to the API server."""
     max_parallel_polls: int = 16
     """How many runs one replica polls at once."""
+    step_secrets: Mapping[str, SecretRef] = field(default_factory=dict)
+    """Env name -> the Kubernetes secret and key a step declaring it gets it from."""
+    logs_url: str = ""
+    """Where Argo archives pod logs (e.g. s3://mlpipeline, kubeflow_outputs.log_uri);
+    empty: archiving is off and ReadStepLogs points at the KFP UI."""
+    s3_endpoint_url: str = ""
+    """Endpoint override for reading s3:// outputs and logs."""
 
 
 def _transient(error: BaseException) -> bool:
@@ -228,8 +233,8 @@ class _Tracked:
 
     pipeline: Pipeline | None
     """The pipeline version the run was created with; None when this replica lacks it."""
-    tasks: Mapping[str, tuple[str, str]]
-    """Task path -> (component, image), from the IR."""
+    shape: IrShape | None
+    """Its IR's tasks; None until known (from KFP when this replica lacks the pipeline)."""
 
 
 class KubeflowBackend(Backend):
@@ -251,11 +256,14 @@ class KubeflowBackend(Backend):
         *,
         images: ImageLock,
         api: KfpApi | None = None,
+        env_of_image: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
         self._settings = settings
         self._images = images
-        # The RunSink has no call for "the backend named the run": the KFP run id and URL
-        # are written to the store directly.
+        self._env_of_image = env_of_image or _declares_nothing
+        self._platforms: dict[str, dict[str, Any] | None] = {}
+        """Pinned IR hash -> the platform spec uploaded with it."""
+        # Read only (a run's KFP id and state): what the poller learns goes to the sink.
         self._store = store
         self._leases = leases
         self._pipelines = pipelines
@@ -268,7 +276,6 @@ class KubeflowBackend(Backend):
         """Catalog IR hash -> the pipeline with its images pinned (see `pinned`)."""
         self._experiment_id = ""
         self._setup_lock = asyncio.Lock()
-        self._sink: RunSink | None = None
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._polls = asyncio.Semaphore(settings.max_parallel_polls)
@@ -301,7 +308,18 @@ class KubeflowBackend(Backend):
                     f" Details: {details}",
                     reason="IMAGES_NOT_RELEASED",
                 ) from None
-            known = replace(pipeline, spec=spec, version=ir_version(spec))
+            platform = platform_spec(
+                pipeline.name,
+                declared_env(spec, self._env_of_image),
+                self._settings.step_secrets,
+            )
+            # The platform spec is part of what is uploaded: a new secret mapping makes
+            # a new KFP pipeline version.
+            version = ir_version(
+                spec if platform is None else {"pipelineSpec": spec, "platformSpec": platform}
+            )
+            known = replace(pipeline, spec=spec, version=version)
+            self._platforms[version] = platform
             # Keyed by the catalog's version: the lock does not change while this runs.
             self._pinned[pipeline.version] = known
         return known
@@ -310,11 +328,13 @@ class KubeflowBackend(Backend):
         """The runs this replica polls."""
         return sorted(self._tracked)
 
-    def start(self, sink: RunSink) -> None:
+    def start(self, sink: RunSink, *, background: bool = True) -> None:
         """Starts this replica's poll loop; progress of every run it polls goes to `sink`
-        (also runs it takes over from a replica that died)."""
-        self._sink = sink
-        if self._loop is None:
+        (also runs it takes over from a replica that died). background=False only hands
+        over the sink: the caller runs the rounds (`poll_once`), as tests of a replica that
+        stops do."""
+        super().start(sink)
+        if background and self._loop is None:
             self._loop = asyncio.get_running_loop().create_task(
                 self._poll_forever(), name="kubeflow-poller"
             )
@@ -334,8 +354,7 @@ class KubeflowBackend(Backend):
 
     # Submit and cancel
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
-        self._sink = self._sink or sink
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         if not await self._leases.acquire(run.id):
             logger.info("%s is followed by another replica", run.name, extra={"run": run.id})
             return
@@ -353,11 +372,10 @@ class KubeflowBackend(Backend):
                 self._creating.discard(run.id)
         self._wake.set()
 
-    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None) -> None:
         # The KFP run may still go on (the replica that stored CANCELLING may have died
         # before terminating it): its poller terminates it, and reports CANCELLED only
         # once KFP has stopped it.
-        self._sink = self._sink or sink
         if not await self._leases.acquire(run.id):
             logger.info("%s is followed by another replica", run.name, extra={"run": run.id})
             return
@@ -368,8 +386,7 @@ class KubeflowBackend(Backend):
         run = await self._store.get_run(run_id)
         if not run.backend_run_id:
             # Not on Kubeflow yet; should its create still finish, the poller terminates it.
-            if self._sink is not None:
-                await self._sink.run_cancelled(run_id)
+            await self.sink.run_cancelled(run_id)
             return
         try:
             await self._terminate(run)
@@ -379,17 +396,35 @@ class KubeflowBackend(Backend):
             )
 
     async def _terminate(self, run: Run) -> None:
+        import kfp_server_api
+
         kfp_id = run.backend_run_id
-        await self._api.call(
-            "terminate_run",
-            lambda c, t: c.runs.run_service_terminate_run(kfp_id, _request_timeout=t),
-        )
+        try:
+            await self._api.call(
+                "terminate_run",
+                lambda c, t: c.runs.run_service_terminate_run(kfp_id, _request_timeout=t),
+            )
+        except kfp_server_api.ApiException as exc:
+            if exc.status != HTTPStatus.BAD_REQUEST:
+                raise
+            # run_store.go TerminateRun: only a PENDING/RUNNING/PAUSED run can be
+            # terminated; it has just ended (or is CANCELING already). Its poller reports
+            # how it ended.
+            logger.info(
+                "Kubeflow run %s of %s is not running any more: %s",
+                kfp_id,
+                run.name,
+                _describe(exc),
+                extra={"run": run.id},
+            )
+            self._wake.set()
+            return
         logger.info("terminating Kubeflow run %s of %s", kfp_id, run.name, extra={"run": run.id})
 
     def _track(self, run_id: str, pipeline: Pipeline | None) -> None:
         if run_id not in self._tracked:
-            tasks = _task_index(pipeline.spec) if pipeline is not None else {}
-            self._tracked[run_id] = _Tracked(pipeline, tasks)
+            shape = IrShape.of(pipeline.spec) if pipeline is not None else None
+            self._tracked[run_id] = _Tracked(pipeline, shape)
 
     async def _untrack(self, run_id: str) -> None:
         if self._tracked.pop(run_id, None) is not None:
@@ -406,14 +441,8 @@ class KubeflowBackend(Backend):
                 c, t, run, experiment_id, pipeline_id, version_id
             ),
         )
-        url = self._api.run_url(created.run_id)
-
-        def named(current: Run) -> Run:
-            return replace(current, backend_run_id=created.run_id, backend_run_url=url)
-
-        await self._store.update_run(run.id, named)
-        logger.info(
-            "%s is Kubeflow run %s", run.name, created.run_id, extra={"run": run.id, "url": url}
+        await self.sink.backend_run_assigned(
+            run.id, created.run_id, self._api.run_url(created.run_id)
         )
 
     def _find_or_create_run(
@@ -521,7 +550,10 @@ class KubeflowBackend(Backend):
         if version_id is None:
             with tempfile.TemporaryDirectory() as tmp:
                 package = Path(tmp) / f"{pipeline.id}.yaml"
-                package.write_text(yaml.safe_dump(dict(pinned.spec), sort_keys=False))
+                documents: list[Any] = [dict(pinned.spec)]
+                if self._platforms.get(pinned.version) is not None:
+                    documents.append(self._platforms[pinned.version])
+                package.write_text(yaml.safe_dump_all(documents, sort_keys=False))
                 try:
                     version_id = client.pipeline_uploads.upload_pipeline_version(
                         str(package),
@@ -609,8 +641,8 @@ class KubeflowBackend(Backend):
         import kfp_server_api
 
         tracked = self._tracked.get(run_id)
-        sink = self._sink
-        if tracked is None or sink is None or run_id in self._creating:
+        sink = self.sink
+        if tracked is None or run_id in self._creating:
             return
         run = await self._store.get_run(run_id)
         if not run.backend_run_id:
@@ -624,7 +656,7 @@ class KubeflowBackend(Backend):
                 await sink.run_failed(
                     run_id,
                     ErrorInfo(
-                        code=9,
+                        code=Code.FAILED_PRECONDITION,
                         message=f"pipeline version {run.pipeline_version} is no longer available",
                         reason="PIPELINE_VERSION_GONE",
                     ),
@@ -636,7 +668,10 @@ class KubeflowBackend(Backend):
             except FailedPrecondition as exc:
                 # This replica's lock lacks an image the submitting replica's had.
                 await sink.run_failed(
-                    run_id, ErrorInfo(code=9, message=exc.message, reason=exc.reason)
+                    run_id,
+                    ErrorInfo(
+                        code=Code.FAILED_PRECONDITION, message=exc.message, reason=exc.reason
+                    ),
                 )
                 await self._untrack(run_id)
                 return
@@ -652,7 +687,7 @@ class KubeflowBackend(Backend):
             await sink.run_failed(
                 run_id,
                 ErrorInfo(
-                    code=5,
+                    code=Code.NOT_FOUND,
                     message=f"Kubeflow run {kfp_id} no longer exists",
                     reason="KFP_RUN_NOT_FOUND",
                 ),
@@ -663,6 +698,83 @@ class KubeflowBackend(Backend):
         if state in _ACTIVE_KFP_STATES and (run.state is RunState.CANCELLING or run.state.terminal):
             await self._terminate(run)
         await self._report(run, remote, tracked, sink)
+
+    async def _shape(self, remote: kfp_server_api.V2beta1Run, tracked: _Tracked) -> IrShape:
+        """The run's IR tasks from the pipeline version KFP ran (this replica's catalog
+        lacks the version); no tasks when KFP cannot say, and asked again next poll."""
+        reference = remote.pipeline_version_reference
+        spec: Mapping[str, Any] = remote.pipeline_spec or {}
+        if not spec and reference is not None and reference.pipeline_version_id:
+            version = await self._api.call(
+                "get_pipeline_version",
+                lambda c, t: c.pipelines.pipeline_service_get_pipeline_version(
+                    reference.pipeline_id, reference.pipeline_version_id, _request_timeout=t
+                ),
+            )
+            spec = version.pipeline_spec or {}
+        # An upload with a platform spec comes back as {"pipeline_spec", "platform_spec"}.
+        spec = spec.get("pipeline_spec", spec)
+        if not spec:
+            return IrShape.of({})
+        tracked.shape = IrShape.of(spec)
+        return tracked.shape
+
+    async def _collect(
+        self, remote: kfp_server_api.V2beta1Run, shape: IrShape, tasks: RunTasks
+    ) -> Collected | None:
+        """The outputs of a succeeded run, from the pipeline root; None when that root
+        cannot be read (KFP's default root or an unreadable scheme)."""
+        root = self._settings.pipeline_root
+        blobs = blobs_for(root, self._settings.s3_endpoint_url) if root else None
+        if blobs is None:
+            return None
+        try:
+            return await asyncio.to_thread(collect, blobs, root, remote.run_id, shape, tasks)
+        except Exception:
+            # Outputs are a courtesy of the artifact store: the run still succeeded.
+            logger.warning(
+                "cannot list the outputs of Kubeflow run %s", remote.run_id, exc_info=True
+            )
+            return None
+
+    async def read_logs(
+        self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]
+    ) -> AsyncIterator[LogLine]:
+        unavailable = FailedPrecondition(
+            f"the log of step {step} of {run.name} is not archived; see it in the"
+            f" Kubeflow UI: {run.backend_run_url or self._api.run_url(run.backend_run_id)}",
+            reason="LOGS_UNAVAILABLE",
+        )
+        logs_url = self._settings.logs_url
+        blobs = blobs_for(logs_url, self._settings.s3_endpoint_url) if logs_url else None
+        if blobs is None or not run.backend_run_id:
+            raise unavailable
+        kfp_id = run.backend_run_id
+        remote = await self._api.call(
+            "get_run", lambda c, t: c.runs.run_service_get_run(kfp_id, _request_timeout=t)
+        )
+        try:
+            pipeline: Pipeline | None = self._pipelines(run.pipeline)
+        except NotFound:
+            pipeline = None
+        tracked = _Tracked(pipeline, IrShape.of(pipeline.spec) if pipeline else None)
+        shape = tracked.shape or await self._shape(remote, tracked)
+        tasks = map_steps(shape, nodes_from_details(_task_details(remote)))
+        mapped = next((m for m in tasks.steps if m.step.name == step), None)
+        pod = tasks.pod_name(mapped) if mapped is not None else ""
+        created = remote.created_at or run.create_time
+        if not pod:
+            raise unavailable
+        uri = log_uri(logs_url, tasks.workflow, pod, created.astimezone(UTC))
+        data = await asyncio.to_thread(blobs.read, uri)
+        if data is None:
+            raise unavailable
+        end = mapped.step.end_time if mapped is not None else None
+        when = end or created
+        for text in data.decode(errors="replace").splitlines():
+            yield LogLine(
+                time=when, stream="stdout", text=text, attempt=mapped.step.attempt if mapped else 1
+            )
 
     async def _report(
         self,
@@ -678,96 +790,62 @@ class KubeflowBackend(Backend):
             return
         if state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED") and run.state is RunState.QUEUED:
             await sink.run_started(run.id)
+        # A terminated run ends FAILED on KFP, after CANCELING (kubeflow/pipelines#1040):
+        # stopped through CancelRun (our run is CANCELLING) or the KFP UI (KFP showed
+        # CANCELING, which made ours CANCELLING, or its history did), it is CANCELLED.
+        cancelled = state == "CANCELED" or (
+            state == "FAILED" and (run.state is RunState.CANCELLING or _was_canceling(remote))
+        )
+        ended_as = None
+        if cancelled:
+            ended_as = StepState.CANCELLED
+        elif state in _ENDED_KFP_STATES:
+            ended_as = StepState.SKIPPED
+        shape = tracked.shape or await self._shape(remote, tracked)
+        tasks = map_steps(shape, nodes_from_details(_task_details(remote)), ended_as=ended_as)
+        outputs = await self._collect(remote, shape, tasks) if state == "SUCCEEDED" else None
         known = {step.name: step for step in run.steps}
-        for step in _steps(remote, tracked.tasks):
+        for mapped in tasks.steps:
+            step = outputs.step(mapped) if outputs is not None else mapped.step
             if known.get(step.name) != step:
                 await sink.step_changed(run.id, step)
-        if state in ("SUCCEEDED", "SKIPPED"):
-            await sink.run_succeeded(run.id, (), {})
+        if cancelled:
+            await sink.run_cancelled(run.id)
+        elif state in ("SUCCEEDED", "SKIPPED"):
+            if outputs is not None:
+                await sink.run_succeeded(run.id, outputs.run_outputs, outputs.run_parameters)
+            else:
+                await sink.run_succeeded(run.id, (), {})
         elif state == "FAILED":
             await sink.run_failed(run.id, _run_error(remote))
-        elif state == "CANCELED":
-            await sink.run_cancelled(run.id)
         elif state == "CANCELING" and run.state is not RunState.CANCELLING:
             # Cancelled in the KFP UI rather than through CancelRun.
-            await self._store.update_run(run.id, _cancelling)
+            await sink.cancel_requested_remotely(run.id)
             return
         else:
             return
         await self._untrack(run.id)
 
 
-def _cancelling(run: Run) -> Run:
-    if run.state.terminal or run.state is RunState.CANCELLING:
-        return run
-    return replace(run, state=RunState.CANCELLING)
-
-
 def _run_error(remote: kfp_server_api.V2beta1Run) -> ErrorInfo:
     error = remote.error
     message = (error.message if error else "") or "the Kubeflow run failed"
     return ErrorInfo(
-        code=(error.code if error else 0) or 2, message=message, reason="KFP_RUN_FAILED"
+        code=(error.code if error else Code.OK) or Code.UNKNOWN,
+        message=message,
+        reason="KFP_RUN_FAILED",
     )
 
 
-def _task_index(spec: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """Task path ("for-loop-2/square") -> (component name, container image), from the IR."""
-    components: Mapping[str, Any] = spec.get("components") or {}
-    executors: Mapping[str, Any] = (spec.get("deploymentSpec") or {}).get("executors") or {}
-    index: dict[str, tuple[str, str]] = {}
-
-    def walk(dag: Mapping[str, Any], prefix: str) -> None:
-        for name, task in (dag.get("tasks") or {}).items():
-            ref = (task.get("componentRef") or {}).get("name", "")
-            component = components.get(ref) or {}
-            executor = executors.get(component.get("executorLabel", "")) or {}
-            image = (executor.get("container") or {}).get("image", "")
-            index[prefix + name] = (ref.removeprefix("comp-"), image)
-            if "dag" in component:
-                walk(component["dag"], f"{prefix}{name}/")
-
-    walk((spec.get("root") or {}).get("dag") or {}, "")
-    return index
+def _declares_nothing(image: str) -> tuple[str, ...]:
+    return ()
 
 
-def _steps(remote: kfp_server_api.V2beta1Run, tasks: Mapping[str, tuple[str, str]]) -> list[Step]:
-    details = remote.run_details.task_details if remote.run_details else None
-    by_id = {task.task_id: task for task in details or ()}
-
-    def path(task: Any) -> str:
-        names = [task.display_name or task.task_id]
-        parent = by_id.get(task.parent_task_id or "")
-        while parent is not None and parent.display_name != ROOT_TASK:
-            names.append(parent.display_name or parent.task_id)
-            parent = by_id.get(parent.parent_task_id or "")
-        return "/".join(reversed(names))
-
-    steps = []
-    for task in details or ():
-        if task.display_name == ROOT_TASK:
-            continue
-        name = path(task)
-        component, image = tasks.get(name, ("", ""))
-        state = _STEP_STATES.get(task.state or "", StepState.PENDING)
-        error = None
-        if state is StepState.FAILED:
-            message = (task.error.message if task.error else "") or "the step failed"
-            error = ErrorInfo(code=2, message=message, reason="STEP_FAILED")
-        steps.append(
-            Step(
-                name=name,
-                component=component,
-                image=image,
-                state=state,
-                start_time=_time(task.start_time),
-                end_time=_time(task.end_time) if state.terminal else None,
-                error=error,
-            )
-        )
-    return steps
+def _task_details(remote: kfp_server_api.V2beta1Run) -> list[Any]:
+    return list(remote.run_details.task_details or ()) if remote.run_details else []
 
 
-def _time(value: datetime | None) -> datetime | None:
-    # KFP reports unset times as the Unix epoch.
-    return value if value is not None and value.year > 1970 else None
+def _was_canceling(remote: kfp_server_api.V2beta1Run) -> bool:
+    """KFP's state history shows CANCELING (terminated in the KFP UI, say, between two
+    polls of ours)."""
+    return any(status.state == "CANCELING" for status in remote.state_history or ())

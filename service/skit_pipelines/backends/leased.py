@@ -6,7 +6,9 @@ reach any replica; without leases a rolling restart would execute each running r
 second time. With them, a submit whose lease another live replica holds is a no-op, the
 holder renews its leases while its runs execute, and when a replica dies its leases
 expire and another replica takes the runs over (they resume from the step cache, which
-lives in the shared store; their artifacts must be shared too, i.e. in S3).
+lives in the shared store; their artifacts must be shared too, i.e. in S3). A CancelRun
+stored by any replica reaches the one executing the run: through the store's news of
+other replicas' revisions, and, should that news be lost, at the next lease renewal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, RunState, Step
+from skit_pipelines.domain import (
+    Artifact,
+    Code,
+    ErrorInfo,
+    LogLine,
+    Pipeline,
+    Run,
+    RunState,
+    Step,
+)
 from skit_pipelines.errors import NotFound
 from skit_pipelines.store.base import RunStore
 from skit_pipelines.store.leases import RunLeases
@@ -45,7 +56,6 @@ class LeasedBackend(Backend):
         self._renew_seconds = renew_seconds
         self._held: set[str] = set()
         self._cancelled: set[str] = set()
-        self._sink: RunSink | None = None
         self._loop: asyncio.Task[None] | None = None
 
     def held_runs(self) -> list[str]:
@@ -55,10 +65,15 @@ class LeasedBackend(Backend):
     def active_runs(self) -> int:
         return self._inner.active_runs()
 
-    def start(self, sink: RunSink) -> None:
-        """Starts renewing leases and taking over the runs of replicas that stopped."""
-        self._sink = sink
-        if self._loop is None:
+    def start(self, sink: RunSink, *, background: bool = True) -> None:
+        """Starts renewing leases, taking over the runs of replicas that stopped, and
+        hearing the cancels other replicas store. background=False only hands over the
+        sink: the caller runs the rounds (`renew_once`), as tests of a replica that stops
+        do."""
+        super().start(sink)
+        self._inner.start(_ReleasingSink(sink, self._finished))
+        if background and self._loop is None:
+            self._store.on_remote_revision(self._heard)
             self._loop = asyncio.get_running_loop().create_task(
                 self._keep_leases(), name="run-leases"
             )
@@ -66,22 +81,27 @@ class LeasedBackend(Backend):
     def check_runnable(self, pipeline: Pipeline) -> None:
         self._inner.check_runnable(pipeline)
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         if not await self._leases.acquire(run.id):
             logger.info("%s executes on another replica", run.name, extra={"run": run.id})
             return
         self._held.add(run.id)
-        await self._inner.submit(run, pipeline, _ReleasingSink(sink, self._finished))
+        await self._inner.submit(run, pipeline)
 
-    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None, sink: RunSink) -> None:
+    async def resume_cancelling(self, run: Run, pipeline: Pipeline | None) -> None:
         if not await self._leases.acquire(run.id):
             # A live replica executes it and is stopping its steps; it ends the run.
             logger.info("%s is being stopped by another replica", run.name, extra={"run": run.id})
             return
         try:
-            await self._inner.resume_cancelling(run, pipeline, sink)
+            await self._inner.resume_cancelling(run, pipeline)
         finally:
             await self._leases.release(run.id)
+
+    async def _heard(self, run_id: str, revision: int, state: RunState) -> None:
+        """Another replica stored a revision of the run."""
+        if state is RunState.CANCELLING:
+            await self.cancel(run_id)
 
     async def cancel(self, run_id: str) -> None:
         # The request may arrive twice (this replica's CancelRun and the store's news of
@@ -142,28 +162,27 @@ class LeasedBackend(Backend):
             await self._take_over(run_id)
 
     async def _take_over(self, run_id: str) -> None:
-        sink = self._sink
         try:
             run = await self._store.get_run(run_id)
             pipeline = self._pipelines(run.pipeline)
         except NotFound:
             await self._leases.release(run_id)
             return
-        if sink is None or run.state.terminal:
+        if run.state.terminal:
             await self._leases.release(run_id)
             return
         # As RunController.resume does for the runs it finds at start-up.
         if run.state is RunState.CANCELLING:
             try:
-                await self._inner.resume_cancelling(run, pipeline, sink)
+                await self._inner.resume_cancelling(run, pipeline)
             finally:
                 await self._leases.release(run_id)
             return
         if pipeline.version != run.pipeline_version:
-            await sink.run_failed(
+            await self.sink.run_failed(
                 run_id,
                 ErrorInfo(
-                    code=9,
+                    code=Code.FAILED_PRECONDITION,
                     message=f"pipeline version {run.pipeline_version} is no longer available",
                     reason="PIPELINE_VERSION_GONE",
                 ),
@@ -172,7 +191,7 @@ class LeasedBackend(Backend):
             return
         logger.info("taking over %s from a replica that stopped", run.name, extra={"run": run_id})
         self._held.add(run_id)
-        await self._inner.submit(run, pipeline, _ReleasingSink(sink, self._finished))
+        await self._inner.submit(run, pipeline)
 
 
 class _ReleasingSink:
@@ -201,3 +220,9 @@ class _ReleasingSink:
     async def run_cancelled(self, run_id: str) -> None:
         await self._sink.run_cancelled(run_id)
         await self._finished(run_id)
+
+    async def backend_run_assigned(self, run_id: str, backend_run_id: str, url: str) -> None:
+        await self._sink.backend_run_assigned(run_id, backend_run_id, url)
+
+    async def cancel_requested_remotely(self, run_id: str) -> None:
+        await self._sink.cancel_requested_remotely(run_id)

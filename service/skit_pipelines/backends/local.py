@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from skit_pipelines import jsonlog
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.domain import Artifact, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
+from skit_pipelines.domain import Artifact, Code, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
 from skit_pipelines.errors import NotFound
 from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed, read_step_logs
 from skit_pipelines.store.base import RunStore
@@ -80,11 +80,11 @@ class LocalBackend(Backend):
     def active_runs(self) -> int:
         return len(self._tasks)
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         if run.id in self._tasks:
             return
         task = asyncio.get_running_loop().create_task(
-            self._execute(run, pipeline, sink), name=f"run-{run.id}"
+            self._execute(run, pipeline, self.sink), name=f"run-{run.id}"
         )
         self._tasks[run.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
@@ -120,7 +120,9 @@ class LocalBackend(Backend):
             logger.exception("executing runs/%s failed", run.id)
             await sink.run_failed(
                 run.id,
-                ErrorInfo(code=13, message=f"executor error: {exc}", reason="EXECUTOR_ERROR"),
+                ErrorInfo(
+                    code=Code.INTERNAL, message=f"executor error: {exc}", reason="EXECUTOR_ERROR"
+                ),
             )
 
     async def cancel(self, run_id: str) -> None:

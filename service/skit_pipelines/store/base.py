@@ -6,13 +6,14 @@ import asyncio
 import itertools
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import Unavailable
+from skit_pipelines.store.leases import RunLeases
 
 
 def sortable_time(value: datetime) -> str:
@@ -53,6 +54,9 @@ class CreateOutcome:
 
 
 RunMutation = Callable[[Run], Run]
+
+RevisionListener = Callable[[str, int, RunState], Awaitable[None]]
+"""Called with (run id, revision, state) for a revision another replica stored."""
 
 
 class RevisionHub:
@@ -182,6 +186,17 @@ class RunStore(ABC):
 
     @abstractmethod
     def cache_put(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
+    def leases(self, owner: str, ttl_seconds: float) -> RunLeases:
+        """Leases on runs, shared by every process using this store, taken as `owner`
+        and expiring `ttl_seconds` after their last renewal."""
+
+    def on_remote_revision(self, listener: RevisionListener) -> None:
+        """Calls `listener` for every revision another replica stores, in commit order
+        (for example so the replica executing a run hears that it is CANCELLING). A store
+        that only one process uses has no such revisions."""
+        return None
 
     async def close(self) -> None:
         """Releases connections."""

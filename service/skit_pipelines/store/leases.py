@@ -1,5 +1,8 @@
 """Run leases: which replica looks after a run that executes elsewhere (e.g. on Kubeflow).
 
+The store owns them: every RunStore hands out `RunLeases` (`RunStore.leases`), kept where
+its runs are, so that all the processes sharing the store agree on them.
+
 A lease is held by one owner until it expires; the owner renews it while the run is
 active, releases it when the run ends, and hands it over (expires it early) on shutdown.
 A replica that dies simply stops renewing, and another one claims the expired lease.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 
 class RunLeases(ABC):
@@ -41,13 +44,21 @@ class RunLeases(ABC):
         """Takes over up to `limit` leases whose owner stopped renewing them."""
 
 
-class LocalRunLeases(RunLeases):
-    """Leases in this process's memory, for a single replica (the SQLite store)."""
+LeaseTable = MutableMapping[str, tuple[str, float]]
+"""Run id -> (owner, time.monotonic() at which the lease expires)."""
 
-    def __init__(self, owner: str, ttl_seconds: float) -> None:
+
+class LocalRunLeases(RunLeases):
+    """Leases in this process's memory, for a single replica (the SQLite store).
+
+    Args:
+        table: Shared by every owner's LocalRunLeases of one store; a new one by default.
+    """
+
+    def __init__(self, owner: str, ttl_seconds: float, table: LeaseTable | None = None) -> None:
         self.owner = owner
         self._ttl = ttl_seconds
-        self._leases: dict[str, tuple[str, float]] = {}
+        self._leases: LeaseTable = {} if table is None else table
 
     async def acquire(self, run_id: str) -> bool:
         held = self._leases.get(run_id)

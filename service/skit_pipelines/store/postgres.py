@@ -49,6 +49,7 @@ from skit_pipelines.store import codec
 from skit_pipelines.store.base import (
     CreateOutcome,
     RevisionHub,
+    RevisionListener,
     RunMutation,
     RunPage,
     RunQuery,
@@ -59,9 +60,6 @@ from skit_pipelines.store.leases import RunLeases
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-RevisionListener = Callable[[str, int, RunState], Awaitable[None]]
-"""Called with (run id, revision, state) for a revision another replica stored."""
 
 CHANNEL = "skit_run_revisions"
 """The NOTIFY channel every replica listens on."""
@@ -140,6 +138,8 @@ _CONNECTION_KWARGS: dict[str, Any] = {
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError,)
 """Connection failures, server shutdown/restart, pool timeouts, serialization failures
 and deadlocks: retried. Everything else (constraint violations, bugs) is not."""
+_LISTENER_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, Unavailable)
+"""What the LISTEN connection reconnects after, with a warning rather than a traceback."""
 
 
 @dataclass(frozen=True)
@@ -256,8 +256,6 @@ class PostgresRunStore(RunStore):
             ) from None
 
     def on_remote_revision(self, listener: RevisionListener) -> None:
-        """Calls `listener` for every revision another replica stores, in commit order
-        (for example so the replica executing a run hears that it is CANCELLING)."""
         self._revision_listeners.append(listener)
 
     @property
@@ -533,7 +531,7 @@ class PostgresRunStore(RunStore):
                 error = exc
         logger.warning("step cache unavailable, not caching %s: %s", key, error)
 
-    # Leases: which replica looks after a run (see backends/leases.py).
+    # Leases: which replica looks after a run (see store/leases.py).
 
     def leases(self, owner: str, ttl_seconds: float) -> PostgresRunLeases:
         return PostgresRunLeases(self, owner, ttl_seconds)
@@ -563,7 +561,7 @@ class PostgresRunStore(RunStore):
                             await self._on_notify(notify.payload)
                         # Quiet for a while: prove the connection is still alive.
                         await conn.execute("SELECT 1")
-            except (*TRANSIENT_ERRORS, Unavailable) as exc:
+            except _LISTENER_ERRORS as exc:
                 logger.warning(
                     "run store listener lost its connection, reconnecting in %.2fs: %s",
                     backoff,

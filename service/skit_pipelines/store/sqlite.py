@@ -29,6 +29,7 @@ from skit_pipelines.store.base import (
     RunStore,
     sortable_time,
 )
+from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class SqliteRunStore(RunStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
         self._decoded: OrderedDict[str, Run] = OrderedDict()
+        self._leases: LeaseTable = {}
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -124,6 +126,10 @@ class SqliteRunStore(RunStore):
 
     async def close(self) -> None:
         self._db.close()
+
+    def leases(self, owner: str, ttl_seconds: float) -> LocalRunLeases:
+        # One process uses a SQLite store, so its memory is where every lease is.
+        return LocalRunLeases(owner, ttl_seconds, self._leases)
 
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
         with self._transaction():
