@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -27,15 +27,12 @@ from grpc_status import rpc_status
 
 from skit_pipelines.domain import ANONYMOUS_ADMIN, Principal, Role
 from skit_pipelines.errors import InvalidArgument
+from skit_pipelines.grpc_types import MethodHandler, ServicerContext, abort_with_status
 
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "skp_"
 ERROR_DOMAIN = "pipelines.skit.ai"
-_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-# grpc.aio's method handlers hold coroutine functions, which grpc-stubs types as plain
-# callables of a sync context; Any keeps the checker from asserting the wrong signature.
-_Handler: TypeAlias = Any
 _SERVICE = "/skit.pipelines.v1.PipelineService/"
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -152,9 +149,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
+    ) -> MethodHandler:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_OPEN_PREFIXES):
@@ -162,7 +159,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
         needed = _METHOD_ROLES.get(method.removeprefix(_SERVICE), Role.ADMIN)
         return _guarded(handler, method.rsplit("/", 1)[-1], needed, self._authenticate)
 
-    def _authenticate(self, context: _Context) -> Principal | None:
+    def _authenticate(self, context: ServicerContext) -> Principal | None:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
@@ -176,21 +173,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
         return None
 
 
-async def _abort(context: _Context, code: int, reason: str, message: str) -> NoReturn:
+async def _abort(context: ServicerContext, code: int, reason: str, message: str) -> NoReturn:
     status = status_pb2.Status(code=code, message=message)
     status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    # grpc-stubs 1.53 does not declare aio's abort_with_status (grpcio has it since 1.38).
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
-    raise AssertionError("abort_with_status returned")
+    await abort_with_status(context, rpc_status.to_status(status))
 
 
 def _guarded(
-    handler: _Handler,
+    handler: MethodHandler,
     method: str,
     needed: Role,
-    authenticate: Callable[[_Context], Principal | None],
-) -> _Handler:
-    async def authorize(context: _Context) -> Principal:
+    authenticate: Callable[[ServicerContext], Principal | None],
+) -> MethodHandler:
+    async def authorize(context: ServicerContext) -> Principal:
         principal = authenticate(context)
         if principal is None:
             await _abort(
@@ -210,14 +205,14 @@ def _guarded(
             )
         return principal
 
-    async def unary(request: Any, context: _Context) -> Any:
+    async def unary(request: Any, context: ServicerContext) -> Any:
         token = _current.set(await authorize(context))
         try:
             return await handler.unary_unary(request, context)
         finally:
             _current.reset(token)
 
-    async def stream(request: Any, context: _Context) -> Any:
+    async def stream(request: Any, context: ServicerContext) -> Any:
         token = _current.set(await authorize(context))
         try:
             async for item in handler.unary_stream(request, context):

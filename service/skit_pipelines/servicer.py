@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2, message_factory
@@ -31,12 +31,12 @@ from skit_pipelines.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from skit_pipelines.grpc_types import ServicerContext, abort_with_status
 from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
 
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "pipelines.skit.ai"
-_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _CONVERTED_REVISIONS = 1024
 _LOG_BATCH_LINES = 500
 _LOG_BATCH_WAIT = 0.05
@@ -160,18 +160,11 @@ def add_to_server(servicer: PipelineServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
-async def abort_with_status(context: _Context, status: grpc.Status) -> NoReturn:
-    """Ends the call with `status` (google.rpc.Status details included); never returns."""
-    # grpc-stubs 1.53 does not declare aio's abort_with_status (grpcio has it since 1.38).
-    await context.abort_with_status(status)  # type: ignore[attr-defined]
-    raise AssertionError("abort_with_status returned")
-
-
 def _unary(
-    method: Callable[[Any, _Request, _Context], Awaitable[_Response]],
-) -> Callable[[Any, _Request, _Context], Awaitable[_Response]]:
+    method: Callable[[Any, _Request, ServicerContext], Awaitable[_Response]],
+) -> Callable[[Any, _Request, ServicerContext], Awaitable[_Response]]:
     @functools.wraps(method)
-    async def wrapper(self: Any, request: _Request, context: _Context) -> _Response:
+    async def wrapper(self: Any, request: _Request, context: ServicerContext) -> _Response:
         try:
             _reject_malformed(request)
             return await method(self, request, context)
@@ -182,10 +175,12 @@ def _unary(
 
 
 def _streaming(
-    method: Callable[[Any, _Request, _Context], AsyncIterator[_Response]],
-) -> Callable[[Any, _Request, _Context], AsyncIterator[_Response]]:
+    method: Callable[[Any, _Request, ServicerContext], AsyncIterator[_Response]],
+) -> Callable[[Any, _Request, ServicerContext], AsyncIterator[_Response]]:
     @functools.wraps(method)
-    async def wrapper(self: Any, request: _Request, context: _Context) -> AsyncIterator[_Response]:
+    async def wrapper(
+        self: Any, request: _Request, context: ServicerContext
+    ) -> AsyncIterator[_Response]:
         try:
             _reject_malformed(request)
             async for item in method(self, request, context):
@@ -216,7 +211,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def ListPipelines(
-        self, request: pipeline_service_pb2.ListPipelinesRequest, context: _Context
+        self, request: pipeline_service_pb2.ListPipelinesRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListPipelinesResponse:
         pipelines, next_token = self._controller.list_pipelines(
             request.page_size, request.page_token
@@ -227,13 +222,13 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def GetPipeline(
-        self, request: pipeline_service_pb2.GetPipelineRequest, context: _Context
+        self, request: pipeline_service_pb2.GetPipelineRequest, context: ServicerContext
     ) -> pipeline_pb2.Pipeline:
         return convert.pipeline(self._controller.get_pipeline(request.name), with_spec=True)
 
     @_unary
     async def CreateRun(
-        self, request: pipeline_service_pb2.CreateRunRequest, context: _Context
+        self, request: pipeline_service_pb2.CreateRunRequest, context: ServicerContext
     ) -> run_pb2.Run:
         run = await self._controller.create_run(
             CreateRunInput(
@@ -249,7 +244,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def GetRun(
-        self, request: pipeline_service_pb2.GetRunRequest, context: _Context
+        self, request: pipeline_service_pb2.GetRunRequest, context: ServicerContext
     ) -> run_pb2.Run:
         # Converted once per revision, like the watchers' messages: a run is mostly polled
         # while nothing changes, and conversion is most of the cost of a call.
@@ -257,7 +252,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def ListRuns(
-        self, request: pipeline_service_pb2.ListRunsRequest, context: _Context
+        self, request: pipeline_service_pb2.ListRunsRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListRunsResponse:
         runs, next_token = await self._controller.list_runs(
             ListRunsInput(
@@ -280,14 +275,14 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def CancelRun(
-        self, request: pipeline_service_pb2.CancelRunRequest, context: _Context
+        self, request: pipeline_service_pb2.CancelRunRequest, context: ServicerContext
     ) -> run_pb2.Run:
         run = await self._controller.cancel_run(request.name, principal=current_principal())
         return convert.run(run)
 
     @_streaming
     async def WatchRun(
-        self, request: pipeline_service_pb2.WatchRunRequest, context: _Context
+        self, request: pipeline_service_pb2.WatchRunRequest, context: ServicerContext
     ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
         runs = self._controller.watch_run(
             request.name, request.after_revision, principal=current_principal()
@@ -297,7 +292,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_unary
     async def RetryRun(
-        self, request: pipeline_service_pb2.RetryRunRequest, context: _Context
+        self, request: pipeline_service_pb2.RetryRunRequest, context: ServicerContext
     ) -> run_pb2.Run:
         run = await self._controller.retry_run(
             request.name,
@@ -309,7 +304,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     @_streaming
     async def ReadStepLogs(
-        self, request: pipeline_service_pb2.ReadStepLogsRequest, context: _Context
+        self, request: pipeline_service_pb2.ReadStepLogsRequest, context: ServicerContext
     ) -> AsyncIterator[pipeline_service_pb2.ReadStepLogsResponse]:
         lines = self._controller.read_step_logs(
             request.run,

@@ -30,6 +30,7 @@ import grpc
 from skit_pipelines import jsonlog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.domain import Run, RunState, Step, StepState
+from skit_pipelines.grpc_types import MethodHandler, ServicerContext
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -193,8 +194,8 @@ class Telemetry:
         """host:port of the /metrics endpoint once started (the port chosen for port 0)."""
         if self._metrics_server is None:
             return None
-        host, port = self._metrics_server.server_address[:2]
-        return f"{host}:{port}"
+        host = str(self._metrics_server.server_address[0])
+        return f"{host}:{self._metrics_server.server_port}"
 
     def count_watchers(self, source: Callable[[], int]) -> None:
         """Where the open-watchers gauge reads its value (e.g. RevisionHub.watcher_count)."""
@@ -245,10 +246,10 @@ class Telemetry:
 
     # gRPC
 
-    def server_interceptors(self, service: str) -> list[grpc.aio.ServerInterceptor]:
+    def server_interceptors(self, service: str) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """Interceptors for the gRPC server: a span and a latency measurement per call of
         `service`'s methods."""
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         if self._tracer_provider is not None:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
             from opentelemetry.instrumentation.grpc.filters import service_name
@@ -256,11 +257,11 @@ class Telemetry:
             # Only our service: the interceptor reads every streaming handler with
             # `async for`, which breaks health's Watch (it writes with context.write),
             # and probes every few seconds would bury the runs' traces anyway.
-            interceptors.append(
-                aio_server_interceptor(
-                    tracer_provider=self._tracer_provider, filter_=service_name(service)
-                )
+            # The instrumentation's factory is unannotated.
+            interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=self._tracer_provider, filter_=service_name(service)
             )
+            interceptors.append(interceptor)
         if self._tracer is not None or self._instruments is not None:
             interceptors.append(_RpcInterceptor(service, self))
         return interceptors
@@ -519,10 +520,10 @@ def _gauge(value: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Obs
     return observe
 
 
-_Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+_Behavior = Callable[[Any, ServicerContext], Any]
 
 
-class _RpcInterceptor(grpc.aio.ServerInterceptor):
+class _RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # see grpc_types
     """Measures every call of one service and gives its span the final status code.
 
     Placed after OpenTelemetry's interceptor, so the call's span is the current one.
@@ -534,9 +535,9 @@ class _RpcInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
@@ -560,7 +561,7 @@ class _RpcInterceptor(grpc.aio.ServerInterceptor):
     def _finished(
         self,
         name: str,
-        context: grpc.aio.ServicerContext,
+        context: ServicerContext,
         started: float,
         error: BaseException | None,
     ) -> None:
@@ -579,8 +580,8 @@ class _RpcInterceptor(grpc.aio.ServerInterceptor):
             name, code or grpc.StatusCode.OK, time.perf_counter() - started, span
         )
 
-    def _unary(self, name: str, behavior: _Handler) -> _Handler:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _unary(self, name: str, behavior: _Behavior) -> _Behavior:
+        async def unary(request: Any, context: ServicerContext) -> Any:
             started = time.perf_counter()
             try:
                 response = await behavior(request, context)
@@ -592,11 +593,11 @@ class _RpcInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _stream(self, name: str, behavior: _Handler) -> _Handler:
+    def _stream(self, name: str, behavior: _Behavior) -> _Behavior:
         if not inspect.isasyncgenfunction(behavior):
             return behavior
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 async for response in behavior(request, context):

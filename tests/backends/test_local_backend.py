@@ -167,10 +167,13 @@ async def test_runs_beyond_the_limit_wait_in_queued(tmp_path: Path, naps_pipelin
         first = await h.create(seconds=1.0)
         await h.until(first, lambda r: r.state is RunState.RUNNING)
         second = await h.create()
-        await asyncio.sleep(0.3)
-        assert (await h.store.get_run(second.id)).state is RunState.QUEUED
-        assert (await h.until(second, terminal)).state is RunState.SUCCEEDED
-        assert (await h.store.get_run(first.id)).state is RunState.SUCCEEDED
+        done = await h.until(second, terminal)
+        assert done.state is RunState.SUCCEEDED
+        first_done = await h.store.get_run(first.id)
+        assert first_done.state is RunState.SUCCEEDED
+        # It waited in QUEUED: it started only once the first run had ended.
+        assert done.start_time is not None and first_done.end_time is not None
+        assert done.start_time >= first_done.end_time
     finally:
         await h.close()
 

@@ -5,7 +5,7 @@ holder dies or shuts down, another replica takes it over."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from skit_pipelines.catalog import Catalog
 from skit_pipelines.domain import Artifact, ErrorInfo, Pipeline, Run, RunState, Step
 from skit_pipelines.runs import RunController
 from skit_pipelines.store.postgres import PostgresRunStore
+from skit_testing.waiting import until
 
 pytest_plugins = ["skit_testing.postgres"]
 
@@ -102,14 +103,6 @@ def make_run(run_id: str, **changes: Any) -> Run:
         revision=1,
     )
     return replace(run, **changes)
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from skit_pipelines.artifacts import ArtifactStore
-from skit_pipelines.domain import Step, StepState
+from skit_pipelines.domain import Code, ErrorInfo, Step, StepState
 from skit_pipelines.executor._api import (
     ExecutorConfig,
     PipelineFailed,
@@ -33,7 +31,7 @@ from skit_pipelines.executor._api import (
 from skit_pipelines.executor._dag import DagWalker
 from skit_pipelines.executor._ir import IRError, PipelineIR, names
 from skit_pipelines.executor._orphans import ProcessLedger
-from skit_pipelines.executor._outcome import INVALID_PIPELINE, error_info, step_error
+from skit_pipelines.executor._outcome import INVALID_PIPELINE, step_error
 from skit_pipelines.executor._run import RunState, now
 from skit_pipelines.executor._runner import StepRunner
 
@@ -98,7 +96,7 @@ class LocalExecutor:
             ir = PipelineIR.parse(spec)
         except IRError as exc:
             raise PipelineFailed(
-                error_info(grpc.StatusCode.INVALID_ARGUMENT, str(exc), INVALID_PIPELINE)
+                ErrorInfo(code=Code.INVALID_ARGUMENT, message=str(exc), reason=INVALID_PIPELINE)
             ) from None
         work_dir = self._config.work_root / "runs" / run_id
         run = RunState(run_id, ir, observer, work_dir, reuse or {}, trace_context)

@@ -7,9 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from skit_pipelines.domain import Artifact, ErrorInfo
+from skit_pipelines.domain import Artifact, Code, ErrorInfo
 
 STEP_FAILED = "STEP_FAILED"
 """ErrorInfo.reason of a step that failed (its command, its inputs or its outputs)."""
@@ -24,19 +22,13 @@ Artifacts = Mapping[str, tuple[Artifact, ...]]
 """Artifacts by input or output name; a loop's collected outputs hold several."""
 
 
-def error_info(code: grpc.StatusCode, message: str, reason: str) -> ErrorInfo:
-    """An ErrorInfo with the google.rpc.Code number of a grpc.StatusCode."""
-    number: int = code.value[0]
-    return ErrorInfo(code=number, message=message, reason=reason)
-
-
 def step_error(message: str) -> ErrorInfo:
     """Why a step failed, for anything but a timeout."""
-    return error_info(grpc.StatusCode.UNKNOWN, message, STEP_FAILED)
+    return ErrorInfo(code=Code.UNKNOWN, message=message, reason=STEP_FAILED)
 
 
 def timeout_error(message: str) -> ErrorInfo:
-    return error_info(grpc.StatusCode.DEADLINE_EXCEEDED, message, STEP_TIMEOUT)
+    return ErrorInfo(code=Code.DEADLINE_EXCEEDED, message=message, reason=STEP_TIMEOUT)
 
 
 class TaskState(enum.Enum):
