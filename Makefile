@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
-PY_SOURCES := service lib images pipelines tests benchmarks
+PY_SOURCES := service client lib images pipelines tests benchmarks protos
 
 .PHONY: run test bench lint proto lock clean
 
-$(STAMP): requirements.lock pyproject.toml lib/pyproject.toml
+$(STAMP): requirements.lock pyproject.toml lib/pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e lib
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e lib -e client
 	touch $(STAMP)
 
 ## Serve PipelineService on 127.0.0.1:50051 (SQLite, local executor, demo data under ./.skit-pipelines).
@@ -27,11 +27,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## ruff (lint and format), mypy (strict on service/) and buf lint (buf comes from npm, into .venv/buf).
+## ruff (lint and format), mypy (strict on service/, client/ and the proto generator) and buf lint (buf comes from npm, into .venv/buf).
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
-	$(BIN)/mypy service
+	$(BIN)/mypy service client protos/protogen.py
 	$(BUF) lint
 
 $(BUF):
@@ -39,12 +39,12 @@ $(BUF):
 
 ## Regenerate the committed gRPC code after editing protos/.
 proto: $(STAMP)
-	$(BIN)/python service/skit_pipelines/protogen.py
+	$(BIN)/python protos/protogen.py
 
-## Re-lock the root requirements and each image's (constrained by the root lock).
+## Re-lock the root requirements, each image's and the service image's (deploy/), constrained by the root lock.
 lock:
 	uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
-	for dir in $(patsubst %/requirements.in,%,$(wildcard images/*/requirements.in)); do \
+	for dir in $(patsubst %/requirements.in,%,$(wildcard images/*/requirements.in deploy/requirements.in)); do \
 	  uv pip compile $$dir/requirements.in -c requirements.lock --generate-hashes \
 	    --python-version 3.11 -o $$dir/requirements.lock; \
 	done
@@ -58,7 +58,7 @@ HADOLINT := $(BIN)/hadolint
 
 .PHONY: bazel-test images images-check images-lint base-image
 
-## The test suite as Bazel py_test targets (Debian's bazel-bootstrap, offline; .venv is the toolchain).
+## Each image folder built and tested by Bazel (tests + smoke run); Debian's bazel-bootstrap, offline.
 bazel-test: $(STAMP)
 	bazel test //...
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc_tools
 from grpc_tools import protoc
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = PROJECT_ROOT / "protos"
 THIRD_PARTY_PROTO_ROOT = PROJECT_ROOT / "third_party" / "protos"
 GENERATED_PACKAGE = Path("skit") / "pipelines" / "v1"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 
-from skit_pipelines import protogen
+# protos/protogen.py is a development script, not part of any installed package.
+_SPEC = importlib.util.spec_from_file_location(
+    "protogen", Path(__file__).resolve().parents[1] / "protos" / "protogen.py"
+)
+assert _SPEC is not None and _SPEC.loader is not None
+protogen = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(protogen)
 
 COMMITTED = protogen.OUTPUT_ROOT
 
