@@ -23,6 +23,7 @@ import yaml
 
 from skit_pipelines.domain import ParameterType, Pipeline, PipelineParameter
 from skit_pipelines.errors import FieldViolation, InvalidArgument, NotFound
+from skit_pipelines.images import components_from
 
 logger = logging.getLogger(__name__)
 
@@ -95,20 +96,23 @@ def compile_module(path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline_func, str(package))
-        return yaml.safe_load(package.read_text())
+        spec: dict[str, Any] = yaml.safe_load(package.read_text())
+        return spec
 
 
-def _sources_hash(pipelines_root: Path) -> str:
-    """What compiling depends on: the files below pipelines/, the component specs of the
-    images folder next to it (where pipeline modules load them from), kfp's version."""
+def _sources_hash(pipelines_root: Path, images_root: Path) -> str:
+    """What compiling depends on: the files below the pipelines directory, the component
+    specs of the images directory (where pipeline modules load them from), kfp's version."""
     from importlib.metadata import version
 
     digest = hashlib.sha256(f"kfp {version('kfp')}\n".encode())
-    files = [p for p in pipelines_root.rglob("*") if "__pycache__" not in p.parts]
-    files += (pipelines_root.parent / "images").glob("*/component.yaml")
-    for path in sorted(p for p in files if p.is_file()):
-        digest.update(f"{path.relative_to(pipelines_root.parent)}\n".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for label, root, files in (
+        ("pipelines", pipelines_root, pipelines_root.rglob("*")),
+        ("images", images_root, images_root.glob("*/component.yaml")),
+    ):
+        for path in sorted(p for p in files if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(f"{label}/{path.relative_to(root)}\n".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:32]
 
 
@@ -141,20 +145,30 @@ class Catalog:
         self._pipelines = dict(sorted(pipelines.items()))
 
     @classmethod
-    def load(cls, pipelines_root: Path, cache_dir: Path | None = None) -> Catalog:
-        """Compiles every pipelines/*.py module (not those starting with "_").
+    def load(
+        cls,
+        pipelines_root: Path,
+        cache_dir: Path | None = None,
+        *,
+        images_root: Path | None = None,
+    ) -> Catalog:
+        """Compiles every *.py module of `pipelines_root` (not those starting with "_"),
+        whose components come from `images_root` (default: images/ beside it, as in a
+        checkout).
 
         With `cache_dir`, the compiled IR is kept there under a hash of everything that
         goes into it (see `_sources_hash`): a start with nothing changed reads it back
         instead of importing kfp and compiling, which takes seconds.
         """
+        images_root = images_root or pipelines_root.parent / "images"
         modules = [p for p in sorted(pipelines_root.glob("*.py")) if not p.name.startswith("_")]
         cached = None
         if cache_dir is not None:
-            cached = cache_dir / f"catalog-{_sources_hash(pipelines_root)}.json"
+            cached = cache_dir / f"catalog-{_sources_hash(pipelines_root, images_root)}.json"
         specs = _read_cache(cached) if cached is not None else None
         if specs is None:
-            specs = [compile_module(path) for path in modules]
+            with components_from(images_root):
+                specs = [compile_module(path) for path in modules]
             if cached is not None:
                 _write_cache(cached, specs)
         pipelines: dict[str, Pipeline] = {}

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
@@ -35,7 +36,14 @@ class ServerConfig:
     home: Path = DEFAULT_HOME
     """Where the embedded default keeps its state: runs.db, artifacts/, work/, demo/."""
     project_root: Path = field(default_factory=_project_root)
-    """The checkout holding pipelines/ and images/."""
+    """The checkout holding pipelines/ and images/ (the defaults of pipelines_dir and
+    images_dir)."""
+    pipelines_dir: Path | None = None
+    """The pipeline modules, one `pipeline` per *.py; None: pipelines/ under project_root.
+    Set it (with images_dir) where the service runs outside a checkout, as in its image."""
+    images_dir: Path | None = None
+    """The image folders (component.yaml and VERSION in each); None: images/ under
+    project_root."""
     store_url: str = ""
     """The run store: "" for SQLite at <home>/runs.db, sqlite:///path, or
     postgresql://user@host/db (shared by several replicas)."""
@@ -68,6 +76,10 @@ class ServerConfig:
     name may stand for a principal in the tokens file."""
     max_streams_per_principal: int = 10_000
     """Open WatchRun/ReadStepLogs streams one principal may hold; more get RESOURCE_EXHAUSTED."""
+    health_port: int | None = None
+    """Also serves grpc.health.v1 alone, in plaintext and without authentication, on
+    host:health_port, so that a Kubernetes `grpc:` probe (which speaks no TLS) reaches it
+    when the main port needs TLS; None: off, 0: any free port."""
     insecure: bool = False
     """Allow listening on a non-loopback address without authentication."""
     store_pool_size: int = 10
@@ -100,6 +112,9 @@ class ServerConfig:
     kfp_images_lock: Path | None = None
     """The images lock (`skit-release release` writes it) whose digests pin every image
     uploaded to KFP; None: images/images.lock.json under project_root."""
+    kfp_step_secrets: str = ""
+    """Kubernetes secrets the variables components declare come from on KFP:
+    "ENV=secret/key,..." (backends/kubeflow_platform.py parses it)."""
     lease_seconds: float = 30.0
     """How long a replica may stop renewing its runs' leases before another replica takes
     them over."""
@@ -120,18 +135,18 @@ class ServerConfig:
 
     @property
     def images_root(self) -> Path:
-        return self.project_root / "images"
+        return self.images_dir or self.project_root / "images"
 
     @property
     def images_lock_path(self) -> Path:
         # Imported here: the client commands read this module and need no YAML parser.
         from skit_pipelines.imagelock import LOCK_PATH
 
-        return self.kfp_images_lock or self.project_root / LOCK_PATH
+        return self.kfp_images_lock or self.images_root / LOCK_PATH.name
 
     @property
     def pipelines_root(self) -> Path:
-        return self.project_root / "pipelines"
+        return self.pipelines_dir or self.project_root / "pipelines"
 
     @property
     def resolved_home(self) -> Path:
@@ -163,16 +178,20 @@ class ServerConfig:
 
     def with_overrides(self, **changes: object) -> ServerConfig:
         """A copy with the given fields replaced; None values are ignored."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        # Field names and types are checked by the dataclass at run time, not statically.
+        given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **given)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
-        """Reads SKIT_HOST, SKIT_PORT, SKIT_HOME, SKIT_PROJECT_ROOT, SKIT_STORE, SKIT_ARTIFACTS,
+        """Reads SKIT_HOST, SKIT_PORT, SKIT_HOME, SKIT_PROJECT_ROOT, SKIT_PIPELINES_DIR,
+        SKIT_IMAGES_DIR, SKIT_HEALTH_PORT, SKIT_STORE, SKIT_ARTIFACTS,
         SKIT_DEMO_DATA, SKIT_MAX_PARALLEL_STEPS, SKIT_MAX_ACTIVE_RUNS, SKIT_STEP_ENV_*, the
         scale-out settings (SKIT_STORE_POOL_SIZE, SKIT_STORE_RETRY_SECONDS,
         SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
         SKIT_KFP_UI_URL, SKIT_KFP_TOKEN, SKIT_KFP_COOKIE, SKIT_KFP_NAMESPACE,
-        SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_KFP_IMAGES_LOCK, SKIT_LEASE_SECONDS),
+        SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_KFP_IMAGES_LOCK, SKIT_KFP_STEP_SECRETS,
+        SKIT_LEASE_SECONDS),
         the security ones and telemetry's (SKIT_TRACES_EXPORTER, SKIT_METRICS_PORT,
         SKIT_METRICS_HOST, SKIT_METRICS_OTLP, SKIT_OTLP_ENDPOINT)."""
         env = os.environ if environ is None else environ
@@ -187,6 +206,9 @@ class ServerConfig:
             port=int(env["SKIT_PORT"]) if "SKIT_PORT" in env else None,
             home=Path(env["SKIT_HOME"]) if "SKIT_HOME" in env else None,
             project_root=Path(env["SKIT_PROJECT_ROOT"]) if "SKIT_PROJECT_ROOT" in env else None,
+            pipelines_dir=_path(env, "SKIT_PIPELINES_DIR"),
+            images_dir=_path(env, "SKIT_IMAGES_DIR"),
+            health_port=_number(env, "SKIT_HEALTH_PORT", int),
             store_url=env.get("SKIT_STORE"),
             tokens_file=_path(env, "SKIT_TOKENS_FILE"),
             tls_cert_file=_path(env, "SKIT_TLS_CERT"),
@@ -222,6 +244,7 @@ class ServerConfig:
             kfp_experiment=env.get("SKIT_KFP_EXPERIMENT"),
             kfp_poll_seconds=_number(env, "SKIT_KFP_POLL_SECONDS", float),
             kfp_images_lock=_path(env, "SKIT_KFP_IMAGES_LOCK"),
+            kfp_step_secrets=env.get("SKIT_KFP_STEP_SECRETS"),
             lease_seconds=_number(env, "SKIT_LEASE_SECONDS", float),
             traces_exporter=env.get("SKIT_TRACES_EXPORTER"),
             metrics_port=_number(env, "SKIT_METRICS_PORT", int),

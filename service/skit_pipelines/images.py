@@ -7,7 +7,10 @@ command inside that folder instead of pulling the image.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -110,10 +113,27 @@ def resolve_image(image: str, images_root: Path) -> ImageFolder:
     return _load_folder(path)
 
 
+_components_root: ContextVar[Path | None] = ContextVar("components_root", default=None)
+"""The images directory pipeline modules load components from while the catalog compiles
+them; None: the images/ beside the module's pipelines/ (a checkout)."""
+
+
+@contextlib.contextmanager
+def components_from(images_root: Path) -> Iterator[None]:
+    """Pipeline modules imported inside load their components from `images_root`: the
+    service may run outside a checkout, with its pipelines and images configured apart."""
+    token = _components_root.set(images_root)
+    try:
+        yield
+    finally:
+        _components_root.reset(token)
+
+
 def load_component(pipeline_file: str, name: str) -> Any:
-    """The KFP component of image folder `name`, for the pipeline module at `pipeline_file`
-    (pipelines/ sits beside images/ in the same checkout)."""
+    """The KFP component of image folder `name`, for the pipeline module at `pipeline_file`:
+    from the images directory the catalog names (`components_from`), else from images/
+    beside the module's pipelines/ in the same checkout."""
     from kfp import components  # only pipeline modules need kfp; keep it off the hot path
 
-    spec = Path(pipeline_file).resolve().parent.parent / "images" / name / "component.yaml"
-    return components.load_component_from_file(str(spec))
+    root = _components_root.get() or Path(pipeline_file).resolve().parent.parent / "images"
+    return components.load_component_from_file(str(root / name / "component.yaml"))

@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+# health.aio, which grpc-stubs does not know (it types only the sync servicer).
+from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
+
 from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines import jsonlog, reflection
 from skit_pipelines.artifacts import ArtifactStore, LocalArtifactStore
@@ -23,8 +26,7 @@ from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
-from skit_pipelines.domain import RunState
-from skit_pipelines.errors import FailedPrecondition
+from skit_pipelines.errors import FailedPrecondition, NotFound
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
@@ -32,8 +34,6 @@ from skit_pipelines.store.sqlite import SqliteRunStore
 from skit_pipelines.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from skit_pipelines.backends.kubeflow import KubeflowBackend
-    from skit_pipelines.backends.leased import LeasedBackend
     from skit_pipelines.imagelock import ImageLock
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ class Application:
     controller: RunController
     backend: Backend
     store: RunStore
-    health: health.aio.HealthServicer
+    health: AsyncHealthServicer
     telemetry: Telemetry = field(default_factory=Telemetry)
+    health_only: HealthOnlyServer | None = None
+    """The plaintext health port (config.health_port), if any."""
 
     @property
     def address(self) -> str:
@@ -92,6 +94,9 @@ class Application:
         self.telemetry.start()
         await self.controller.resume()
         await self.server.start()
+        if self.health_only is not None:
+            await self.health_only.server.start()
+            logger.info("serving health alone on %s:%s", self.config.host, self.health_only.port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving PipelineService on %s", self.address)
@@ -104,6 +109,9 @@ class Application:
         # UNAVAILABLE so their clients resume elsewhere, instead of waiting out the grace.
         await self.store.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        if self.health_only is not None:
+            # Last: probes see NOT_SERVING, not a refused connection, while calls drain.
+            await self.health_only.server.stop(None)
         await self.backend.shutdown()
         await self.store.close()
         await self.telemetry.shutdown()
@@ -148,7 +156,7 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 async def create_grpc_server(
     controller: RunController, config: ServerConfig, telemetry: Telemetry | None = None
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, AsyncHealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one)."""
     # Telemetry first: rejected calls are traced and measured too.
@@ -157,7 +165,7 @@ async def create_grpc_server(
         interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
     add_to_server(PipelineServicer(controller), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -172,6 +180,42 @@ async def create_grpc_server(
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     return server, port, health_servicer
+
+
+@dataclass(frozen=True)
+class HealthOnlyServer:
+    """The plaintext server of grpc.health.v1 alone (--health-port)."""
+
+    server: grpc.aio.Server
+    port: int
+    """The port it listens on (the one picked when --health-port is 0)."""
+
+
+def create_health_server(
+    health_servicer: AsyncHealthServicer, config: ServerConfig
+) -> HealthOnlyServer | None:
+    """grpc.health.v1 alone, plaintext, on config.health_port: a Kubernetes `grpc:` probe
+    speaks no TLS, and health answers without a token on the main port too. It shares
+    the main server's health servicer, so it reports the same states."""
+    if config.health_port is None:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.health_port}")
+    return HealthOnlyServer(server, port)
+
+
+def check_layout(config: ServerConfig) -> None:
+    """The pipelines and images directories exist: outside a checkout (an installed
+    package, the image) they must be configured."""
+    for path, setting in (
+        (config.pipelines_root, "--pipelines-dir (SKIT_PIPELINES_DIR)"),
+        (config.images_root, "--images-dir (SKIT_IMAGES_DIR)"),
+    ):
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a directory: set {setting}")
 
 
 def _scheme(url: str) -> str:
@@ -247,17 +291,24 @@ def load_images_lock(config: ServerConfig) -> ImageLock:
 
 def _kubeflow_backend(
     config: ServerConfig, store: RunStore, catalog: Catalog, images: ImageLock
-) -> KubeflowBackend:
+) -> Backend:
     from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings
-    from skit_pipelines.store.leases import LocalRunLeases, RunLeases
-    from skit_pipelines.store.postgres import PostgresRunStore
+    from skit_pipelines.backends.kubeflow_platform import SecretMappingError, parse_step_secrets
+    from skit_pipelines.images import resolve_image
+
+    try:
+        step_secrets = parse_step_secrets(config.kfp_step_secrets)
+    except SecretMappingError as error:
+        raise ConfigError(f"--kfp-step-secrets (SKIT_KFP_STEP_SECRETS): {error}") from None
+
+    def env_of_image(image: str) -> tuple[str, ...]:
+        # An image without a folder here declares nothing (as for the local executor).
+        try:
+            return resolve_image(image, config.images_root).declared_env
+        except NotFound:
+            return ()
 
     owner = replica_id()
-    leases: RunLeases
-    if isinstance(store, PostgresRunStore):
-        leases = store.leases(owner, config.lease_seconds)
-    else:
-        leases = LocalRunLeases(owner, config.lease_seconds)
     settings = KubeflowSettings(
         host=config.kfp_host,
         ui_url=config.kfp_ui_url,
@@ -269,9 +320,18 @@ def _kubeflow_backend(
         pipeline_root=config.artifacts_url if config.artifacts_url.startswith("s3://") else "",
         poll_seconds=config.kfp_poll_seconds,
         lease_seconds=config.lease_seconds,
+        step_secrets=step_secrets,
+        s3_endpoint_url=config.s3_endpoint_url,
     )
     logger.info("running pipelines on Kubeflow at %s as %s", config.kfp_host, owner)
-    backend = KubeflowBackend(settings, store, leases, catalog.get, images=images)
+    backend = KubeflowBackend(
+        settings,
+        store,
+        store.leases(owner, config.lease_seconds),
+        catalog.get,
+        images=images,
+        env_of_image=env_of_image,
+    )
     unrunnable = []
     for pipeline in catalog.list():
         try:
@@ -281,7 +341,8 @@ def _kubeflow_backend(
     if unrunnable:
         # Not fatal: the other pipelines run, and CreateRun says what to release.
         logger.warning(
-            "pipelines %s use images not released in %s; their runs are refused",
+            "pipelines %s use images not released in %s, or step variables no secret is"
+            " mapped to (--kfp-step-secrets); their runs are refused",
             ", ".join(unrunnable),
             config.images_lock_path,
         )
@@ -314,27 +375,18 @@ def _local_backend(config: ServerConfig, store: RunStore, telemetry: Telemetry) 
 
 def _replicated_local_backend(
     config: ServerConfig, store: RunStore, catalog: Catalog, telemetry: Telemetry
-) -> LeasedBackend:
+) -> Backend:
     """The local executor on replicas sharing PostgreSQL: a run executes on the replica
-    holding its lease, and a CancelRun stored by any replica reaches it."""
+    holding its lease."""
     from skit_pipelines.backends.leased import LeasedBackend
-    from skit_pipelines.store.postgres import PostgresRunStore
 
-    assert isinstance(store, PostgresRunStore)
-    backend = LeasedBackend(
+    return LeasedBackend(
         _local_backend(config, store, telemetry),
         store.leases(replica_id(), config.lease_seconds),
         store,
         catalog.get,
         renew_seconds=config.lease_seconds / 3,
     )
-
-    async def cancel(run_id: str, revision: int, state: RunState) -> None:
-        if state is RunState.CANCELLING:
-            await backend.cancel(run_id)
-
-    store.on_remote_revision(cancel)
-    return backend
 
 
 async def build_application(
@@ -349,31 +401,32 @@ async def build_application(
     # Read before anything is opened or compiled, so a bad lock fails the start at once.
     images = load_images_lock(config) if config.backend == "kubeflow" else {}
     config = prepare_config(config)
+    check_layout(config)
     catalog = await asyncio.to_thread(
-        Catalog.load, config.pipelines_root, config.resolved_home / "cache"
+        Catalog.load,
+        config.pipelines_root,
+        config.resolved_home / "cache",
+        images_root=config.images_root,
     )
     store = await open_run_store(config)
-    backend: Backend
-    follower: KubeflowBackend | LeasedBackend | None = None
     if config.backend == "kubeflow":
-        backend = follower = _kubeflow_backend(config, store, catalog, images)
+        backend = _kubeflow_backend(config, store, catalog, images)
     elif config.uses_postgres:
-        backend = follower = _replicated_local_backend(config, store, catalog, telemetry)
+        backend = _replicated_local_backend(config, store, catalog, telemetry)
     else:
         backend = _local_backend(config, store, telemetry)
     controller = RunController(
         store,
         catalog,
         backend,
-        telemetry=telemetry,
+        observer=telemetry,
         max_streams_per_principal=config.max_streams_per_principal,
     )
-    if follower is not None:
-        # It reports to the controller also for the runs it takes over from a replica
-        # that stopped.
-        follower.start(controller)
+    telemetry.count_watchers(store.hub.watcher_count)
+    backend.start(controller)
 
     server, port, health_servicer = await create_grpc_server(controller, config, telemetry)
+    health_only = create_health_server(health_servicer, config)
     return Application(
         config=config,
         server=server,
@@ -383,6 +436,7 @@ async def build_application(
         store=store,
         health=health_servicer,
         telemetry=telemetry,
+        health_only=health_only,
     )
 
 
