@@ -14,6 +14,8 @@ DEFAULT_PORT = 50051
 DEFAULT_HOME = Path(".skit-pipelines")
 
 STEP_ENV_PREFIX = "SKIT_STEP_ENV_"
+INHERITED_ENV = ("PATH", "HOME", "LANG")
+"""The service's environment variables that local steps inherit."""
 """SKIT_STEP_ENV_CALLS_DB_URL=... hands CALLS_DB_URL to the steps whose component declares it."""
 
 
@@ -51,6 +53,9 @@ class ServerConfig:
     """The artifact store: "" for <home>/artifacts, file:///path, or s3://bucket/prefix."""
     step_env: Mapping[str, str] = field(default_factory=dict)
     """Values of the environment variables components declare (database URLs, API keys)."""
+    inherited_env: Mapping[str, str] = field(default_factory=dict)
+    """What steps of the local executor inherit from the service's environment (PATH, HOME,
+    LANG); read here so that the executor never reads os.environ."""
     demo_data: bool = True
     """Generate demo databases on first start when no calls/metrics database is configured."""
     max_parallel_steps: int = 4
@@ -231,6 +236,7 @@ class ServerConfig:
             if "SKIT_MAX_ACTIVE_RUNS" in env
             else None,
             step_env=step_env or None,
+            inherited_env={name: env[name] for name in INHERITED_ENV if name in env} or None,
             store_pool_size=_number(env, "SKIT_STORE_POOL_SIZE", int),
             store_retry_seconds=_number(env, "SKIT_STORE_RETRY_SECONDS", float),
             s3_endpoint_url=env.get("SKIT_S3_ENDPOINT_URL"),

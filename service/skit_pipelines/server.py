@@ -362,6 +362,7 @@ def _local_backend(config: ServerConfig, store: RunStore, telemetry: Telemetry) 
             max_parallel_steps=config.max_parallel_steps,
             cancel_grace_seconds=config.cancel_grace_seconds,
             step_env=dict(config.step_env),
+            inherited_env=dict(config.inherited_env),
         ),
         open_artifact_store(config),
         cache=StoreStepCache(store),

@@ -239,3 +239,11 @@ async def test_with_an_empty_lock_the_server_starts_and_refuses_runs_of_unreleas
         assert await app.store.list_unfinished_runs() == []
     finally:
         await app.stop(grace=0)
+
+
+def test_local_steps_inherit_only_path_home_and_lang_from_the_service() -> None:
+    config = ServerConfig.from_env(
+        {"PATH": "/opt/bin:/usr/bin", "LANG": "C.UTF-8", "AWS_SECRET_ACCESS_KEY": "no"}
+    )
+
+    assert config.inherited_env == {"PATH": "/opt/bin:/usr/bin", "LANG": "C.UTF-8"}
