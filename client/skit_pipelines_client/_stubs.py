@@ -11,6 +11,7 @@ from typing import Protocol, cast
 
 import grpc
 import grpc.aio
+from google.protobuf import empty_pb2
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
 
@@ -31,6 +32,7 @@ class SyncStub(Protocol):
     ]
     CancelRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.CancelRunRequest, run_pb2.Run]
     RetryRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
+    DeleteRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.DeleteRunRequest, empty_pb2.Empty]
     WatchRun: grpc.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
     ]
@@ -55,6 +57,9 @@ class AsyncStub(Protocol):
     ]
     CancelRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.CancelRunRequest, run_pb2.Run]
     RetryRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
+    DeleteRun: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.DeleteRunRequest, empty_pb2.Empty
+    ]
     WatchRun: grpc.aio.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
     ]

@@ -373,6 +373,11 @@ class PipelinesClient:
         )
         return self._call(self._stub.RetryRun, request)
 
+    def delete_run(self, run: str) -> None:
+        """Deletes a finished run with its events, step logs and artifacts (an admin, or
+        the runner who created it). FAILED_PRECONDITION while the run has not finished."""
+        self._call(self._stub.DeleteRun, pipeline_service_pb2.DeleteRunRequest(name=run_name(run)))
+
     def read_step_logs(
         self, run: str, step: str, *, follow: bool = False, attempt: int = 0
     ) -> Iterator[pipeline_service_pb2.LogLine]:
@@ -645,6 +650,12 @@ class AsyncPipelinesClient:
             name=run_name(run), run_id=run_id or "", request_id=request_id or ""
         )
         return await self._call(self._stub.RetryRun, request)
+
+    async def delete_run(self, run: str) -> None:
+        """Deletes a finished run with its events, step logs and artifacts (see
+        PipelinesClient.delete_run)."""
+        request = pipeline_service_pb2.DeleteRunRequest(name=run_name(run))
+        await self._call(self._stub.DeleteRun, request)
 
     async def read_step_logs(
         self, run: str, step: str, *, follow: bool = False, attempt: int = 0

@@ -47,6 +47,7 @@ _METHOD_ROLES: Mapping[str, Role] = {
     "CreateRun": Role.RUNNER,
     "CancelRun": Role.RUNNER,
     "RetryRun": Role.RUNNER,
+    "DeleteRun": Role.RUNNER,
 }
 """The least role for each method; runners act only on their own runs (checked by the
 controller, which knows who created a run)."""

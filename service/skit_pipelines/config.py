@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from skit_pipelines.limits import RequestLimits
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 DEFAULT_HOME = Path(".skit-pipelines")
@@ -67,7 +69,23 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     """Time open streams and calls get to finish on SIGTERM/SIGINT."""
     max_message_bytes: int = 16 * 1024 * 1024
-    """gRPC send/receive message size limit."""
+    """gRPC send limit, and the receive limit of the transport: a larger request is
+    refused by gRPC itself (RESOURCE_EXHAUSTED). ListRuns trims its pages to fit it."""
+    max_request_bytes: int = 1024 * 1024
+    """Requests larger than this (but within max_message_bytes) are refused with
+    INVALID_ARGUMENT naming their largest field."""
+    max_parameter_bytes: int = RequestLimits.max_parameter_bytes
+    """One CreateRun parameter value (a string's UTF-8 bytes, any other value's JSON)."""
+    max_parameters: int = RequestLimits.max_parameters
+    """Parameters in one CreateRun."""
+    max_parameters_bytes: int = RequestLimits.max_parameters_bytes
+    """All parameter names and values of one CreateRun together."""
+    max_labels: int = RequestLimits.max_labels
+    """Labels on one run."""
+    max_label_key_length: int = RequestLimits.max_label_key_length
+    """Characters of a label key."""
+    max_label_value_length: int = RequestLimits.max_label_value_length
+    """Characters of a label value."""
     watch_history_limit: int = 10_000
     """Revisions per run kept for WatchRun replay."""
     tokens_file: Path | None = None
@@ -120,9 +138,18 @@ class ServerConfig:
     kfp_step_secrets: str = ""
     """Kubernetes secrets the variables components declare come from on KFP:
     "ENV=secret/key,..." (backends/kubeflow_platform.py parses it)."""
+    kfp_logs_url: str = ""
+    """The bucket Argo archives pod logs in (archiveLogs of its artifact repository), e.g.
+    s3://mlpipeline, for ReadStepLogs on KFP; empty: logs are read in the KFP UI."""
+    kfp_logs_key_format: str = "{{workflow.name}}/{{pod.name}}"
+    """The keyFormat of that artifact repository, in Argo's syntax (Argo's default here;
+    KFP's manifests set private-artifacts/{{workflow.namespace}}/{{workflow.name}}/...)."""
     lease_seconds: float = 30.0
     """How long a replica may stop renewing its runs' leases before another replica takes
     them over."""
+    retention_days: float | None = None
+    """Finished runs that ended longer ago than this are deleted in the background, as
+    DeleteRun deletes them (retention.py); None keeps runs until DeleteRun."""
     traces_exporter: str = "none"
     """Where spans go: "none", "console" (stdout) or "otlp" (to otlp_endpoint)."""
     metrics_port: int | None = None
@@ -137,6 +164,17 @@ class ServerConfig:
     """The OTLP/gRPC collector, e.g. http://otel-collector:4317; empty: the exporter's
     default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317). Headers and certificates
     come from the standard OTEL_EXPORTER_OTLP_* variables, which the exporter reads."""
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_parameter_bytes=self.max_parameter_bytes,
+            max_parameters=self.max_parameters,
+            max_parameters_bytes=self.max_parameters_bytes,
+            max_labels=self.max_labels,
+            max_label_key_length=self.max_label_key_length,
+            max_label_value_length=self.max_label_value_length,
+        )
 
     @property
     def images_root(self) -> Path:
@@ -196,7 +234,11 @@ class ServerConfig:
         SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
         SKIT_KFP_UI_URL, SKIT_KFP_TOKEN, SKIT_KFP_COOKIE, SKIT_KFP_NAMESPACE,
         SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_KFP_IMAGES_LOCK, SKIT_KFP_STEP_SECRETS,
-        SKIT_LEASE_SECONDS),
+        SKIT_KFP_LOGS_URL, SKIT_KFP_LOGS_KEY_FORMAT, SKIT_LEASE_SECONDS), SKIT_RETENTION_DAYS,
+        the request limits (SKIT_MAX_MESSAGE_BYTES,
+        SKIT_MAX_REQUEST_BYTES, SKIT_MAX_PARAMETER_BYTES, SKIT_MAX_PARAMETERS,
+        SKIT_MAX_PARAMETERS_BYTES, SKIT_MAX_LABELS, SKIT_MAX_LABEL_KEY_LENGTH,
+        SKIT_MAX_LABEL_VALUE_LENGTH),
         the security ones and telemetry's (SKIT_TRACES_EXPORTER, SKIT_METRICS_PORT,
         SKIT_METRICS_HOST, SKIT_METRICS_OTLP, SKIT_OTLP_ENDPOINT)."""
         env = os.environ if environ is None else environ
@@ -251,7 +293,10 @@ class ServerConfig:
             kfp_poll_seconds=_number(env, "SKIT_KFP_POLL_SECONDS", float),
             kfp_images_lock=_path(env, "SKIT_KFP_IMAGES_LOCK"),
             kfp_step_secrets=env.get("SKIT_KFP_STEP_SECRETS"),
+            kfp_logs_url=env.get("SKIT_KFP_LOGS_URL"),
+            kfp_logs_key_format=env.get("SKIT_KFP_LOGS_KEY_FORMAT"),
             lease_seconds=_number(env, "SKIT_LEASE_SECONDS", float),
+            retention_days=_number(env, "SKIT_RETENTION_DAYS", float),
             traces_exporter=env.get("SKIT_TRACES_EXPORTER"),
             metrics_port=_number(env, "SKIT_METRICS_PORT", int),
             metrics_host=env.get("SKIT_METRICS_HOST"),
@@ -259,6 +304,14 @@ class ServerConfig:
             if env.get("SKIT_METRICS_OTLP")
             else None,
             otlp_endpoint=env.get("SKIT_OTLP_ENDPOINT"),
+            max_message_bytes=_number(env, "SKIT_MAX_MESSAGE_BYTES", int),
+            max_request_bytes=_number(env, "SKIT_MAX_REQUEST_BYTES", int),
+            max_parameter_bytes=_number(env, "SKIT_MAX_PARAMETER_BYTES", int),
+            max_parameters=_number(env, "SKIT_MAX_PARAMETERS", int),
+            max_parameters_bytes=_number(env, "SKIT_MAX_PARAMETERS_BYTES", int),
+            max_labels=_number(env, "SKIT_MAX_LABELS", int),
+            max_label_key_length=_number(env, "SKIT_MAX_LABEL_KEY_LENGTH", int),
+            max_label_value_length=_number(env, "SKIT_MAX_LABEL_VALUE_LENGTH", int),
         )
 
 

@@ -23,7 +23,23 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return message
 
 
-def from_timestamp(message: timestamp_pb2.Timestamp) -> datetime:
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_TIMESTAMP_SECONDS = -62_135_596_800
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799
+_MAX_NANOS = 999_999_999
+
+
+def from_timestamp(message: timestamp_pb2.Timestamp, *, field: str) -> datetime:
+    """The Timestamp as an aware datetime; InvalidArgument (naming the field) outside years
+    1 to 9999 or with nanos outside 0 to 999,999,999, which datetime cannot hold."""
+    if not _MIN_TIMESTAMP_SECONDS <= message.seconds <= _MAX_TIMESTAMP_SECONDS:
+        raise InvalidArgument(
+            f"seconds {message.seconds} is outside years 1 to 9999", field=f"{field}.seconds"
+        )
+    if not 0 <= message.nanos <= _MAX_NANOS:
+        raise InvalidArgument(
+            f"nanos {message.nanos} must be from 0 to {_MAX_NANOS}", field=f"{field}.nanos"
+        )
     return message.ToDatetime(tzinfo=UTC)
 
 

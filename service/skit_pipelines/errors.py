@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -16,11 +17,15 @@ class PipelinesError(Exception):
 
     reason = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+        """Goes to the ErrorInfo's metadata (e.g. "ui_url": where to look instead)."""
 
 
 class InvalidArgument(PipelinesError):

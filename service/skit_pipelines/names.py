@@ -8,9 +8,6 @@ import uuid
 from skit_pipelines.errors import InvalidArgument
 
 RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-MAX_LABEL_VALUE = 63
-MAX_LABELS = 64
 MAX_REQUEST_ID = 128
 
 
@@ -34,21 +31,6 @@ def check_id(resource_id: str, *, field: str) -> str:
             f"{field} {resource_id[:200]!r} must match {RESOURCE_ID.pattern}", field=field
         )
     return resource_id
-
-
-def check_labels(labels: dict[str, str], *, field: str = "run.labels") -> None:
-    if len(labels) > MAX_LABELS:
-        raise InvalidArgument(f"at most {MAX_LABELS} labels", field=field)
-    for key, value in labels.items():
-        if not LABEL_KEY.match(key):
-            raise InvalidArgument(
-                f"label key {key[:100]!r} must match {LABEL_KEY.pattern}",
-                field=f"{field}.{key[:100]}",
-            )
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(
-                f"label value is longer than {MAX_LABEL_VALUE} characters", field=f"{field}.{key}"
-            )
 
 
 def check_request_id(request_id: str) -> None:

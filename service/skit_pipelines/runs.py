@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from skit_pipelines import names
@@ -43,6 +43,8 @@ from skit_pipelines.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from skit_pipelines.limits import RequestLimits, check_labels, check_parameters
+from skit_pipelines.run_writes import Change, RunWrites
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
 
 logger = logging.getLogger(__name__)
@@ -170,8 +172,10 @@ class RunController:
         clock: Clock = _utcnow,
         max_streams_per_principal: int = 10_000,
         observer: RunObserver | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self._store = store
+        self._limits = limits or RequestLimits()
         self._catalog = catalog
         self._backend = backend
         self._clock = clock
@@ -179,6 +183,7 @@ class RunController:
         self._streams: dict[str, int] = {}
         self._draining = False
         self._observer: RunObserver = observer or _Unobserved()
+        self._writes = RunWrites(store)
 
     @property
     def store(self) -> RunStore:
@@ -239,7 +244,8 @@ class RunController:
             names.check_id(request.run_id, field="run_id")
         if request.request_id:
             names.check_request_id(request.request_id)
-        names.check_labels(dict(request.labels))
+        check_labels(request.labels, self._limits)
+        check_parameters(request.parameters, self._limits)
         pipeline = self._catalog.get(pipeline_id)
         parameters = resolve_parameters(pipeline, request.parameters)
         self._backend.check_runnable(pipeline)
@@ -367,7 +373,7 @@ class RunController:
             if number not in RunState.__members__.values() or number == RunState.UNSPECIFIED:
                 raise InvalidArgument(f"states has an unknown value {number}", field="states")
             states.add(RunState(number))
-        names.check_labels(dict(request.labels), field="labels")
+        check_labels(request.labels, self._limits, field="labels")
         filter_hash = request.filter_hash()
         after = None
         if request.page_token:
@@ -387,12 +393,13 @@ class RunController:
             )
         )
         runs = list(page.runs)
-        next_token = ""
-        if page.more and runs:
-            next_token = _encode_token(
-                [sortable_time(runs[-1].create_time), runs[-1].id], filter_hash
-            )
+        next_token = self.page_token_after(request, runs[-1]) if page.more and runs else ""
         return runs, next_token
+
+    def page_token_after(self, request: ListRunsInput, run: Run) -> str:
+        """The page_token that continues `request`'s listing after `run` (the servicer
+        ends a page early when its runs would not fit in one message)."""
+        return _encode_token([sortable_time(run.create_time), run.id], request.filter_hash())
 
     async def cancel_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> Run:
         run_id = names.parse_name(name, "runs")
@@ -401,6 +408,58 @@ class RunController:
         if run.state is RunState.CANCELLING:
             await self._backend.cancel(run_id)
         return run
+
+    async def delete_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> None:
+        """Deletes a finished run: its step logs and artifacts, then its record (events
+        and request_id included). Runs that reused its steps keep their own copies."""
+        run = await self._store.get_run(names.parse_name(name, "runs"))
+        _check_owner(principal, run, "delete")
+        if not run.state.terminal:
+            raise FailedPrecondition(
+                f"{run.name} is {run.state.name}; only a finished run (SUCCEEDED, FAILED or"
+                " CANCELLED) can be deleted: cancel it first",
+                reason="RUN_NOT_FINISHED",
+            )
+        await self._delete(run)
+
+    async def delete_expired_runs(self, older_than: timedelta) -> int:
+        """Retention: deletes the finished runs that ended more than `older_than` ago;
+        returns how many. A run that cannot be deleted now is left for the next sweep."""
+        cutoff = self._clock() - older_than
+        deleted = 0
+        after: tuple[str, str] | None = None
+        while True:
+            # A run ends after it is created: the ones created before the cutoff are the
+            # candidates, in pages, as ListRuns reads them.
+            page = await self._store.list_runs(
+                RunQuery(
+                    states=frozenset(s for s in RunState if s.terminal),
+                    created_before=cutoff,
+                    page_size=MAX_PAGE_SIZE,
+                    after=after,
+                )
+            )
+            for run in page.runs:
+                if (run.end_time or run.update_time) >= cutoff:
+                    continue
+                try:
+                    await self._delete(run)
+                except Unavailable as exc:
+                    logger.warning("retention: cannot delete %s now: %s", run.name, exc.message)
+                    continue
+                deleted += 1
+            if not page.more or not page.runs:
+                return deleted
+            last = page.runs[-1]
+            after = (sortable_time(last.create_time), last.id)
+
+    async def _delete(self, run: Run) -> None:
+        # Its files first: should that fail, the run is still there to be deleted again,
+        # rather than files nothing points at any more.
+        await self._backend.delete_run(run)
+        with contextlib.suppress(NotFound):  # a concurrent delete got there first
+            await self._store.delete_run(run.id)
+        logger.info("deleted %s", run.name, extra={"run": run.id})
 
     async def _to_cancelling(self, run_id: str) -> Run:
         """The one CANCELLING transition: from any state that has not ended."""
@@ -454,7 +513,10 @@ class RunController:
             )
         # A step RetryRun reused ran in the run it retried (or further back): read it there.
         while step.cached and run.retry_of:
-            source = await self._store.get_run(names.parse_name(run.retry_of, "runs"))
+            try:
+                source = await self._store.get_run(names.parse_name(run.retry_of, "runs"))
+            except NotFound:  # deleted since: its logs went with it
+                break
             earlier = next((s for s in source.steps if s.name == step_name), None)
             if earlier is None:
                 break
@@ -512,7 +574,14 @@ class RunController:
             logger.info("resuming %s", run.name)
             await self._submit(run, pipeline)
 
-    # RunSink: progress reported by the backend
+    # RunSink: progress reported by the backend. It goes through self._writes: while
+    # the store is unavailable it waits, in order, and the run goes on.
+
+    def unwritten_seconds(self, run_id: str) -> float:
+        return self._writes.unwritten_seconds(run_id)
+
+    def drop_unwritten(self, run_id: str) -> None:
+        self._writes.drop(run_id)
 
     async def run_started(self, run_id: str) -> None:
         now = self._clock()
@@ -522,10 +591,12 @@ class RunController:
                 return run
             return replace(run, state=RunState.RUNNING, start_time=run.start_time or now)
 
-        run = await self._store.update_run(run_id, started)
-        if run.state is RunState.RUNNING:
-            logger.info("%s is RUNNING", run.name, extra={"run": run_id})
-        self._observer.run_started(run)
+        def stored(run: Run) -> None:
+            if run.state is RunState.RUNNING:
+                logger.info("%s is RUNNING", run.name, extra={"run": run_id})
+            self._observer.run_started(run)
+
+        await self._writes.write(run_id, Change(started, stored))
 
     async def step_changed(self, run_id: str, step: Step) -> None:
         applied = False
@@ -548,19 +619,21 @@ class RunController:
             applied = True
             return replace(run, steps=tuple(steps))
 
-        run = await self._store.update_run(run_id, with_step)
-        if not applied:
-            return
-        if previous is None or previous.state is not step.state:
-            logger.log(
-                logging.DEBUG if step.state is StepState.PENDING else logging.INFO,
-                "%s step %s is %s",
-                run.name,
-                step.name,
-                step.state.name,
-                extra={"run": run_id, "step": step.name, "attempt": step.attempt},
-            )
-        self._observer.step_changed(run, step, previous)
+        def stored(run: Run) -> None:
+            if not applied:
+                return
+            if previous is None or previous.state is not step.state:
+                logger.log(
+                    logging.DEBUG if step.state is StepState.PENDING else logging.INFO,
+                    "%s step %s is %s",
+                    run.name,
+                    step.name,
+                    step.state.name,
+                    extra={"run": run_id, "step": step.name, "attempt": step.attempt},
+                )
+            self._observer.step_changed(run, step, previous)
+
+        await self._writes.write(run_id, Change(with_step, stored, key=f"step:{step.name}"))
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]
@@ -582,33 +655,60 @@ class RunController:
         def named(run: Run) -> Run:
             return replace(run, backend_run_id=backend_run_id, backend_run_url=url)
 
-        run = await self._store.update_run(run_id, named)
-        logger.info(
-            "%s is %s run %s",
-            run.name,
-            run.backend,
-            backend_run_id,
-            extra={"run": run_id, "url": url},
-        )
+        def stored(run: Run) -> None:
+            logger.info(
+                "%s is %s run %s",
+                run.name,
+                run.backend,
+                backend_run_id,
+                extra={"run": run_id, "url": url},
+            )
+
+        await self._writes.write(run_id, Change(named, stored))
 
     async def cancel_requested_remotely(self, run_id: str) -> None:
-        await self._to_cancelling(run_id)
+        changed = False
+
+        def cancelling(run: Run) -> Run:
+            nonlocal changed
+            changed = not (run.state.terminal or run.state is RunState.CANCELLING)
+            return replace(run, state=RunState.CANCELLING) if changed else run
+
+        def stored(run: Run) -> None:
+            if changed:
+                logger.info("%s is CANCELLING", run.name, extra={"run": run_id})
+
+        await self._writes.write(run_id, Change(cancelling, stored))
 
     async def _finish(self, run_id: str, state: RunState, **changes: Any) -> None:
+        """The one terminal transition, whatever ended the run: the steps that had not
+        ended end with it (CANCELLED when the run is, else SKIPPED), so no backend
+        leaves a terminal run with a step that still looks active."""
         now = self._clock()
         finishing = False
+        unfinished = StepState.CANCELLED if state is RunState.CANCELLED else StepState.SKIPPED
 
         def finished(run: Run) -> Run:
             nonlocal finishing
             finishing = not run.state.terminal
             if run.state.terminal:
                 return run
-            return replace(run, state=state, end_time=now, **changes)
+            steps = tuple(
+                step
+                if step.state.terminal
+                else replace(step, state=unfinished, end_time=step.end_time or now)
+                for step in run.steps
+            )
+            return replace(run, state=state, end_time=now, steps=steps, **changes)
 
-        run = await self._store.update_run(run_id, finished)
-        logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
-        if finishing:
-            self._observer.run_finished(run)
+        def stored(run: Run) -> None:
+            logger.info("%s is %s", run.name, run.state.name, extra={"run": run_id})
+            if finishing:
+                self._observer.run_finished(run)
+
+        # Durable: the backend lets go of the run (its lease, its slot) only once its end
+        # is stored, so no other replica resumes a run that has ended.
+        await self._writes.write(run_id, Change(finished, stored), durable=True)
 
 
 def _check_owner(principal: Principal, run: Run, action: str) -> None:

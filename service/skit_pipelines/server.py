@@ -10,6 +10,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -27,6 +28,7 @@ from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
+from skit_pipelines.retention import RetentionSweeper
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
@@ -47,7 +49,12 @@ _MAX_PENDING_CALLS = 20_000
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # The transport's ceiling: up to it, the servicer's parsers refuse a request over
+        # max_request_bytes with INVALID_ARGUMENT naming its largest field.
+        (
+            "grpc.max_receive_message_length",
+            max(config.max_message_bytes, config.max_request_bytes),
+        ),
         # Long-lived WatchRun streams: ping idle connections and let clients ping us.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -85,6 +92,8 @@ class Application:
     telemetry: Telemetry = field(default_factory=Telemetry)
     health_only: HealthOnlyServer | None = None
     """The plaintext health port (config.health_port), if any."""
+    retention: RetentionSweeper | None = None
+    """Deletes old finished runs in the background (config.retention_days), if on."""
 
     @property
     def address(self) -> str:
@@ -93,6 +102,8 @@ class Application:
     async def start(self) -> None:
         self.telemetry.start()
         await self.controller.resume()
+        if self.retention is not None:
+            self.retention.start()
         await self.server.start()
         if self.health_only is not None:
             await self.health_only.server.start()
@@ -112,6 +123,8 @@ class Application:
         if self.health_only is not None:
             # Last: probes see NOT_SERVING, not a refused connection, while calls drain.
             await self.health_only.server.stop(None)
+        if self.retention is not None:
+            await self.retention.stop()
         await self.backend.shutdown()
         await self.store.close()
         await self.telemetry.shutdown()
@@ -164,7 +177,11 @@ async def create_grpc_server(
     if config.tokens_file is not None:
         interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
-    add_to_server(PipelineServicer(controller), server)
+    add_to_server(
+        PipelineServicer(controller, max_message_bytes=config.max_message_bytes),
+        server,
+        max_request_bytes=config.max_request_bytes,
+    )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -293,6 +310,7 @@ def _kubeflow_backend(
     config: ServerConfig, store: RunStore, catalog: Catalog, images: ImageLock
 ) -> Backend:
     from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings
+    from skit_pipelines.backends.kubeflow_outputs import KeyFormatError, check_key_format
     from skit_pipelines.backends.kubeflow_platform import SecretMappingError, parse_step_secrets
     from skit_pipelines.images import resolve_image
 
@@ -300,6 +318,10 @@ def _kubeflow_backend(
         step_secrets = parse_step_secrets(config.kfp_step_secrets)
     except SecretMappingError as error:
         raise ConfigError(f"--kfp-step-secrets (SKIT_KFP_STEP_SECRETS): {error}") from None
+    try:
+        check_key_format(config.kfp_logs_key_format)
+    except KeyFormatError as error:
+        raise ConfigError(f"SKIT_KFP_LOGS_KEY_FORMAT: {error}") from None
 
     def env_of_image(image: str) -> tuple[str, ...]:
         # An image without a folder here declares nothing (as for the local executor).
@@ -321,6 +343,8 @@ def _kubeflow_backend(
         poll_seconds=config.kfp_poll_seconds,
         lease_seconds=config.lease_seconds,
         step_secrets=step_secrets,
+        logs_url=config.kfp_logs_url,
+        logs_key_format=config.kfp_logs_key_format,
         s3_endpoint_url=config.s3_endpoint_url,
     )
     logger.info("running pipelines on Kubeflow at %s as %s", config.kfp_host, owner)
@@ -399,6 +423,8 @@ async def build_application(
         raise ConfigError(f"--backend must be local or kubeflow, not {config.backend!r}")
     if config.backend == "kubeflow" and not config.kfp_host:
         raise ConfigError("--backend kubeflow needs --kfp-host (SKIT_KFP_HOST)")
+    if config.retention_days is not None and config.retention_days <= 0:
+        raise ConfigError("--retention-days (SKIT_RETENTION_DAYS) must be more than 0")
     # Read before anything is opened or compiled, so a bad lock fails the start at once.
     images = load_images_lock(config) if config.backend == "kubeflow" else {}
     config = prepare_config(config)
@@ -422,9 +448,13 @@ async def build_application(
         backend,
         observer=telemetry,
         max_streams_per_principal=config.max_streams_per_principal,
+        limits=config.request_limits,
     )
     telemetry.count_watchers(store.hub.watcher_count)
     backend.start(controller)
+    retention = None
+    if config.retention_days is not None:
+        retention = RetentionSweeper(controller, store, timedelta(days=config.retention_days))
 
     server, port, health_servicer = await create_grpc_server(controller, config, telemetry)
     health_only = create_health_server(health_servicer, config)
@@ -438,6 +468,7 @@ async def build_application(
         health=health_servicer,
         telemetry=telemetry,
         health_only=health_only,
+        retention=retention,
     )
 
 

@@ -8,22 +8,23 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2, message_factory
+from google.protobuf import any_pb2, duration_pb2, empty_pb2, message_factory
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
-from skit_pipelines import convert
+from skit_pipelines import convert, request_fields
 from skit_pipelines.auth import current_principal
 from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -40,6 +41,20 @@ ERROR_DOMAIN = "pipelines.skit.ai"
 _CONVERTED_REVISIONS = 1024
 _LOG_BATCH_LINES = 500
 _LOG_BATCH_WAIT = 0.05
+# An error travels in the response trailers, which a gRPC client accepts up to 8 KiB:
+# grpc-message (percent-encoded, up to 3 bytes a byte) and grpc-status-details-bin (the
+# Status, message included, in base64) must fit together with the other headers.
+_MAX_ERROR_MESSAGE_BYTES = 512
+_MAX_STATUS_BYTES = 3 * 1024
+_MAX_VIOLATION_TEXT_BYTES = 256
+_MORE_VIOLATIONS_RESERVE = 128
+"""Room kept for the "… and N more" violation."""
+_LIST_RESPONSE_RESERVE = 4 * 1024
+"""Room kept in a ListRuns response for its next_page_token and framing."""
+_REPEATED_ITEM_OVERHEAD = 6
+"""A repeated message field's tag and length prefix, at most."""
+_DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 _CODES: list[tuple[type[PipelinesError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
@@ -67,7 +82,7 @@ def error_status(exc: BaseException) -> status_pb2.Status:
             details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
         )
     code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = dict(exc.metadata)
     details = []
     if isinstance(exc, AlreadyExists):
         metadata["existing"] = exc.resource_name
@@ -86,20 +101,53 @@ def error_status(exc: BaseException) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=exc.retry_after))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    message = _clip(exc.message, _MAX_ERROR_MESSAGE_BYTES)
     if isinstance(exc, InvalidArgument) and exc.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in exc.violations
-                    ]
-                )
-            )
+        used = status_pb2.Status(code=code, message=message, details=details).ByteSize()
+        details.append(_pack(_bad_request(exc.violations, _MAX_STATUS_BYTES - used)))
+    return status_pb2.Status(code=code, message=message, details=details)
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8 (an ellipsis marks a cut)."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    ellipsis = "…"
+    kept = encoded[: max_bytes - len(ellipsis.encode())].decode(errors="ignore")
+    return kept + ellipsis
+
+
+def _bad_request(violations: list[FieldViolation], budget: int) -> error_details_pb2.BadRequest:
+    """The violations that fit in `budget` bytes, then one "… and N more" in their place:
+    10,000 unknown parameters must still reach the client as INVALID_ARGUMENT."""
+    bad = error_details_pb2.BadRequest()
+    for index, violation in enumerate(violations):
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=_clip(violation.field, _MAX_VIOLATION_TEXT_BYTES),
+            description=_clip(violation.description, _MAX_VIOLATION_TEXT_BYTES),
         )
-    return status_pb2.Status(code=code, message=exc.message, details=details)
+        size = item.ByteSize() + _REPEATED_ITEM_OVERHEAD
+        if bad.ByteSize() + size > budget - _MORE_VIOLATIONS_RESERVE:
+            rest = violations[index:]
+            bad.field_violations.add(
+                field=_clip(_common_parent([v.field for v in rest]), _MAX_VIOLATION_TEXT_BYTES),
+                description=f"… and {len(rest)} more",
+            )
+            break
+        bad.field_violations.append(item)
+    return bad
+
+
+def _common_parent(fields: list[str]) -> str:
+    """The longest dotted prefix the fields share ("run.parameters" for parameters)."""
+    parts = [f.split(".") for f in fields]
+    shared: list[str] = []
+    for segments in zip(*parts, strict=False):
+        if len(set(segments)) != 1:
+            break
+        shared.append(segments[0])
+    return ".".join(shared)
 
 
 _Request = TypeVar("_Request")
@@ -108,40 +156,74 @@ _Response = TypeVar("_Response")
 
 
 @dataclass(frozen=True)
-class _Malformed:
-    """What the server receives instead of a request whose bytes do not parse."""
+class _Refused:
+    """What the server receives instead of a request whose bytes do not parse, or that is
+    larger than the limit: the handler wrappers answer it with INVALID_ARGUMENT."""
 
-    message_type: str
-    problem: str
+    error: InvalidArgument
 
 
-def _lenient_parser(message_class: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+def _lenient_parser(
+    message_class: type[Message], max_bytes: int
+) -> Callable[[bytes], Message | _Refused]:
     # grpc's own deserializer turns a parse failure into UNKNOWN; a malformed request is
     # the client's mistake, so it becomes INVALID_ARGUMENT in the handler wrappers.
-    def parse(data: bytes) -> Message | _Malformed:
+    full_name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | _Refused:
         try:
-            return message_class.FromString(data)
+            message = message_class.FromString(data)
         except DecodeError as error:
-            return _Malformed(message_class.DESCRIPTOR.full_name, str(error))
+            broken = request_fields.not_utf8(message_class, data)
+            if broken:
+                return _Refused(
+                    InvalidArgument(
+                        f"strings must be UTF-8; {', '.join(broken)} is not",
+                        violations=[FieldViolation(f, "must be UTF-8") for f in broken],
+                        reason="MALFORMED_REQUEST",
+                    )
+                )
+            return _Refused(
+                InvalidArgument(
+                    f"the request is not a valid {full_name}: {error}",
+                    reason="MALFORMED_REQUEST",
+                )
+            )
+        if len(data) > max_bytes:
+            field, size = request_fields.largest_field(message_class, data)
+            return _Refused(
+                InvalidArgument(
+                    f"the request is {len(data)} bytes, more than the limit of {max_bytes};"
+                    f" its largest field, {field or 'none'}, is {size} bytes",
+                    field=field or "request",
+                    reason="REQUEST_TOO_LARGE",
+                )
+            )
+        return message
 
     return parse
 
 
-def _reject_malformed(request: Any) -> None:
-    if isinstance(request, _Malformed):
-        raise InvalidArgument(
-            f"the request is not a valid {request.message_type}: {request.problem}",
-            reason="MALFORMED_REQUEST",
-        )
+def _reject_refused(request: Any) -> None:
+    if isinstance(request, _Refused):
+        raise request.error
 
 
-def add_to_server(servicer: PipelineServicer, server: grpc.aio.Server) -> None:
+def add_to_server(
+    servicer: PipelineServicer,
+    server: grpc.aio.Server,
+    *,
+    max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES,
+) -> None:
     """Registers the servicer like the generated add_..._to_server, but with request
-    parsers that let malformed bytes reach the error mapping."""
+    parsers that let malformed bytes, and requests over `max_request_bytes`, reach the
+    error mapping."""
     service = pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"]
     handlers = {}
     for method in service.methods:
-        parse = _lenient_parser(message_factory.GetMessageClass(method.input_type))
+        parse = _lenient_parser(
+            message_factory.GetMessageClass(method.input_type), max_request_bytes
+        )
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -166,7 +248,7 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: _Request, context: ServicerContext) -> _Response:
         try:
-            _reject_malformed(request)
+            _reject_refused(request)
             return await method(self, request, context)
         except Exception as exc:
             await abort_with_status(context, rpc_status.to_status(error_status(exc)))
@@ -182,7 +264,7 @@ def _streaming(
         self: Any, request: _Request, context: ServicerContext
     ) -> AsyncIterator[_Response]:
         try:
-            _reject_malformed(request)
+            _reject_refused(request)
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:
@@ -192,15 +274,19 @@ def _streaming(
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, controller: RunController) -> None:
+    def __init__(
+        self, controller: RunController, *, max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self._controller = controller
-        # Every watcher of a run is sent the same revisions: convert each one once.
-        self._converted: OrderedDict[tuple[str, int], pipeline_service_pb2.WatchRunResponse] = (
-            OrderedDict()
-        )
+        self._max_message_bytes = max_message_bytes
+        # Every watcher of a run is sent the same revisions: convert each one once. The
+        # creation time is in the key: a deleted run's id may be used again.
+        self._converted: OrderedDict[
+            tuple[str, int, datetime], pipeline_service_pb2.WatchRunResponse
+        ] = OrderedDict()
 
     def _watch_message(self, run: Run) -> pipeline_service_pb2.WatchRunResponse:
-        key = (run.id, run.revision)
+        key = (run.id, run.revision, run.create_time)
         message = self._converted.get(key)
         if message is None:
             message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
@@ -254,24 +340,37 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListRuns(
         self, request: pipeline_service_pb2.ListRunsRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListRunsResponse:
-        runs, next_token = await self._controller.list_runs(
-            ListRunsInput(
-                pipeline=request.pipeline,
-                states=tuple(request.states),
-                labels=dict(request.labels),
-                created_after=convert.from_timestamp(request.create_time_after)
-                if request.HasField("create_time_after")
-                else None,
-                created_before=convert.from_timestamp(request.create_time_before)
-                if request.HasField("create_time_before")
-                else None,
-                page_size=request.page_size,
-                page_token=request.page_token,
+        query = ListRunsInput(
+            pipeline=request.pipeline,
+            states=tuple(request.states),
+            labels=dict(request.labels),
+            created_after=convert.from_timestamp(
+                request.create_time_after, field="create_time_after"
             )
+            if request.HasField("create_time_after")
+            else None,
+            created_before=convert.from_timestamp(
+                request.create_time_before, field="create_time_before"
+            )
+            if request.HasField("create_time_before")
+            else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
-        return pipeline_service_pb2.ListRunsResponse(
-            runs=[convert.run(r) for r in runs], next_page_token=next_token
-        )
+        runs, next_token = await self._controller.list_runs(query)
+        response = pipeline_service_pb2.ListRunsResponse()
+        budget = self._max_message_bytes - _LIST_RESPONSE_RESERVE
+        for index, run in enumerate(runs):
+            message = convert.run(run)
+            budget -= message.ByteSize() + _REPEATED_ITEM_OVERHEAD
+            # A page ends early rather than exceed the message limit (which would fail
+            # the call for good); it always holds one run, so paging moves on.
+            if budget < 0 and index > 0:
+                next_token = self._controller.page_token_after(query, runs[index - 1])
+                break
+            response.runs.append(message)
+        response.next_page_token = next_token
+        return response
 
     @_unary
     async def CancelRun(
@@ -301,6 +400,13 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             principal=current_principal(),
         )
         return convert.run(run)
+
+    @_unary
+    async def DeleteRun(
+        self, request: pipeline_service_pb2.DeleteRunRequest, context: ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._controller.delete_run(request.name, principal=current_principal())
+        return empty_pb2.Empty()
 
     @_streaming
     async def ReadStepLogs(

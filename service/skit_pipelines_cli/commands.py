@@ -32,7 +32,7 @@ from skit_pipelines_cli.render import (
     runs_table,
 )
 from skit_pipelines_cli.values import UsageError
-from skit_pipelines_client import PipelinesClient, TlsOptions
+from skit_pipelines_client import PipelinesClient, TlsOptions, run_name
 
 # The service caps ListRuns pages at this many runs (skit_pipelines.runs.MAX_PAGE_SIZE).
 _MAX_PAGE_SIZE = 1000
@@ -83,11 +83,21 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         kfp_ui_url=args.kfp_ui_url,
         kfp_images_lock=args.kfp_images_lock,
         kfp_step_secrets=args.kfp_step_secrets,
+        kfp_logs_url=args.kfp_logs_url,
         traces_exporter=args.traces_exporter,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         metrics_otlp=args.metrics_otlp,
         otlp_endpoint=args.otlp_endpoint,
+        max_message_bytes=args.max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
+        max_parameter_bytes=args.max_parameter_bytes,
+        max_parameters=args.max_parameters,
+        max_parameters_bytes=args.max_parameters_bytes,
+        max_labels=args.max_labels,
+        max_label_key_length=args.max_label_key_length,
+        max_label_value_length=args.max_label_value_length,
+        retention_days=args.retention_days,
     )
     return run_server(config)
 
@@ -229,6 +239,17 @@ def runs_cancel(client: PipelinesClient, args: argparse.Namespace, out: TextIO) 
     """`runs cancel`."""
     run = client.cancel_run(args.name)
     return _show(args, out, run, lambda: [f"{run.name} {run_state_label(run.state)}"])
+
+
+def runs_delete(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs delete`: a finished run, with its events, step logs and artifacts."""
+    name = run_name(args.name)
+    client.delete_run(name)
+    if args.output == "json":
+        print(json.dumps({"name": name, "deleted": True}), file=out)
+    else:
+        print(f"{name} deleted", file=out)
+    return EXIT_OK
 
 
 def runs_retry(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:

@@ -100,9 +100,65 @@ def _add_serve(subcommands: _Subcommands) -> None:
         default=None,
         help="allow a non-loopback address without authentication (SKIT_INSECURE)",
     )
+    serve.add_argument(
+        "--retention-days",
+        type=float,
+        metavar="DAYS",
+        help="delete finished runs (events, logs, artifacts) that ended more than DAYS ago,"
+        " in the background (SKIT_RETENTION_DAYS; default: keep them)",
+    )
     _add_scale_out_options(serve)
+    _add_limit_options(serve)
     _add_observability_options(serve)
     serve.set_defaults(local=commands.serve)
+
+
+_LIMIT_OPTIONS = (
+    (
+        "--max-message-bytes",
+        "SKIT_MAX_MESSAGE_BYTES",
+        "largest message sent; larger requests"
+        " are refused by gRPC (RESOURCE_EXHAUSTED); default 16 MiB",
+    ),
+    (
+        "--max-request-bytes",
+        "SKIT_MAX_REQUEST_BYTES",
+        "larger requests are refused with"
+        " INVALID_ARGUMENT naming their largest field; default 1 MiB",
+    ),
+    (
+        "--max-parameter-bytes",
+        "SKIT_MAX_PARAMETER_BYTES",
+        "one run parameter's value; default 64 KiB",
+    ),
+    ("--max-parameters", "SKIT_MAX_PARAMETERS", "parameters in one CreateRun; default 100"),
+    (
+        "--max-parameters-bytes",
+        "SKIT_MAX_PARAMETERS_BYTES",
+        "all parameters of one CreateRun together; default 256 KiB",
+    ),
+    ("--max-labels", "SKIT_MAX_LABELS", "labels on one run; default 64"),
+    (
+        "--max-label-key-length",
+        "SKIT_MAX_LABEL_KEY_LENGTH",
+        "characters of a label key; default 63",
+    ),
+    (
+        "--max-label-value-length",
+        "SKIT_MAX_LABEL_VALUE_LENGTH",
+        "characters of a label value; default 63",
+    ),
+)
+
+
+def _add_limit_options(serve: argparse.ArgumentParser) -> None:
+    limits = serve.add_argument_group(
+        "limits",
+        "what one request may carry; beyond it: INVALID_ARGUMENT (README.md: Limits and"
+        " reliability)",
+    )
+    for flag, variable, help_text in _LIMIT_OPTIONS:
+        limits.add_argument(flag, type=int, metavar="N", help=f"{help_text} ({variable})")
 
 
 def _add_scale_out_options(serve: argparse.ArgumentParser) -> None:
@@ -155,6 +211,13 @@ def _add_scale_out_options(serve: argparse.ArgumentParser) -> None:
         metavar="ENV=SECRET/KEY,...",
         help="the Kubernetes secret and key each variable components declare comes from on"
         " Kubeflow (SKIT_KFP_STEP_SECRETS), e.g. CALLS_DB_URL=skit-step-env/CALLS_DB_URL",
+    )
+    scale_out.add_argument(
+        "--kfp-logs-url",
+        metavar="URL",
+        help="the bucket Argo archives pod logs in, for reading step logs of runs on"
+        " Kubeflow (SKIT_KFP_LOGS_URL), e.g. s3://mlpipeline; its key format comes from"
+        " SKIT_KFP_LOGS_KEY_FORMAT (default Argo's {{workflow.name}}/{{pod.name}})",
     )
 
 
@@ -251,7 +314,8 @@ def _add_pipelines(subcommands: _Subcommands, common: argparse.ArgumentParser) -
 
 
 def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    """`runs` create, get, list, cancel, retry, logs and watch (help lists them in this order)."""
+    """`runs` create, get, list, cancel, delete, retry, logs and watch (help lists them in
+    this order)."""
     runs = subcommands.add_parser("runs", help="start, inspect and watch runs").add_subparsers(
         dest="runs_command", required=True, metavar="COMMAND"
     )
@@ -263,6 +327,13 @@ def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
     cancel = runs.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("name", help='"abc" or "runs/abc"')
     cancel.set_defaults(remote=commands.runs_cancel)
+    delete = runs.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a finished run with its events, step logs and artifacts",
+    )
+    delete.add_argument("name", help='"abc" or "runs/abc"')
+    delete.set_defaults(remote=commands.runs_delete)
     _add_runs_retry(runs, common)
     _add_runs_logs(runs, common)
     _add_runs_watch(runs, common)

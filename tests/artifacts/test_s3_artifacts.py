@@ -1,5 +1,6 @@
 """S3ArtifactStore against moto's S3 server: URIs, recorded content hashes, multipart
-transfers, directories, deletion by prefix and which URIs it accepts."""
+transfers, directories, deletion by prefix, which URIs it accepts, and what the step cache
+needs: checks against the recorded size and SHA-256, and server-side copies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from skit_pipelines.artifacts import content_hash
+from skit_pipelines.artifacts import Intact, Unusable, content_hash
 from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Location, S3Settings
 from skit_pipelines.errors import InvalidArgument
 
@@ -140,3 +141,95 @@ def test_endpoint_from_the_standard_aws_configuration(
     stored = store.put(write(tmp_path / "out", b"env"), "runs/r1/s/out")
     assert stored.uri == f"s3://{bucket}/runs/r1/s/out"
     assert store.open_local(stored.uri, tmp_path / "scratch").read_bytes() == b"env"
+
+
+def test_check_trusts_the_recorded_size_and_sha256(
+    store: S3ArtifactStore, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    stored = store.put(write(tmp_path / "out", b"original"), "runs/r1/s/out")
+    assert isinstance(store.check(stored.uri, stored.sha256, stored.size_bytes), Intact)
+    wrong_size = store.check(stored.uri, stored.sha256, stored.size_bytes + 1)
+    assert isinstance(wrong_size, Unusable) and "bytes" in wrong_size.reason
+    s3_client.put_object(
+        Bucket=bucket, Key="team/pipelines/runs/r1/s/out", Body=b"replaced", Metadata={}
+    )
+    replaced = store.check(stored.uri, stored.sha256, stored.size_bytes)
+    assert isinstance(replaced, Unusable) and "sha256" in replaced.reason
+    store.delete_prefix("runs/r1")
+    gone = store.check(stored.uri, stored.sha256, stored.size_bytes)
+    assert isinstance(gone, Unusable) and "404" in gone.reason
+    outside = store.check("s3://other-bucket/x", stored.sha256, stored.size_bytes)
+    assert isinstance(outside, Unusable)
+
+
+def test_check_of_a_directory_counts_its_objects(
+    store: S3ArtifactStore, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    write(tmp_path / "model" / "weights.bin", b"w" * 100)
+    write(tmp_path / "model" / "nested" / "config.json", b"{}")
+    stored = store.put(tmp_path / "model", "runs/r1/train/model")
+    assert isinstance(store.check(stored.uri, stored.sha256, stored.size_bytes), Intact)
+    s3_client.delete_object(Bucket=bucket, Key="team/pipelines/runs/r1/train/model/weights.bin")
+    partial = store.check(stored.uri, stored.sha256, stored.size_bytes)
+    assert isinstance(partial, Unusable) and "2 bytes" in partial.reason
+    store.delete_prefix("runs/r1")
+    gone = store.check(stored.uri, stored.sha256, stored.size_bytes)
+    assert isinstance(gone, Unusable) and "gone" in gone.reason
+
+
+def test_copy_is_server_side_and_keeps_the_recorded_sha256(
+    store: S3ArtifactStore, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    stored = store.put(write(tmp_path / "out", b"original"), "runs/r1/s/out")
+    uri = store.copy(stored.uri, "runs/r2/s/out")
+    assert uri == f"s3://{bucket}/team/pipelines/runs/r2/s/out"
+    store.delete_prefix("runs/r1")
+    head = s3_client.head_object(Bucket=bucket, Key="team/pipelines/runs/r2/s/out")
+    assert head["Metadata"] == {"sha256": stored.sha256}
+    assert isinstance(store.check(uri, stored.sha256, stored.size_bytes), Intact)
+    assert store.open_local(uri, tmp_path / "scratch").read_bytes() == b"original"
+    assert store.copy(uri, "runs/r2/s/out") == uri, "already there: nothing to copy"
+
+
+def test_copy_of_a_directory_replaces_what_was_at_the_target(
+    store: S3ArtifactStore, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    write(tmp_path / "model" / "weights.bin", b"w" * 100)
+    write(tmp_path / "model" / "nested" / "config.json", b"{}")
+    stored = store.put(tmp_path / "model", "runs/r1/train/model")
+    store.put(write(tmp_path / "stale" / "stale.txt", b"old"), "runs/r2/train/model")
+    uri = store.copy(stored.uri, "runs/r2/train/model")
+    assert uri == f"s3://{bucket}/team/pipelines/runs/r2/train/model/"
+    store.delete_prefix("runs/r1")
+    assert isinstance(store.check(uri, stored.sha256, stored.size_bytes), Intact)
+    local = store.open_local(uri, tmp_path / "scratch")
+    assert content_hash(local) == (stored.sha256, stored.size_bytes)
+
+
+def test_a_large_copy_in_parts_keeps_the_recorded_sha256(
+    bucket: str, s3_endpoint: str, s3_client: Any, tmp_path: Path
+) -> None:
+    store = S3ArtifactStore.from_url(
+        f"s3://{bucket}/big",
+        S3Settings(
+            endpoint_url=s3_endpoint,
+            multipart_threshold_bytes=5 * MiB,
+            multipart_chunk_bytes=5 * MiB,
+        ),
+    )
+    stored = store.put(write(tmp_path / "audio.bin", os.urandom(11 * MiB)), "runs/r1/s/audio")
+    uri = store.copy(stored.uri, "runs/r2/s/audio")
+    head = s3_client.head_object(Bucket=bucket, Key="big/runs/r2/s/audio")
+    assert head["Metadata"]["sha256"] == stored.sha256
+    assert isinstance(store.check(uri, stored.sha256, 11 * MiB), Intact)
+
+
+def test_a_gone_artifact_fails_to_open_or_copy_with_one_line(
+    store: S3ArtifactStore, tmp_path: Path
+) -> None:
+    stored = store.put(write(tmp_path / "out", b"x"), "runs/r1/s/out")
+    store.delete_prefix("runs/r1")
+    with pytest.raises(OSError, match="404"):
+        store.open_local(stored.uri, tmp_path / "scratch")
+    with pytest.raises(OSError, match="404"):
+        store.copy(stored.uri, "runs/r2/s/out")

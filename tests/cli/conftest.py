@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -202,6 +202,21 @@ class FakePipelineService(pipeline_service_pb2_grpc.PipelineServiceServicer):
         cancelled.CopyFrom(self.runs[request.name])
         cancelled.state = run_pb2.RUN_STATE_CANCELLING
         return cancelled
+
+    def DeleteRun(self, request, context):
+        self.requests.append(request)
+        run = self.runs.get(request.name)
+        if run is None:
+            abort(context, code_pb2.NOT_FOUND, f"run {request.name} not found", "RUN_NOT_FOUND")
+        if run.state in (run_pb2.RUN_STATE_QUEUED, run_pb2.RUN_STATE_RUNNING):
+            abort(
+                context,
+                code_pb2.FAILED_PRECONDITION,
+                f"{request.name} has not finished",
+                "RUN_NOT_FINISHED",
+            )
+        del self.runs[request.name]
+        return empty_pb2.Empty()
 
     def RetryRun(self, request, context):
         self.requests.append(request)

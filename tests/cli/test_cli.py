@@ -299,6 +299,25 @@ def test_runs_cancel_prints_the_new_state(server, fake, make_run, capsys):
     assert capsys.readouterr().out == "runs/abc CANCELLING\n"
 
 
+def test_runs_delete_deletes_a_finished_run(server, fake, make_run, capsys):
+    fake.runs["runs/abc"] = make_run(state=run_pb2.RUN_STATE_SUCCEEDED)
+
+    assert run_cli(server, "runs", "delete", "abc") == 0
+
+    assert capsys.readouterr().out == "runs/abc deleted\n"
+    assert fake.requests == [pipeline_service_pb2.DeleteRunRequest(name="runs/abc")]
+    assert "runs/abc" not in fake.runs
+
+
+def test_runs_delete_of_a_running_run_is_an_error(server, fake, make_run, capsys):
+    fake.runs["runs/abc"] = make_run()
+
+    assert run_cli(server, "runs", "delete", "runs/abc") != 0
+
+    assert "RUN_NOT_FINISHED" in capsys.readouterr().err
+    assert "runs/abc" in fake.runs
+
+
 def test_runs_retry_prints_the_new_run(server, fake, make_run, capsys):
     fake.runs["runs/abc"] = make_run()
 
@@ -602,6 +621,20 @@ def test_serve_flags_override_the_environment(monkeypatch, tmp_path: Path):
 
     (config,) = seen
     assert (config.host, config.port, config.home) == ("0.0.0.0", 7000, tmp_path / "from-env")
+
+
+def test_serve_retention_days_from_the_flag_or_the_environment(monkeypatch):
+    seen: list[ServerConfig] = []
+    fake_server = types.ModuleType("skit_pipelines.server")
+    fake_server.serve = lambda config: seen.append(config) or 0
+    monkeypatch.setitem(sys.modules, "skit_pipelines.server", fake_server)
+
+    assert cli.main(["serve"]) == 0
+    monkeypatch.setenv("SKIT_RETENTION_DAYS", "30")
+    assert cli.main(["serve"]) == 0
+    assert cli.main(["serve", "--retention-days", "7.5"]) == 0
+
+    assert [config.retention_days for config in seen] == [None, 30.0, 7.5]
 
 
 def test_serve_reports_a_bad_environment_variable(monkeypatch, capsys):

@@ -49,6 +49,17 @@ def test_create_run_returns_the_run(client, fake):
     assert fake.runs["runs/r1"].labels["team"] == "asr"
 
 
+def test_delete_run_deletes_a_finished_run(client, fake, make_run):
+    fake.runs["runs/done"] = make_run("done", state=run_pb2.RUN_STATE_FAILED)
+
+    assert client.delete_run("done") is None
+
+    assert "runs/done" not in fake.runs
+    with pytest.raises(RPCError) as again:
+        client.delete_run("runs/done")
+    assert (again.value.code, again.value.reason) == (grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND")
+
+
 def test_list_runs_fetches_pages_as_they_are_consumed(client, fake, make_run):
     for i in range(5):
         fake.runs[f"runs/r{i}"] = make_run(f"r{i}")

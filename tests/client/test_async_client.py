@@ -49,6 +49,12 @@ async def test_a_run_is_created_listed_watched_across_a_restart_and_its_logs_rea
         lines = [line.text async for line in client.read_step_logs(run.name, "nap")]
         assert lines == ["napping for 0.4 s"]
 
+        await client.delete_run(run.name)
+        for gone in (client.get_run(run.name), client.delete_run(run.name)):
+            with pytest.raises(RPCError) as deleted:
+                await gone
+            assert deleted.value.code is grpc.StatusCode.NOT_FOUND
+
         with pytest.raises(RPCError) as missing:
             await client.get_run("runs/no-such-run")
         assert missing.value.code is grpc.StatusCode.NOT_FOUND

@@ -8,15 +8,14 @@ from typing import Any
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.domain import Artifact, Step, StepState
 from skit_pipelines.executor._cache import (
     NotReusable,
     Reusable,
     cache_key,
     check_outputs,
-    declared_artifact_uris,
-    gone_artifacts,
-    restored,
+    restore_artifacts,
 )
 from skit_pipelines.images import ImageFolder
 
@@ -59,13 +58,11 @@ def test_the_key_counts_inputs_by_value_and_artifacts_by_content() -> None:
 
 
 def step(tmp_path: Path, **changes: Any) -> Step:
-    data = tmp_path / "data"
-    data.write_text("x")
     values: dict[str, Any] = {
         "name": "emit",
         "state": StepState.SUCCEEDED,
         "output_parameters": {"n": 4.0},
-        "output_artifacts": (Artifact(name="data", uri=data.as_uri()),),
+        "output_artifacts": (Artifact(name="data", uri=(tmp_path / "data").as_uri()),),
     } | changes
     return Step(**values)
 
@@ -74,23 +71,53 @@ def test_a_complete_step_is_reusable_with_typed_values(tmp_path: Path) -> None:
     check = check_outputs(step(tmp_path), COMPONENT)
     assert isinstance(check, Reusable)
     assert check.parameters == {"n": 4} and isinstance(check.parameters["n"], int)
-    uris = declared_artifact_uris(step(tmp_path), COMPONENT)
-    assert gone_artifacts(uris) == []
 
 
-def test_missing_outputs_and_gone_files_are_not_reusable(tmp_path: Path) -> None:
+def test_missing_outputs_are_not_reusable(tmp_path: Path) -> None:
     no_value = check_outputs(step(tmp_path, output_parameters={}), COMPONENT)
     assert isinstance(no_value, NotReusable) and "'n'" in no_value.reason
     no_uri = check_outputs(
         step(tmp_path, output_artifacts=(Artifact(name="data", uri=""),)), COMPONENT
     )
     assert isinstance(no_uri, NotReusable) and "'data'" in no_uri.reason
-    gone = (tmp_path / "gone").as_uri()
-    assert gone_artifacts([gone, "s3://bucket/key"]) == [gone]
 
 
-def test_restored_artifacts_name_the_step_that_reuses_them() -> None:
-    artifact = Artifact(name="data", uri="file:///a", step="old", sha256="h", size_bytes=3)
-    assert restored("new", [artifact]) == (
-        Artifact(name="data", uri="file:///a", step="new", sha256="h", size_bytes=3),
+def stored_artifact(store: LocalArtifactStore, tmp_path: Path, key: str) -> Artifact:
+    source = tmp_path / "source"
+    source.write_text("x")
+    stored = store.put(source, key)
+    return Artifact(
+        name="data", uri=stored.uri, step="old", sha256=stored.sha256, size_bytes=stored.size_bytes
     )
+
+
+def test_restored_artifacts_are_copies_below_the_reusing_run(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    artifact = stored_artifact(store, tmp_path, "runs/old/emit/data")
+    restored = restore_artifacts(store, "new", "emit", [artifact])
+    assert not isinstance(restored, NotReusable)
+    (copy,) = restored
+    assert copy.uri == (store.root / "runs/new/emit/data").as_uri()
+    assert (copy.step, copy.sha256, copy.size_bytes) == ("emit", artifact.sha256, 1)
+    store.delete_prefix("runs/old")
+    assert store.open_local(copy.uri, tmp_path).read_text() == "x"
+
+
+def test_a_run_reusing_its_own_artifacts_copies_nothing(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    artifact = stored_artifact(store, tmp_path, "runs/same/emit/data")
+    restored = restore_artifacts(store, "same", "emit", [artifact])
+    assert not isinstance(restored, NotReusable)
+    assert [a.uri for a in restored] == [artifact.uri]
+
+
+def test_gone_or_altered_artifacts_are_not_reusable(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    artifact = stored_artifact(store, tmp_path, "runs/old/emit/data")
+    (store.root / "runs/old/emit/data").write_text("y")
+    altered = restore_artifacts(store, "new", "emit", [artifact])
+    assert isinstance(altered, NotReusable) and "changed" in altered.reason
+    store.delete_prefix("runs/old")
+    gone = restore_artifacts(store, "new", "emit", [artifact])
+    assert isinstance(gone, NotReusable) and "gone" in gone.reason
+    assert not (store.root / "runs/new").exists()

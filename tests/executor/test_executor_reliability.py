@@ -431,6 +431,16 @@ def as_cached(step: Step) -> Step:
     return replace(step, state=StepState.CACHED, cached=True)
 
 
+def copied_to(run_id: str, step: Step) -> Step:
+    """A reused step as the reusing run reports it: its artifacts copied below that run
+    (from run-1's folder)."""
+    artifacts = tuple(
+        replace(a, uri=a.uri.replace("/runs/run-1/", f"/runs/{run_id}/"))
+        for a in step.output_artifacts
+    )
+    return replace(step, output_artifacts=artifacts)
+
+
 def runs(log: Path) -> int:
     return len(log.read_text().split()) if log.exists() else 0
 
@@ -454,7 +464,9 @@ async def test_a_reused_step_is_reported_as_given_and_feeds_the_next(tmp_path: P
     result = await executor.execute("run-2", spec, {}, recorder, reuse={"counted": reused})
 
     assert runs(log) == 1, "the reused step ran again"
-    assert recorder.of("counted") == [reused], "reported once, unchanged, with no PENDING"
+    assert recorder.of("counted") == [copied_to("run-2", reused)], (
+        "reported once, with no PENDING, unchanged but for its artifacts' copies"
+    )
     assert [s for s, _ in recorder.states("append-text")] == [
         StepState.PENDING,
         StepState.RUNNING,
@@ -521,7 +533,7 @@ async def test_reused_iterations_of_a_parallel_for(tmp_path: Path) -> None:
 
     assert runs(log) == 3 + 1, "only the iteration not reused ran"
     steps = recorder.final()
-    assert steps["for-loop-1[0]/counted"] == reuse["for-loop-1[0]/counted"]
+    assert steps["for-loop-1[0]/counted"] == copied_to("run-2", reuse["for-loop-1[0]/counted"])
     assert steps["for-loop-1[1]/counted"].state is StepState.SUCCEEDED
     assert result.output_parameters == {"Output": "abc"}
 
@@ -624,7 +636,7 @@ async def test_retry_of_a_failed_run_reuses_what_succeeded_and_reruns_the_exit_h
 
     assert runs(log) == 1
     steps = recorder.final()
-    assert steps["exit-handler-1/counted"] == reuse["exit-handler-1/counted"]
+    assert steps["exit-handler-1/counted"] == copied_to("run-2", reuse["exit-handler-1/counted"])
     assert steps["exit-handler-1/flaky"].state is StepState.SUCCEEDED
     exit_step = steps["report-status"]
     assert exit_step.state is StepState.SUCCEEDED and not exit_step.cached

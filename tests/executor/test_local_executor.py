@@ -540,8 +540,11 @@ async def test_a_cached_step_is_restored_without_running(tmp_path: Path) -> None
     assert recorder.states("append-text") == [StepState.PENDING, StepState.CACHED]
     step = recorder.final()["counted"]
     assert step.cached
-    assert step.output_artifacts[0].uri.endswith("/runs/run-1/counted/out")
-    assert [a.uri for a in second.outputs] == [a.uri for a in first.outputs]
+    # A copy below run-2: deleting run-1 must not take run-2's outputs along.
+    assert step.output_artifacts[0].uri.endswith("/runs/run-2/counted/out")
+    assert [(a.sha256, a.uri.replace("/runs/run-2/", "/runs/run-1/")) for a in second.outputs] == [
+        (a.sha256, a.uri) for a in first.outputs
+    ]
 
     third = Recorder()
     await executor.execute("run-3", spec, {"text": "y"}, third)

@@ -89,6 +89,16 @@ def test_component_spec_matches_the_folder(folder):
     components.load_component_from_file(str(folder / "component.yaml"))
 
 
+def test_every_argument_is_one_name_value_word(folder):
+    """`--name` then the value would let a value such as `--help` be read as an option."""
+    spec = yaml.safe_load((folder / "component.yaml").read_text())
+    for arg in spec["implementation"]["container"].get("args", []):
+        assert isinstance(arg, dict) and list(arg) == ["concat"], arg
+        prefix, placeholder = arg["concat"]
+        assert re.fullmatch(r"--[a-z][a-z0-9-]*=", prefix), arg
+        assert isinstance(placeholder, dict) and len(placeholder) == 1, arg
+
+
 def test_entrypoint_module_has_main(folder):
     module = import_component(folder)
     assert callable(module.main)

@@ -156,6 +156,15 @@ def _images(repo: Path, *names: str) -> list[Image]:
     return layout.select_images(repo, list(names))
 
 
+def _version(repo: Path, name: str) -> str:
+    return (repo / "images" / name / "VERSION").read_text().strip()
+
+
+def _next_patch(version: str) -> str:
+    major, minor, patch = version.split(".")
+    return f"{major}.{minor}.{int(patch) + 1}"
+
+
 def _bump(repo: Path, name: str, version: str) -> None:
     folder = repo / "images" / name
     old = (folder / "VERSION").read_text().strip()
@@ -185,6 +194,9 @@ def test_changing_one_component_releases_and_repins_only_that_image(
 ):
     repo = clone
     lock_path = repo / "images" / "images.lock.json"
+    fetch_version = _version(repo, "fetch_calls")
+    situations_version = _version(repo, "invalidate_situations")
+    bumped = _next_patch(fetch_version)
     registry = f"oci:{tmp_path / 'registry'}"
     builder, engine = _builder(repo)
     engines.append(engine)
@@ -197,11 +209,11 @@ def test_changing_one_component_releases_and_repins_only_that_image(
     assert [o.error for o in outcomes] == [None, None]
     first = load_lock(lock_path)
     assert set(first) == set(IMAGES)
-    git(repo, "commit", "--quiet", "-am", "Release fetch_calls 0.1.0, invalidate_situations 0.1.0")
+    git(repo, "commit", "--quiet", "-am", "Release fetch_calls and invalidate_situations")
     assert _changed(repo) == []
     assert git(repo, "tag", "--list", "images/*").split() == [
-        "images/fetch_calls/v0.1.0",
-        "images/invalidate_situations/v0.1.0",
+        f"images/fetch_calls/v{fetch_version}",
+        f"images/invalidate_situations/v{situations_version}",
     ]
     pinned_before = _pinned_images(repo, first)
 
@@ -216,8 +228,8 @@ def test_changing_one_component_releases_and_repins_only_that_image(
     assert any("bump it" in p for p in problems["fetch_calls"])
     assert cli.main(["--repo", str(repo), "check"]) == cli.EXIT_FAILURE
 
-    _bump(repo, "fetch_calls", "0.1.1")
-    git(repo, "commit", "--quiet", "-am", "fetch_calls 0.1.1")
+    _bump(repo, "fetch_calls", bumped)
+    git(repo, "commit", "--quiet", "-am", f"fetch_calls {bumped}")
     assert layout.check(repo)[1] == {}
 
     # Release what changed: one build, one push, one new lock entry and tag.
@@ -227,19 +239,19 @@ def test_changing_one_component_releases_and_repins_only_that_image(
     if isinstance(engine, FakeEngine):
         assert engine.built == [*built_before, "fetch_calls"]
     second = load_lock(lock_path)
-    assert second["fetch_calls"].version == "0.1.1"
+    assert second["fetch_calls"].version == bumped
     assert second["fetch_calls"].digest != first["fetch_calls"].digest
-    assert second["fetch_calls"].image.endswith("skit-pipelines/fetch-calls:0.1.1")
+    assert second["fetch_calls"].image.endswith(f"skit-pipelines/fetch-calls:{bumped}")
     assert second["invalidate_situations"] == first["invalidate_situations"]
     diff = git(repo, "diff", "--unified=0", "--", "images/images.lock.json")
     assert "invalidate" not in diff and first["fetch_calls"].digest in diff
-    assert "images/fetch_calls/v0.1.1" in git(repo, "tag", "--list", "images/*").split()
+    assert f"images/fetch_calls/v{bumped}" in git(repo, "tag", "--list", "images/*").split()
     assert _changed(repo) == []
 
     # Compiled for Kubeflow: fetch_calls is re-pinned, the other image keeps its digest.
     pinned_after = _pinned_images(repo, second)
     assert pinned_after["random_sample_calls"].endswith(
-        f"fetch-calls:0.1.1@{second['fetch_calls'].digest}"
+        f"fetch-calls:{bumped}@{second['fetch_calls'].digest}"
     )
     assert pinned_after["random_sample_calls"] != pinned_before["random_sample_calls"]
     assert pinned_after["invalidate_llm_situations"] == pinned_before["invalidate_llm_situations"]
@@ -293,8 +305,9 @@ def test_compile_cli_pins_from_the_lock(clone, tmp_path, capsys):
         json.dumps(
             {
                 name: {
-                    "version": "0.1.0",
-                    "image": f"reg.example/skit-pipelines/{name.replace('_', '-')}:0.1.0",
+                    "version": _version(clone, name),
+                    "image": f"reg.example/skit-pipelines/{name.replace('_', '-')}:"
+                    + _version(clone, name),
                     "digest": "sha256:" + str(i) * 64,
                 }
                 for i, name in enumerate(IMAGES)
@@ -303,7 +316,8 @@ def test_compile_cli_pins_from_the_lock(clone, tmp_path, capsys):
     )
     assert cli.main(command) == 0
     text = (out / "random-sample-calls.yaml").read_text()
-    assert "reg.example/skit-pipelines/fetch-calls:0.1.0@sha256:" + "0" * 64 in text
+    pinned = f"reg.example/skit-pipelines/fetch-calls:{_version(clone, 'fetch_calls')}"
+    assert pinned + "@sha256:" + "0" * 64 in text
 
 
 @pytest.mark.skipif(not REAL_BUILDAH, reason="SKIT_TEST_BUILDAH=1 builds real images")

@@ -79,6 +79,12 @@ class Recorder:
     async def cancel_requested_remotely(self, run_id: str) -> None:
         self.calls.append(("cancel requested", run_id))
 
+    def unwritten_seconds(self, run_id: str) -> float:
+        return 0.0
+
+    def drop_unwritten(self, run_id: str) -> None:
+        self.calls.append(("dropped", run_id))
+
 
 PIPELINE = Pipeline(
     id="ticker",

@@ -80,6 +80,7 @@ RPCS = {
     "CreateRun": (lambda name: create_request(), "runner"),
     "CancelRun": (lambda name: pb.CancelRunRequest(name=name), "runner"),
     "RetryRun": (lambda name: pb.RetryRunRequest(name=name), "runner"),
+    "DeleteRun": (lambda name: pb.DeleteRunRequest(name=name), "runner"),
 }
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -106,7 +107,7 @@ async def test_every_rpc_by_role_and_token_state(service, tokens, method, caller
 
 async def test_runners_act_only_on_their_own_runs(service, tokens) -> None:
     run_name = await failed_run(service, tokens["runner"], "mine")
-    for method in ("CancelRun", "RetryRun"):
+    for method in ("CancelRun", "RetryRun", "DeleteRun"):
         request = RPCS[method][0](run_name)
         assert (
             await call(service.stub, method, request, bearer(tokens["other-runner"]))

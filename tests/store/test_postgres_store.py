@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import Unavailable
-from skit_pipelines.store.leases import RunLeases
+from skit_pipelines.store import codec
 from skit_pipelines.store.postgres import MIGRATIONS, PostgresRunStore, RetryPolicy
 from skit_testing.waiting import until
 
@@ -89,6 +90,31 @@ async def test_newer_schema_is_refused(postgres_dsn: str) -> None:
         conn.execute("UPDATE skit_schema SET version = %s", (len(MIGRATIONS) + 1,))
     with pytest.raises(RuntimeError, match="newer"):
         await PostgresRunStore.open(postgres_dsn)
+
+
+async def test_request_ids_stored_before_version_2_belong_to_their_runs_creator(
+    postgres_dsn: str,
+) -> None:
+    earlier = make_run(request_id="req-1", creator="alice")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0].encode())
+        conn.execute("CREATE TABLE skit_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO skit_schema (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO runs (id, pipeline, state, create_time, revision, request_id, snapshot)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            ("run-a", earlier.pipeline, 1, T0, 1, "req-1", Jsonb(codec.run_to_dict(earlier))),
+        )
+        conn.execute("INSERT INTO requests VALUES ('req-1', 'h1', 'run-a')")
+    store = await PostgresRunStore.open(postgres_dsn)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        replayed = await store.create_run(make_run("run-b", request_id="req-1", creator="alice"))
+        assert (replayed.created, replayed.run.id, replayed.request_hash) == (False, "run-a", "h1")
+        other = await store.create_run(make_run("run-c", request_id="req-1", creator="bob"))
+        assert other.created
+    finally:
+        await store.close()
 
 
 async def test_100_concurrent_creates_with_one_request_id_create_one_run(
@@ -195,8 +221,6 @@ async def test_replay_is_complete_while_revisions_keep_arriving(
     await writing
 
 
-async def _claimed_both(leases: RunLeases) -> bool:
-    return await leases.claim_expired(10) == ["r1", "r2"]
 
 
 async def test_leases_have_one_owner_and_move_when_it_stops_renewing(
@@ -212,8 +236,15 @@ async def test_leases_have_one_owner_and_move_when_it_stops_renewing(
     assert await theirs.claim_expired(10) == []
     await mine.hand_over(["r2"])
     assert await theirs.claim_expired(10) == ["r2"]
-    # r1 is taken over once its lease expires, without a renewal from its owner.
-    await until(lambda: _claimed_both(theirs), 10, what="r1's lease expired and was claimed")
+    # Unrenewed leases expire: r1 (mine) and r2 (theirs, since its hand-over) are claimed
+    # again, each once its own TTL has passed.
+    claimed: set[str] = set()
+
+    async def claimed_both() -> bool:
+        claimed.update(await theirs.claim_expired(10))
+        return claimed == {"r1", "r2"}
+
+    await until(claimed_both, 10, what="both leases expired and were claimed")
     assert await mine.renew(["r1", "r2"]) == set()
     await theirs.release("r1")
     assert await mine.acquire("r1")
@@ -260,3 +291,20 @@ async def test_survives_a_postgres_restart_without_losing_events(throwaway_postg
         print(f"first write {recovery * 1000:.0f} ms after PostgreSQL was back")
     finally:
         await asyncio.gather(writer.close(), reader.close(), impatient.close())
+
+
+async def test_an_exclusive_task_runs_on_one_replica_at_a_time(postgres_dsn: str) -> None:
+    first = await PostgresRunStore.open(postgres_dsn)
+    second = await PostgresRunStore.open(postgres_dsn)
+    try:
+        async with first.exclusive("retention") as held:
+            assert held
+            async with second.exclusive("retention") as elsewhere:
+                assert not elsewhere
+            async with second.exclusive("another-task") as other:
+                assert other
+        async with second.exclusive("retention") as taken_over:
+            assert taken_over
+    finally:
+        await first.close()
+        await second.close()

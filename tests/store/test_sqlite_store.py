@@ -3,14 +3,16 @@ test_store_contract.py."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from skit_pipelines.domain import Run, RunState
-from skit_pipelines.store import SqliteRunStore
+from skit_pipelines.store import SqliteRunStore, codec
 from skit_pipelines.store.sqlite import MIGRATIONS
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -47,3 +49,36 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer"):
         SqliteRunStore(tmp_path / "runs.db")
+
+
+async def test_request_ids_stored_before_version_2_belong_to_their_runs_creator(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version=1")
+    earlier = replace(make_run(), request_id="req-1", creator="alice")
+    db.execute(
+        "INSERT INTO runs (id, pipeline, state, create_time, revision, request_id, snapshot)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            "run-a",
+            "random-sample-calls",
+            1,
+            T0.isoformat(),
+            1,
+            "req-1",
+            json.dumps(codec.run_to_dict(earlier)),
+        ),
+    )
+    db.execute("INSERT INTO requests VALUES ('req-1', 'h1', 'run-a')")
+    db.commit()
+    db.close()
+    store = SqliteRunStore(tmp_path / "runs.db")
+    replayed = await store.create_run(
+        replace(make_run("run-b"), request_id="req-1", creator="alice")
+    )
+    assert (replayed.created, replayed.run.id, replayed.request_hash) == (False, "run-a", "h1")
+    other = await store.create_run(replace(make_run("run-c"), request_id="req-1", creator="bob"))
+    assert other.created
+    await store.close()

@@ -82,6 +82,15 @@ async def test_request_id_returns_the_earlier_run_with_its_hash(store: RunStore)
         await store.get_run("run-b")
 
 
+async def test_request_id_belongs_to_the_principal_that_sent_it(store: RunStore) -> None:
+    mine = await store.create_run(make_run(request_id="req-1", creator="alice"), "h1")
+    theirs = await store.create_run(make_run("run-b", request_id="req-1", creator="bob"), "h2")
+    assert mine.created and theirs.created
+    replayed = await store.create_run(make_run("run-c", request_id="req-1", creator="bob"), "h3")
+    assert not replayed.created
+    assert replayed.run.id == "run-b" and replayed.request_hash == "h2"
+
+
 async def test_update_bumps_revision_and_logs_every_revision(store: RunStore) -> None:
     await store.create_run(make_run())
     r2 = await store.update_run("run-a", set_state(RunState.RUNNING))
@@ -261,3 +270,55 @@ async def test_a_lease_has_one_owner_until_handed_over_or_released(store: RunSto
     assert await mine.renew(["r1"]) == set()
     await theirs.release("r1")
     assert await mine.acquire("r1")
+
+
+async def test_delete_removes_the_run_its_revisions_and_its_request_id(store: RunStore) -> None:
+    step = Step(name="fetch-calls", component="comp-fetch-calls", state=StepState.SUCCEEDED)
+    await store.create_run(make_run(request_id="req-1", creator="ann"), request_hash="h1")
+    await store.update_run("run-a", lambda run: replace(run, steps=(step,)))
+    await store.update_run("run-a", set_state(RunState.SUCCEEDED))
+    assert await store.leases("a", ttl_seconds=30).acquire("run-a")
+    await store.create_run(make_run("run-b"))
+
+    await store.delete_run("run-a")
+
+    with pytest.raises(NotFound):
+        await store.get_run("run-a")
+    with pytest.raises(NotFound):
+        await store.revisions_after("run-a", 0)
+    page = await store.list_runs(RunQuery(labels={"team": "slu"}))
+    assert [r.id for r in page.runs] == ["run-b"]
+    # The id and the request_id are free again: a new run, not the deleted one.
+    again = await store.create_run(
+        make_run(request_id="req-1", creator="ann", parameters={}), request_hash="h2"
+    )
+    assert again.created and (await store.get_run("run-a")).revision == 1
+    assert (await store.get_run("run-a")).steps == ()
+    assert await store.revisions_after("run-a", 0) == [again.run]
+    assert await store.leases("b", ttl_seconds=30).acquire("run-a"), "the lease went too"
+    with pytest.raises(NotFound) as caught:
+        await store.delete_run("nope")
+    assert caught.value.reason == "RUN_NOT_FOUND"
+
+
+async def test_a_watch_of_a_deleted_run_ends_with_not_found(store: RunStore) -> None:
+    await store.create_run(make_run(state=RunState.SUCCEEDED))
+    await store.delete_run("run-a")
+    with pytest.raises(NotFound):
+        async for _ in store.watch("run-a", after_revision=1):
+            pass
+    assert store.hub.watcher_count("run-a") == 0
+
+
+async def test_step_cache_entries_can_be_forgotten(store: RunStore) -> None:
+    store.cache_put("k", {"a": 1})
+    store.cache_delete("k")
+    store.cache_delete("never-stored")
+    assert store.cache_get("k") is None
+
+
+async def test_an_exclusive_task_is_held_by_one_holder_at_a_time(store: RunStore) -> None:
+    async with store.exclusive("retention") as held:
+        assert held
+    async with store.exclusive("retention") as held_again:
+        assert held_again, "released at the end of the block"

@@ -1,6 +1,21 @@
 """Where step outputs live: a local directory (the embedded default) or S3."""
 
-from skit_pipelines.artifacts.base import ArtifactStore, StoredArtifact, content_hash
+from skit_pipelines.artifacts.base import (
+    ArtifactCheck,
+    ArtifactStore,
+    Intact,
+    StoredArtifact,
+    Unusable,
+    content_hash,
+)
 from skit_pipelines.artifacts.local import LocalArtifactStore
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "StoredArtifact", "content_hash"]
+__all__ = [
+    "ArtifactCheck",
+    "ArtifactStore",
+    "Intact",
+    "LocalArtifactStore",
+    "StoredArtifact",
+    "Unusable",
+    "content_hash",
+]

@@ -17,6 +17,21 @@ class StoredArtifact:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class Intact:
+    """The artifact is there with the content it was stored with."""
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """The artifact is gone or no longer what was stored; `reason` says which."""
+
+    reason: str
+
+
+ArtifactCheck = Intact | Unusable
+
+
 def content_hash(path: Path) -> tuple[str, int]:
     """SHA-256 and size of a file, or of a directory's sorted relative paths and contents."""
     digest = hashlib.sha256()
@@ -54,5 +69,19 @@ class ArtifactStore(ABC):
         """
 
     @abstractmethod
+    def check(self, uri: str, sha256: str, size_bytes: int) -> ArtifactCheck:
+        """Whether the artifact at `uri` is still there as it was stored: its size and
+        SHA-256 as recorded (an empty `sha256` checks presence only). Never raises for a
+        gone or altered artifact: the step cache reruns the step instead."""
+
+    @abstractmethod
+    def copy(self, uri: str, key: str) -> str:
+        """Copies the artifact at `uri` to `key` and returns the copy's URI; the content,
+        hence its hash and size, is unchanged. Returns `uri` itself when it is already
+        stored at `key`. A step reusing another run's outputs copies them, so every run's
+        artifacts live under its own prefix and deleting one run never breaks another."""
+
+    @abstractmethod
     def delete_prefix(self, key_prefix: str) -> None:
-        """Removes every artifact whose key starts with key_prefix."""
+        """Removes every artifact whose key is key_prefix or starts with key_prefix + "/"
+        (a run's artifacts: "runs/<run>"); nothing there is not an error."""

@@ -9,6 +9,12 @@ directory, the hash of its sorted paths and contents, as the local store compute
 
 A file artifact is one object, `s3://bucket/prefix/<key>`. A directory artifact is the
 objects below `<key>/`, and its URI ends with a slash.
+
+`check` trusts S3's own bookkeeping rather than downloading: a file must have its
+recorded size and SHA-256 metadata (HeadObject); a directory must still hold objects of
+the recorded total size, each with SHA-256 metadata (its hash covers paths and contents
+together, which only a download could recompute). `copy` is a server-side copy that
+keeps each object's SHA-256 metadata.
 """
 
 from __future__ import annotations
@@ -23,8 +29,16 @@ from urllib.parse import urlparse
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-from skit_pipelines.artifacts.base import ArtifactStore, StoredArtifact, content_hash
+from skit_pipelines.artifacts.base import (
+    ArtifactCheck,
+    ArtifactStore,
+    Intact,
+    StoredArtifact,
+    Unusable,
+    content_hash,
+)
 from skit_pipelines.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -122,6 +136,13 @@ class S3ArtifactStore(ArtifactStore):
         )
 
     def open_local(self, uri: str, scratch_dir: Path) -> Path:
+        try:
+            return self._open_local(uri, scratch_dir)
+        except (ClientError, BotoCoreError) as exc:
+            # An OSError, as for a local file: the executor fails the step with one line.
+            raise OSError(f"cannot read {uri}: {_describe(exc)}") from exc
+
+    def _open_local(self, uri: str, scratch_dir: Path) -> Path:
         object_key = self._object_key(uri)
         name = posixpath.basename(object_key.rstrip("/"))
         target = scratch_dir / name
@@ -162,23 +183,118 @@ class S3ArtifactStore(ArtifactStore):
             )
         return key
 
+    def check(self, uri: str, sha256: str, size_bytes: int) -> ArtifactCheck:
+        try:
+            object_key = self._object_key(uri)
+            if uri.endswith("/"):
+                return self._check_directory(uri, object_key, size_bytes)
+            head = self._client.head_object(Bucket=self._location.bucket, Key=object_key)
+        except InvalidArgument as exc:
+            return Unusable(exc.message)
+        except ClientError as exc:
+            return Unusable(f"{uri} is not readable: {_describe(exc)}")
+        except BotoCoreError as exc:
+            return Unusable(f"{uri} could not be checked: {_describe(exc)}")
+        recorded = head.get("Metadata", {}).get(SHA256_METADATA, "")
+        if head.get("ContentLength") != size_bytes:
+            return Unusable(
+                f"{uri} is {head.get('ContentLength')} bytes, not the {size_bytes} stored"
+            )
+        if sha256 and recorded != sha256:
+            return Unusable(f"{uri} has sha256 {recorded or 'unrecorded'}, not {sha256}")
+        return Intact()
+
+    def _check_directory(self, uri: str, object_key: str, size_bytes: int) -> ArtifactCheck:
+        objects = self._list_objects(object_key)
+        total = sum(int(item.get("Size", 0)) for item in objects)
+        if total != size_bytes:
+            state = "gone" if not objects else f"{total} bytes, not the {size_bytes} stored"
+            return Unusable(f"{uri} is {state}")
+        for item in objects:
+            head = self._client.head_object(Bucket=self._location.bucket, Key=item["Key"])
+            if not head.get("Metadata", {}).get(SHA256_METADATA):
+                return Unusable(f"{self._location.uri(item['Key'])} has no recorded sha256")
+        return Intact()
+
+    def copy(self, uri: str, key: str) -> str:
+        try:
+            return self._copy(uri, key)
+        except (ClientError, BotoCoreError) as exc:
+            raise OSError(f"cannot copy {uri}: {_describe(exc)}") from exc
+
+    def _copy(self, uri: str, key: str) -> str:
+        source_key = self._object_key(uri)
+        target_key = self._location.key_for(key)
+        directory = uri.endswith("/")
+        source_key = source_key.rstrip("/")
+        target_uri = self._location.uri(target_key) + ("/" if directory else "")
+        if source_key == target_key:
+            return uri
+        if not directory:
+            self._copy_object(source_key, target_key)
+            return target_uri
+        # As put does for a re-run: no stale object may survive below the target.
+        self._delete_objects(target_key)
+        for item in self._list_objects(source_key + "/"):
+            relative = item["Key"].removeprefix(source_key + "/")
+            self._copy_object(item["Key"], f"{target_key}/{relative}")
+        return target_uri
+
+    def _copy_object(self, source_key: str, target_key: str) -> None:
+        bucket = self._location.bucket
+        head = self._client.head_object(Bucket=bucket, Key=source_key)
+        # The metadata is set, not copied: boto3 copies large objects in parts, and a
+        # multipart copy starts a new object without the source's metadata.
+        self._client.copy(
+            {"Bucket": bucket, "Key": source_key},
+            bucket,
+            target_key,
+            ExtraArgs={
+                "Metadata": dict(head.get("Metadata", {})),
+                "MetadataDirective": "REPLACE",
+            },
+            Config=self._transfer,
+        )
+
     def delete_prefix(self, key_prefix: str) -> None:
-        self._delete_objects(self._location.key_for(key_prefix))
+        try:
+            self._delete_objects(self._location.key_for(key_prefix))
+        except (ClientError, BotoCoreError) as exc:
+            raise OSError(f"cannot delete {key_prefix}: {_describe(exc)}") from exc
 
     def _delete_objects(self, object_key: str) -> None:
         """Deletes the object `object_key` and everything below `object_key/`."""
         keys = [object_key, *self._list(object_key + "/")]
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]
-            self._client.delete_objects(
+            response = self._client.delete_objects(
                 Bucket=self._location.bucket,
                 Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
             )
+            # DeleteObjects answers 200 and lists what it could not delete.
+            errors = response.get("Errors") or ()
+            if errors:
+                first = errors[0]
+                raise OSError(
+                    f"cannot delete {len(errors)} objects, e.g. {self._location.uri(first['Key'])}:"
+                    f" {first.get('Code', '')} {first.get('Message', '')}".rstrip()
+                )
 
     def _list(self, key_prefix: str) -> list[str]:
+        return [item["Key"] for item in self._list_objects(key_prefix)]
+
+    def _list_objects(self, key_prefix: str) -> list[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
         return [
-            item["Key"]
+            item
             for page in paginator.paginate(Bucket=self._location.bucket, Prefix=key_prefix)
             for item in page.get("Contents", ())
         ]
+
+
+def _describe(error: ClientError | BotoCoreError) -> str:
+    """An S3 error on one line: its code and message (HeadObject's 404 has no message)."""
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        return f"{details.get('Code', 'error')} {details.get('Message', '')}".strip()
+    return str(error)

@@ -36,6 +36,14 @@ class RunSink(Protocol):
         """Someone stopped the run in the backend itself (e.g. the Kubeflow UI), not
         through CancelRun: the run is CANCELLING until the backend reports run_cancelled."""
 
+    def unwritten_seconds(self, run_id: str) -> float:
+        """How long the oldest change reported for the run has been waiting for the store
+        (it was unavailable); 0 when every change is stored."""
+
+    def drop_unwritten(self, run_id: str) -> None:
+        """Forgets the run's changes not stored yet: this process no longer executes the
+        run (another replica took it over), so they are stale."""
+
 
 class Backend(ABC):
     """Executes runs and reports their progress to the RunSink handed to `start`."""
@@ -79,6 +87,21 @@ class Backend(ABC):
     @abstractmethod
     async def cancel(self, run_id: str) -> None:
         """Asks the run to stop; the sink hears run_cancelled once its steps have stopped."""
+
+    async def abandon(self, run_id: str) -> None:
+        """Stops executing the run here without reporting anything more about it: another
+        replica executes it now. Nothing to do for a backend that executes elsewhere."""
+        return None
+
+    async def delete_run(self, run: Run) -> None:
+        """Removes what this backend keeps of a finished run: its step logs and artifacts
+        (DeleteRun, retention; the controller deletes the run's record afterwards). The
+        Kubeflow backend keeps nothing of its own: KFP's run and pipeline root stay.
+
+        Raises:
+            Unavailable: the artifact store failed; deleting again removes the rest.
+        """
+        return None
 
     @abstractmethod
     async def shutdown(self) -> None:

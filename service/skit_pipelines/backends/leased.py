@@ -9,12 +9,21 @@ expire and another replica takes the runs over (they resume from the step cache,
 lives in the shared store; their artifacts must be shared too, i.e. in S3). A CancelRun
 stored by any replica reaches the one executing the run: through the store's news of
 other replicas' revisions, and, should that news be lost, at the next lease renewal.
+
+While the store is unavailable, runs go on executing and their progress waits in the
+controller (RunSink); leases cannot be renewed then, and may expire. Once the store
+answers again, a replica waits one lease period before it claims expired leases, so
+that after an outage of the whole database every replica first renews its own. A run
+whose progress stays unwritable for a lease period while the store answers is handed
+over; a run whose lease was lost (another replica claimed it) stops here without a word.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +38,7 @@ from skit_pipelines.domain import (
     RunState,
     Step,
 )
-from skit_pipelines.errors import NotFound
+from skit_pipelines.errors import NotFound, Unavailable
 from skit_pipelines.store.base import RunStore
 from skit_pipelines.store.leases import RunLeases
 
@@ -47,13 +56,23 @@ class LeasedBackend(Backend):
         pipelines: Callable[[str], Pipeline],
         *,
         renew_seconds: float,
+        lease_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """
+        Args:
+            lease_seconds: The leases' time to live; three renewal periods by default.
+        """
         self.name = inner.name
         self._inner = inner
         self._leases = leases
         self._store = store
         self._pipelines = pipelines
         self._renew_seconds = renew_seconds
+        self._lease_seconds = renew_seconds * 3 if lease_seconds is None else lease_seconds
+        self._clock = clock
+        self._answering_since: float | None = -math.inf
+        """Since when the store has answered every lease round (None: it just failed)."""
         self._held: set[str] = set()
         self._cancelled: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -117,6 +136,9 @@ class LeasedBackend(Backend):
     ) -> AsyncIterator[LogLine]:
         return self._inner.read_logs(run, step, attempt, still_writing)
 
+    async def delete_run(self, run: Run) -> None:
+        await self._inner.delete_run(run)
+
     async def shutdown(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
@@ -133,24 +155,50 @@ class LeasedBackend(Backend):
     async def _finished(self, run_id: str) -> None:
         self._held.discard(run_id)
         self._cancelled.discard(run_id)
-        await self._leases.release(run_id)
+        try:
+            await self._leases.release(run_id)
+        except Unavailable as exc:
+            # Its end is stored: whoever claims the expired lease finds the run ended.
+            logger.warning("cannot release the lease of runs/%s: %s", run_id, exc.message)
 
     async def _keep_leases(self) -> None:
         while True:
             try:
                 await self.renew_once()
+            except Unavailable as exc:
+                logger.warning("renewing run leases failed; trying again: %s", exc.message)
             except Exception:
                 logger.exception("renewing run leases failed; trying again")
             await asyncio.sleep(self._renew_seconds)
 
     async def renew_once(self) -> None:
-        """Renews the leases held, stops runs cancelled meanwhile, takes over expired
-        leases."""
-        kept = await self._leases.renew(sorted(self._held))
-        for lost in self._held - kept:
-            # Only after this replica could not reach the store for a whole lease.
-            logger.warning("lost the lease of runs/%s; another replica may run it too", lost)
-        self._held &= kept
+        """Renews the leases held, hands over runs whose progress cannot be stored, stops
+        runs cancelled meanwhile, takes over expired leases."""
+        try:
+            await self._renew_round()
+        except Unavailable:
+            self._answering_since = None
+            raise
+
+    async def _renew_round(self) -> None:
+        held = set(self._held)
+        stalled = {r for r in held if self._stalled(r)}
+        kept = await self._leases.renew(sorted(held - stalled))
+        if self._answering_since is None:
+            self._answering_since = self._clock()
+        for lost in sorted((held - kept - stalled) & self._held):
+            logger.warning("lost the lease of runs/%s; another replica executes it", lost)
+            await self._abandon(lost)
+        if stalled:
+            logger.warning(
+                "the progress of %s could not be stored for %ss; handing them over",
+                ", ".join(f"runs/{r}" for r in sorted(stalled)),
+                self._lease_seconds,
+            )
+            for run_id in sorted(stalled):
+                await self._abandon(run_id)
+            # Stopped here first, so they never execute on two replicas at once.
+            await self._leases.hand_over(sorted(stalled))
         # A CancelRun stored while this replica was not listening would go unheard.
         for run_id in sorted(self._held - self._cancelled):
             try:
@@ -158,8 +206,26 @@ class LeasedBackend(Backend):
                     await self.cancel(run_id)
             except NotFound:
                 continue
+        if self._clock() - self._answering_since < self._lease_seconds:
+            # Back from an outage: the other replicas' leases expired meanwhile, and they
+            # get one lease period to renew them before their runs move.
+            return
         for run_id in await self._leases.claim_expired(limit=16):
             await self._take_over(run_id)
+
+    def _stalled(self, run_id: str) -> bool:
+        """Whether the run's progress has waited for a lease period while the store has
+        answered: then this replica cannot store it, and another one should execute it."""
+        if self._answering_since is None:
+            return False
+        answering = self._clock() - self._answering_since
+        return min(self.sink.unwritten_seconds(run_id), answering) > self._lease_seconds
+
+    async def _abandon(self, run_id: str) -> None:
+        self._held.discard(run_id)
+        self._cancelled.discard(run_id)
+        await self._inner.abandon(run_id)
+        self.sink.drop_unwritten(run_id)
 
     async def _take_over(self, run_id: str) -> None:
         try:
@@ -226,3 +292,9 @@ class _ReleasingSink:
 
     async def cancel_requested_remotely(self, run_id: str) -> None:
         await self._sink.cancel_requested_remotely(run_id)
+
+    def unwritten_seconds(self, run_id: str) -> float:
+        return self._sink.unwritten_seconds(run_id)
+
+    def drop_unwritten(self, run_id: str) -> None:
+        self._sink.drop_unwritten(run_id)

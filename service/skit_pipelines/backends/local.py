@@ -11,7 +11,7 @@ from dataclasses import asdict
 from skit_pipelines import jsonlog
 from skit_pipelines.backends.base import Backend, RunSink
 from skit_pipelines.domain import Artifact, Code, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
-from skit_pipelines.errors import NotFound
+from skit_pipelines.errors import NotFound, Unavailable
 from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed, read_step_logs
 from skit_pipelines.store.base import RunStore
 
@@ -21,12 +21,16 @@ _REUSABLE = (StepState.SUCCEEDED, StepState.CACHED)
 
 
 class _SinkObserver:
-    def __init__(self, sink: RunSink, run_id: str) -> None:
+    def __init__(self, sink: RunSink, run_id: str, abandoned: Callable[[], bool]) -> None:
         self._sink = sink
         self._run_id = run_id
+        self._abandoned = abandoned
 
     async def step_changed(self, step: Step) -> None:
-        await self._sink.step_changed(self._run_id, step)
+        # An abandoned run executes on another replica now: what its steps do here as
+        # they stop (CANCELLED) is not the run's news.
+        if not self._abandoned():
+            await self._sink.step_changed(self._run_id, step)
 
 
 class StoreStepCache:
@@ -53,6 +57,9 @@ class StoreStepCache:
             },
         )
 
+    def delete(self, key: str) -> None:
+        self._store.cache_delete(key)
+
 
 class LocalBackend(Backend):
     """Executes runs on the local executor, at most `max_active_runs` at once.
@@ -75,6 +82,7 @@ class LocalBackend(Backend):
         self._trace_context = trace_context
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._abandoned: set[str] = set()
         self._shutting_down = False
 
     def active_runs(self) -> int:
@@ -87,7 +95,11 @@ class LocalBackend(Backend):
             self._execute(run, pipeline, self.sink), name=f"run-{run.id}"
         )
         self._tasks[run.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+        task.add_done_callback(lambda _: self._forget(run.id))
+
+    def _forget(self, run_id: str) -> None:
+        self._tasks.pop(run_id, None)
+        self._abandoned.discard(run_id)
 
     async def _execute(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
         with jsonlog.context(run=run.id):
@@ -104,7 +116,7 @@ class LocalBackend(Backend):
                     run.id,
                     pipeline.spec,
                     run.parameters,
-                    _SinkObserver(sink, run.id),
+                    _SinkObserver(sink, run.id, lambda: run.id in self._abandoned),
                     # Steps completed before a crash, or reused by RetryRun (then CACHED).
                     reuse={s.name: s for s in run.steps if s.state in _REUSABLE},
                     trace_context=trace_context,
@@ -113,7 +125,7 @@ class LocalBackend(Backend):
         except PipelineFailed as failure:
             await sink.run_failed(run.id, failure.error)
         except asyncio.CancelledError:
-            if not self._shutting_down:
+            if not (self._shutting_down or run.id in self._abandoned):
                 await sink.run_cancelled(run.id)
             raise
         except Exception as exc:
@@ -130,6 +142,24 @@ class LocalBackend(Backend):
         if task is None:
             return
         task.cancel()
+
+    async def abandon(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is None:
+            return
+        self._abandoned.add(run_id)
+        task.cancel()
+        # Returns once its step processes have stopped.
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def delete_run(self, run: Run) -> None:
+        try:
+            await self._executor.delete_run(run.id)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot delete the artifacts of {run.name}: {exc}; delete it again",
+                reason="ARTIFACTS_UNAVAILABLE",
+            ) from exc
 
     async def read_logs(
         self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]

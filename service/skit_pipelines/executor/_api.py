@@ -64,6 +64,9 @@ class StepCache(Protocol):
 
     def put(self, key: str, outputs: CachedOutputs) -> None: ...
 
+    def delete(self, key: str) -> None:
+        """Forgets an entry whose artifacts are gone."""
+
 
 class InMemoryStepCache:
     """A StepCache in a dict: for tests and single-process use."""
@@ -76,6 +79,9 @@ class InMemoryStepCache:
 
     def put(self, key: str, outputs: CachedOutputs) -> None:
         self._entries[key] = outputs
+
+    def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,5 +1,13 @@
 """Reusing step results: the cache key of a step, and the check that a step completed
-earlier (resume, RetryRun) still has everything its dependents need."""
+earlier (resume, RetryRun) or found in the step cache still has everything its dependents
+need.
+
+Reuse never trusts a record alone: every artifact must still be in the artifact store as
+it was stored (`ArtifactStore.check`: the local file's content hash; S3's size and SHA-256
+metadata), or the step runs again. What is reused is copied below the reusing run's own
+prefix (`runs/<run>/<step>/<output>`, a server-side copy on S3), so a run never points
+into another run's folder and deleting one run (DeleteRun, retention) breaks no other.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from kfp.pipeline_spec.pipeline_spec_pb2 import ComponentSpec, PipelineDeploymentConfig
 
+from skit_pipelines.artifacts import ArtifactStore, Unusable
 from skit_pipelines.domain import Artifact, Step
+from skit_pipelines.errors import PipelinesError
 from skit_pipelines.executor._ir import names, ordered, type_name
 from skit_pipelines.executor._outcome import Artifacts, Parameters
+from skit_pipelines.executor._outputs import artifact_key
 from skit_pipelines.executor._values import ParameterTypeError, coerce
 from skit_pipelines.images import ImageFolder
 
@@ -86,26 +95,22 @@ def check_outputs(step: Step, component: ComponentSpec) -> Reusable | NotReusabl
     return Reusable(step, values)
 
 
-def declared_artifact_uris(step: Step, component: ComponentSpec) -> list[str]:
-    """The URIs of the step's declared output artifacts (after check_outputs passed)."""
-    by_name = {a.name: a for a in step.output_artifacts}
-    return [by_name[n].uri for n in names(component.output_definitions.artifacts)]
-
-
-def gone_artifacts(uris: Sequence[str]) -> list[str]:
-    """The file:// URIs whose file is missing. Blocking.
-
-    Other schemes count as present: checking them would mean a request per artifact,
-    and a gone one fails the step that reads it, which the retry policy can rerun.
-    """
-    gone = []
-    for uri in uris:
-        parsed = urlparse(uri)
-        if parsed.scheme == "file" and not Path(unquote(parsed.path)).exists():
-            gone.append(uri)
-    return gone
-
-
-def restored(step_name: str, artifacts: Sequence[Artifact]) -> tuple[Artifact, ...]:
-    """A cache hit's artifacts, as the step that reuses them produced them."""
-    return tuple(replace(a, step=step_name) for a in artifacts)
+def restore_artifacts(
+    store: ArtifactStore, run_id: str, step_name: str, artifacts: Sequence[Artifact]
+) -> tuple[Artifact, ...] | NotReusable:
+    """The artifacts of a reused step as this run's step `step_name` has them: checked
+    intact, then copied below the run's own prefix (nothing is copied when they are
+    there already, as after a resume). NotReusable when one is gone, altered or cannot be
+    copied. Blocking."""
+    for artifact in artifacts:
+        check = store.check(artifact.uri, artifact.sha256, artifact.size_bytes)
+        if isinstance(check, Unusable):
+            return NotReusable(check.reason)
+    restored = []
+    for artifact in artifacts:
+        try:
+            uri = store.copy(artifact.uri, artifact_key(run_id, step_name, artifact.name))
+        except (PipelinesError, OSError) as exc:
+            return NotReusable(f"its artifact {artifact.uri} cannot be copied: {exc}")
+        restored.append(replace(artifact, uri=uri, step=step_name))
+    return tuple(restored)

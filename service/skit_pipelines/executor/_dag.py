@@ -12,12 +12,7 @@ from typing import Any, TypeVar
 from kfp.pipeline_spec.pipeline_spec_pb2 import ComponentSpec, PipelineTaskSpec
 
 from skit_pipelines.domain import StepState
-from skit_pipelines.executor._cache import (
-    NotReusable,
-    check_outputs,
-    declared_artifact_uris,
-    gone_artifacts,
-)
+from skit_pipelines.executor._cache import NotReusable, check_outputs
 from skit_pipelines.executor._cel import ExpressionError, evaluate_condition
 from skit_pipelines.executor._inputs import (
     FinalStatusSource,
@@ -225,10 +220,12 @@ class DagWalker:
         step = run.awaiting_reuse[name]
         check = check_outputs(step, component)
         if not isinstance(check, NotReusable):
-            uris = declared_artifact_uris(step, component)
-            gone = await asyncio.to_thread(gone_artifacts, uris) if uris else []
-            if gone:
-                check = NotReusable(f"its artifact {gone[0]} is gone")
+            # A RetryRun's reused steps are the retried run's: copied into this run.
+            restored = await self._runner.restore(run, name, step.output_artifacts)
+            if isinstance(restored, NotReusable):
+                check = restored
+            else:
+                step = replace(step, output_artifacts=restored)
         if isinstance(check, NotReusable):
             logger.info("runs/%s: not reusing step %s (%s); running it", run.id, name, check.reason)
             return None

@@ -30,8 +30,10 @@ from skit_pipelines.executor._api import (
 )
 from skit_pipelines.executor._dag import DagWalker
 from skit_pipelines.executor._ir import IRError, PipelineIR, names
+from skit_pipelines.executor._logs import delete_run_logs
 from skit_pipelines.executor._orphans import ProcessLedger
 from skit_pipelines.executor._outcome import INVALID_PIPELINE, step_error
+from skit_pipelines.executor._outputs import run_artifacts_prefix
 from skit_pipelines.executor._run import RunState, now
 from skit_pipelines.executor._runner import StepRunner
 
@@ -47,6 +49,7 @@ class LocalExecutor:
         self, config: ExecutorConfig, artifacts: ArtifactStore, cache: StepCache | None = None
     ) -> None:
         self._config = config
+        self._artifacts = artifacts
         # Before any step starts: a step left running by a killed server would otherwise
         # run side by side with its rerun.
         processes = ProcessLedger(config.work_root / "processes")
@@ -57,6 +60,16 @@ class LocalExecutor:
     def logs_root(self) -> Path:
         """Where step logs are kept: read them with `read_step_logs(logs_root, run, step)`."""
         return self._config.resolved_logs_root
+
+    async def delete_run(self, run_id: str) -> None:
+        """Removes a finished run's artifacts and step logs. Runs that reused its steps
+        keep working: they hold copies (see `_cache`).
+
+        Raises:
+            OSError: the artifact store failed; what is left can be deleted again.
+        """
+        await asyncio.to_thread(self._artifacts.delete_prefix, run_artifacts_prefix(run_id))
+        await asyncio.to_thread(delete_run_logs, self.logs_root, run_id)
 
     async def execute(
         self,
@@ -76,11 +89,13 @@ class LocalExecutor:
             reuse: Steps completed earlier, by name: after a crash, the run's own
                 completed steps (resume); for RetryRun, the succeeded steps of the failed
                 run, converted to CACHED by the caller. A step named here with state
-                SUCCEEDED or CACHED is not executed: its Step value is reported unchanged
-                as its final state and its outputs feed what follows. The executor runs
-                it after all, as a new step, when its outputs are incomplete (a declared
-                output missing, or an artifact URI that is empty or, for file:// URIs,
-                gone from the store), or when something it depends on was not reused
+                SUCCEEDED or CACHED is not executed: its Step value is reported as its
+                final state, unchanged but for its artifacts, which are copied below this
+                run's prefix when they were another run's, and its outputs feed what
+                follows. The executor runs it after all, as a new step, when its outputs
+                are incomplete (a declared output missing, an artifact URI empty, or an
+                artifact gone from the store or altered: `ArtifactStore.check`), or when
+                something it depends on was not reused
                 (its earlier result came from other inputs); that is why an exit handler
                 reruns whenever a step inside its ExitHandler ran.
             trace_context: Called just before each attempt of a step starts; what it

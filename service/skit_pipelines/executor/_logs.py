@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,15 @@ from typing import BinaryIO
 
 from skit_pipelines.domain import LogLine
 
-__all__ = ["AttemptLog", "LogLine", "read_log", "read_step_logs", "step_log_path"]
+__all__ = [
+    "AttemptLog",
+    "LogLine",
+    "delete_run_logs",
+    "last_attempt",
+    "read_log",
+    "read_step_logs",
+    "step_log_path",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _ATTEMPT_FILE = re.compile(r"attempt-(\d+)\.log")
@@ -58,6 +67,21 @@ def step_log_path(logs_root: Path, run_id: str, step_name: str, attempt: int) ->
     )
 
 
+def delete_run_logs(logs_root: Path, run_id: str) -> None:
+    """Removes every log of the run (DeleteRun, retention); none is not an error. Blocking."""
+    shutil.rmtree(logs_root / _safe_component(run_id), ignore_errors=True)
+
+
+def last_attempt(logs_root: Path, run_id: str, step_name: str) -> int:
+    """The highest attempt of the step that has a log (0: none), e.g. one that a crash
+    of the service interrupted: a rerun is the attempt after it. Blocking."""
+    folder = step_log_path(logs_root, run_id, step_name, 1).parent
+    try:
+        return max((_attempt_of(path) for path in folder.iterdir()), default=0)
+    except FileNotFoundError:
+        return 0
+
+
 class AttemptLog:
     """Writes one attempt's output as it arrives; remembers the last stderr line.
 
@@ -67,8 +91,9 @@ class AttemptLog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A rerun after a crash restarts at attempt 1; the old attempt's log goes.
-        self._file: BinaryIO = path.open("wb", buffering=0)
+        # Appends: attempt numbers are not reused (see last_attempt), and should one be,
+        # the history is kept rather than cut.
+        self._file: BinaryIO = path.open("ab", buffering=0)
         self._partial = {"stdout": b"", "stderr": b""}
         self.path = path
         self.last_stderr_line = ""

@@ -26,6 +26,17 @@ from skit_pipelines.executor._outcome import (
 from skit_pipelines.executor._values import ParameterTypeError, coerce, parse_output
 
 
+def run_artifacts_prefix(run_id: str) -> str:
+    """The artifact store prefix holding everything of one run (DeleteRun removes it)."""
+    return f"runs/{run_id}"
+
+
+def artifact_key(run_id: str, step_name: str, output: str) -> str:
+    """Where a run's step output lives in the artifact store: below the run's own prefix,
+    also when it was reused from another run."""
+    return f"{run_artifacts_prefix(run_id)}/{step_name}/{output}"
+
+
 @dataclass(frozen=True)
 class StepDir:
     """The scratch directory of one step: `<work>/runs/<run>/<step>`."""
@@ -140,7 +151,7 @@ def _collect(
         )
     stored: list[Artifact] = []
     for name in declared:
-        result = store.put(step_dir.output_artifact(name), f"runs/{run_id}/{step_name}/{name}")
+        result = store.put(step_dir.output_artifact(name), artifact_key(run_id, step_name, name))
         stored.append(
             Artifact(
                 name=name,

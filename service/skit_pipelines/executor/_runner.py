@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from kfp.pipeline_spec.pipeline_spec_pb2 import (
@@ -19,10 +20,10 @@ from kfp.pipeline_spec.pipeline_spec_pb2 import (
 )
 
 from skit_pipelines.artifacts import ArtifactStore
-from skit_pipelines.domain import Step, StepState
+from skit_pipelines.domain import Artifact, Step, StepState
 from skit_pipelines.errors import PipelinesError
 from skit_pipelines.executor._api import CachedOutputs, ExecutorConfig, StepCache
-from skit_pipelines.executor._cache import cache_key, restored
+from skit_pipelines.executor._cache import NotReusable, cache_key, restore_artifacts
 from skit_pipelines.executor._command import (
     CommandContext,
     LocalArtifact,
@@ -32,7 +33,7 @@ from skit_pipelines.executor._command import (
 )
 from skit_pipelines.executor._environment import StepEnvironment
 from skit_pipelines.executor._inputs import InputError, TaskInputs, with_defaults
-from skit_pipelines.executor._logs import AttemptLog, step_log_path
+from skit_pipelines.executor._logs import AttemptLog, last_attempt, step_log_path
 from skit_pipelines.executor._orphans import ProcessLedger
 from skit_pipelines.executor._outcome import (
     AttemptFailed,
@@ -139,7 +140,18 @@ class StepRunner:
             )
             hit = cache.get(key)
             if hit is not None:
-                return await self._cached(run, step, hit)
+                reused = await self.restore(run, step.name, hit.output_artifacts)
+                if not isinstance(reused, NotReusable):
+                    return await self._cached(run, step, hit, reused)
+                # The entry outlived its artifacts (a deleted run, a cleaned directory, an
+                # S3 lifecycle rule): run the step, whose success stores a new entry.
+                logger.info(
+                    "runs/%s: not reusing step %s from the cache (%s); running it",
+                    run.id,
+                    step.name,
+                    reused.reason,
+                )
+                cache.delete(key)
         work = _Work(
             folder=folder,
             task=work_item,
@@ -160,8 +172,20 @@ class StepRunner:
             )
         return outcome
 
-    async def _cached(self, run: RunState, step: Step, hit: CachedOutputs) -> Outcome:
-        artifacts = restored(step.name, hit.output_artifacts)
+    async def restore(
+        self, run: RunState, step_name: str, artifacts: Sequence[Artifact]
+    ) -> tuple[Artifact, ...] | NotReusable:
+        """Reused artifacts checked intact and copied below the run's own prefix
+        (`restore_artifacts`), off the event loop."""
+        if not artifacts:
+            return ()
+        return await asyncio.to_thread(
+            restore_artifacts, self._artifacts, run.id, step_name, artifacts
+        )
+
+    async def _cached(
+        self, run: RunState, step: Step, hit: CachedOutputs, artifacts: tuple[Artifact, ...]
+    ) -> Outcome:
         at = now()
         run.produced.extend(artifacts)
         await run.report(
@@ -183,20 +207,26 @@ class StepRunner:
         """Runs attempts until one succeeds or the retry policy gives up.
 
         Between attempts the step is PENDING with the next attempt's number and the failed
-        attempt's error, and holds no step slot.
+        attempt's error, and holds no step slot. Attempts a crash interrupted (their logs
+        are kept) count: the step goes on from the next number, while the retry policy
+        counts the attempts of this execution.
         """
-        attempt = 1
+        earlier = await asyncio.to_thread(
+            last_attempt, self._config.resolved_logs_root, run.id, step.name
+        )
+        tries = 1
         first_start = 0.0
         while True:
+            attempt = earlier + tries
             async with self._step_slots():
                 if run.failure is not None and not work.task.always:
-                    if attempt == 1:
+                    if tries == 1:
                         await run.report(replace(step, state=StepState.SKIPPED, end_time=now()))
                         return Outcome(TaskState.SKIPPED)
                     # Another step failed during the backoff: nothing new starts.
                     assert step.error is not None
                     return await run.step_failed(step, step.error, attempt - 1)
-                if attempt == 1:
+                if tries == 1:
                     first_start = time.monotonic()
                 ended = await self._attempt(run, step, attempt, work)
             step = ended.step
@@ -213,7 +243,7 @@ class StepRunner:
                     )
                 )
                 return Outcome.succeeded(result.parameters, result.artifacts)
-            delay = retry.delay(attempt, time.monotonic() - first_start) if retry else None
+            delay = retry.delay(tries, time.monotonic() - first_start) if retry else None
             if delay is None:
                 return await run.step_failed(step, result.error, attempt)
             logger.info(
@@ -224,8 +254,8 @@ class StepRunner:
                 result.error.message,
                 delay,
             )
-            attempt += 1
-            step = replace(step, state=StepState.PENDING, attempt=attempt, error=result.error)
+            tries += 1
+            step = replace(step, state=StepState.PENDING, attempt=attempt + 1, error=result.error)
             await run.report(step)
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections import deque
@@ -152,8 +153,9 @@ class RunStore(ABC):
 
     @abstractmethod
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
-        """Inserts `run` at revision 1. When run.request_id is already stored, returns the
-        earlier run instead. AlreadyExists when the run id is taken."""
+        """Inserts `run` at revision 1. When run.request_id is already stored for the same
+        principal (run.creator), returns that principal's earlier run instead; another
+        principal's request_id is another key. AlreadyExists when the run id is taken."""
 
     @abstractmethod
     async def get_run(self, run_id: str) -> Run:
@@ -163,6 +165,12 @@ class RunStore(ABC):
     async def update_run(self, run_id: str, mutate: RunMutation) -> Run:
         """Applies `mutate` to the current run atomically; stores the result at the next
         revision unless it is unchanged. Returns the stored run."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str) -> None:
+        """Removes the run with its steps, labels, revisions (event log), lease and
+        request_id records, so its id and request_id are free again. NotFound when there
+        is no such run. The caller checks that the run has ended."""
 
     @abstractmethod
     async def list_runs(self, query: RunQuery) -> RunPage:
@@ -186,6 +194,17 @@ class RunStore(ABC):
 
     @abstractmethod
     def cache_put(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
+    def cache_delete(self, key: str) -> None:
+        """Forgets a step cache entry (its artifacts are gone); none is not an error."""
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, task: str) -> AsyncIterator[bool]:
+        """Whether this process may do `task` now, held until the block ends: among all
+        processes sharing the store, at most one holds a task at a time (the retention
+        sweep). A store that only one process uses always grants it."""
+        yield True
 
     @abstractmethod
     def leases(self, owner: str, ttl_seconds: float) -> RunLeases:

@@ -5,8 +5,8 @@ replicas adds:
 
 - Every write is one transaction. Updates of a run lock its row (SELECT ... FOR UPDATE),
   so concurrent updates from several replicas apply one after the other; creates with the
-  same request_id serialize on a transaction-level advisory lock keyed by it, so exactly
-  one of them inserts.
+  same request_id from the same principal serialize on a transaction-level advisory lock
+  keyed by both, so exactly one of them inserts.
 - Every stored revision is announced with NOTIFY (payload `{"run": id, "revision": n,
   "state": s, "by": writer}`, delivered at commit, in commit order). Each replica LISTENs
   on one connection, loads the new revisions of the runs its own watchers follow (one
@@ -18,15 +18,20 @@ replicas adds:
   Unavailable. A retried update may apply its mutation again after a commit whose
   acknowledgement was lost; that is harmless because the controller's mutations are
   idempotent (applying one to its own result changes nothing, so no revision is added).
+- After a connection failure, one task probes the database with fresh connections and,
+  once it answers, replaces both pools: a pool's own reconnect attempts back off
+  exponentially, so after a long outage they would leave the service failing for tens of
+  seconds after the database is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -68,6 +73,10 @@ CHANNEL = "skit_run_revisions"
 # other application's on the same database.
 _LOCK_NAMESPACE = 0x5_C17
 _MIGRATION_LOCK = 1
+_TASK_LOCK_NAMESPACE = _LOCK_NAMESPACE + 1
+"""Session advisory locks of `exclusive` tasks, keyed by hashtext(task)."""
+_RUN_TABLES = ("run_labels", "steps", "run_events", "requests", "run_leases")
+"""The tables holding rows of a run besides `runs` itself."""
 
 # Versioned migrations: index i brings the schema from version i to i + 1 (table
 # skit_schema). Ids sort bytewise (COLLATE "C"), as in SQLite, so page order does not
@@ -124,6 +133,16 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX run_leases_by_expiry ON run_leases (expires_at);
     """,
+    # 2: a request_id belongs to the principal that sent it (the run's creator), so one
+    # principal can neither replay nor find out another's.
+    """
+    ALTER TABLE requests ADD COLUMN principal text NOT NULL DEFAULT '';
+    UPDATE requests q SET principal = COALESCE(r.snapshot ->> 'creator', '')
+        FROM runs r WHERE r.id = q.run_id;
+    ALTER TABLE requests ALTER COLUMN principal DROP DEFAULT;
+    ALTER TABLE requests DROP CONSTRAINT requests_pkey;
+    ALTER TABLE requests ADD PRIMARY KEY (principal, request_id);
+    """,
 )
 
 # Dead peers are noticed by TCP keepalive instead of hanging the listener forever.
@@ -139,6 +158,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError,)
 """Connection failures, server shutdown/restart, pool timeouts, serialization failures
 and deadlocks: retried. Everything else (constraint violations, bugs) is not."""
 _LISTENER_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, Unavailable)
+
+_PROBE_TIMEOUT_SECONDS = 2
+"""connect_timeout of the probes that tell when the database is back (whole seconds)."""
+_PROBE_MAX_INTERVAL_SECONDS = 0.5
+"""The longest wait between probes: the service serves again this soon after."""
 """What the LISTEN connection reconnects after, with a warning rather than a traceback."""
 
 
@@ -194,27 +218,14 @@ class PostgresRunStore(RunStore):
         self._url = url
         self._history_limit = history_limit
         self._retry = retry or RetryPolicy()
-        self._pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            url,
-            min_size=min(2, pool_size),
-            max_size=pool_size,
-            kwargs=_CONNECTION_KWARGS,
-            open=False,
-            timeout=min(5.0, self._retry.budget_seconds),
-            reconnect_timeout=self._retry.budget_seconds * 4,
-            name="skit-run-store",
-        )
+        self._pool_size = pool_size
+        self._pool = self._new_pool()
         # The step cache is called synchronously from the executor's step loop; one
         # small blocking pool serves it (see cache_get).
-        self._cache_pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=2,
-            kwargs=_CONNECTION_KWARGS,
-            open=False,
-            timeout=0.5,
-            name="skit-step-cache",
-        )
+        self._cache_pool = self._new_cache_pool()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._pool_resets = 0
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._reconnects = 0
@@ -239,7 +250,31 @@ class PostgresRunStore(RunStore):
             raise
         return store
 
+    def _new_pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        return AsyncConnectionPool(
+            self._url,
+            min_size=min(2, self._pool_size),
+            max_size=self._pool_size,
+            kwargs=_CONNECTION_KWARGS,
+            open=False,
+            timeout=min(5.0, self._retry.budget_seconds),
+            reconnect_timeout=self._retry.budget_seconds * 4,
+            name="skit-run-store",
+        )
+
+    def _new_cache_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        return ConnectionPool(
+            self._url,
+            min_size=1,
+            max_size=2,
+            kwargs=_CONNECTION_KWARGS,
+            open=False,
+            timeout=0.5,
+            name="skit-step-cache",
+        )
+
     async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._pool.open()
         await asyncio.to_thread(self._cache_pool.open)
         await self._run(self._migrate, what="migration")
@@ -263,10 +298,16 @@ class PostgresRunStore(RunStore):
         """How many times the LISTEN connection was re-established (for tests and metrics)."""
         return self._reconnects
 
+    @property
+    def pool_resets(self) -> int:
+        """How many times the pools were replaced after an outage (for tests and metrics)."""
+        return self._pool_resets
+
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for task in (self._listener, self._recovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._pool.close()
         await asyncio.to_thread(self._cache_pool.close)
 
@@ -288,14 +329,67 @@ class PostgresRunStore(RunStore):
                 reraise=True,
             ):
                 with attempt:
-                    async with self._pool.connection() as conn:
-                        return await operation(conn)
+                    try:
+                        async with self._pool.connection() as conn:
+                            return await operation(conn)
+                    except TRANSIENT_ERRORS as exc:
+                        self._connection_trouble(exc)
+                        raise
         except TRANSIENT_ERRORS as exc:
             raise Unavailable(
                 f"the run store is unavailable ({what}): {_describe(exc)}",
                 reason="STORE_UNAVAILABLE",
             ) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    # Recovery after an outage
+
+    def _connection_trouble(self, error: BaseException) -> None:
+        """Starts the recovery task after a failure that may mean the database is gone.
+        Callable from any thread (the step cache's calls may run in one)."""
+        # A rolled-back transaction (serialization failure, deadlock) came from a
+        # database that answers: nothing to recover.
+        if isinstance(error, psycopg.errors.TransactionRollback) or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._start_recovery)
+
+    def _start_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(
+                self._recover(), name="run-store-recovery"
+            )
+
+    async def _recover(self) -> None:
+        """Waits until a fresh connection succeeds, then replaces the pools, whose own
+        reconnect attempts may be backing off for as long as the outage lasted."""
+        policy = self._retry
+        delay = policy.initial_seconds
+        while True:
+            try:
+                probe = await AsyncConnection.connect(
+                    self._url, connect_timeout=_PROBE_TIMEOUT_SECONDS, **_CONNECTION_KWARGS
+                )
+                await probe.close()
+                break
+            except psycopg.OperationalError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _PROBE_MAX_INTERVAL_SECONDS)
+        if not any(
+            pool.get_stats().get("connections_errors", 0) for pool in (self._pool, self._cache_pool)
+        ):
+            # The pools never failed to connect: the trouble was one broken connection,
+            # or a busy pool, which they get over by themselves.
+            return
+        old_pool, old_cache_pool = self._pool, self._cache_pool
+        self._pool, self._cache_pool = self._new_pool(), self._new_cache_pool()
+        await self._pool.open(wait=False)
+        await asyncio.to_thread(self._cache_pool.open, wait=False)
+        self._pool_resets += 1
+        logger.info("run store reachable again; connection pools replaced")
+        # Calls still waiting on the old pools fail with PoolClosed and are retried on
+        # the new ones.
+        await old_pool.close(timeout=0)
+        await asyncio.to_thread(old_cache_pool.close, 0)
 
     # Schema
 
@@ -347,13 +441,14 @@ class PostgresRunStore(RunStore):
                 if run.request_id:
                     await conn.execute(
                         "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                        (_LOCK_NAMESPACE, run.request_id),
+                        (_LOCK_NAMESPACE, json.dumps([run.creator, run.request_id])),
                     )
                     row = await (
                         await conn.execute(
                             "SELECT r.snapshot, q.request_hash FROM requests q"
-                            " JOIN runs r ON r.id = q.run_id WHERE q.request_id = %s",
-                            (run.request_id,),
+                            " JOIN runs r ON r.id = q.run_id"
+                            " WHERE q.principal = %s AND q.request_id = %s",
+                            (run.creator, run.request_id),
                         )
                     ).fetchone()
                     if row is not None:
@@ -397,9 +492,9 @@ class PostgresRunStore(RunStore):
                 )
                 if run.request_id:
                     await conn.execute(
-                        "INSERT INTO requests (request_id, request_hash, run_id)"
-                        " VALUES (%s, %s, %s)",
-                        (run.request_id, request_hash, run.id),
+                        "INSERT INTO requests (principal, request_id, request_hash, run_id)"
+                        " VALUES (%s, %s, %s, %s)",
+                        (run.creator, run.request_id, request_hash, run.id),
                     )
                 await _announce(conn, run, self._writer)
             return CreateOutcome(run=run, created=True)
@@ -444,6 +539,39 @@ class PostgresRunStore(RunStore):
         updated = await self._run(attempt, what="update_run")
         self.hub.publish(updated)
         return updated
+
+    async def delete_run(self, run_id: str) -> None:
+        async def attempt(conn: AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                for table in _RUN_TABLES:
+                    await conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
+                        (run_id,),
+                    )
+                cursor = await conn.execute("DELETE FROM runs WHERE id = %s", (run_id,))
+                return cursor.rowcount > 0
+
+        if not await self._run(attempt, what="delete_run"):
+            raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, task: str) -> AsyncIterator[bool]:
+        # A session lock on a connection kept for the block: should this replica die or
+        # lose the connection, the database releases it at once.
+        async with self._pool.connection() as conn:
+            key = (_TASK_LOCK_NAMESPACE, task)
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key)
+            row = await cursor.fetchone()
+            held = bool(row and row[0])
+            try:
+                yield held
+            finally:
+                if held:
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+                    except psycopg.Error:
+                        # Closed, so the pool discards it and the lock goes with it.
+                        await conn.close()
 
     async def list_runs(self, query: RunQuery) -> RunPage:
         clauses: list[str] = []
@@ -513,6 +641,7 @@ class PostgresRunStore(RunStore):
                     ).fetchone()
                 return row[0] if row else None
             except TRANSIENT_ERRORS as exc:
+                self._connection_trouble(exc)
                 error = exc
         logger.warning("step cache unavailable, treating %s as a miss: %s", key, error)
         return None
@@ -528,8 +657,18 @@ class PostgresRunStore(RunStore):
                     )
                 return
             except TRANSIENT_ERRORS as exc:
+                self._connection_trouble(exc)
                 error = exc
         logger.warning("step cache unavailable, not caching %s: %s", key, error)
+
+    def cache_delete(self, key: str) -> None:
+        try:
+            with self._cache_pool.connection() as conn:
+                conn.execute("DELETE FROM step_cache WHERE key = %s", (key,))
+        except TRANSIENT_ERRORS as exc:
+            # Harmless: the entry is checked again, and replaced, by the next run using it.
+            self._connection_trouble(exc)
+            logger.warning("step cache unavailable, not forgetting %s: %s", key, exc)
 
     # Leases: which replica looks after a run (see store/leases.py).
 

@@ -83,6 +83,23 @@ MIGRATIONS: Sequence[str] = (
         create_time TEXT NOT NULL
     );
     """,
+    # 2: a request_id belongs to the principal that sent it (the run's creator), so one
+    # principal can neither replay nor find out another's.
+    """
+    CREATE TABLE principal_requests (
+        principal TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        PRIMARY KEY (principal, request_id)
+    );
+    INSERT INTO principal_requests (principal, request_id, request_hash, run_id)
+        SELECT COALESCE(json_extract(r.snapshot, '$.creator'), ''), q.request_id,
+            q.request_hash, q.run_id
+        FROM requests q JOIN runs r ON r.id = q.run_id;
+    DROP TABLE requests;
+    ALTER TABLE principal_requests RENAME TO requests;
+    """,
 )
 
 
@@ -136,8 +153,9 @@ class SqliteRunStore(RunStore):
             if run.request_id:
                 row = self._db.execute(
                     "SELECT r.snapshot, q.request_hash FROM requests q"
-                    " JOIN runs r ON r.id = q.run_id WHERE q.request_id = ?",
-                    (run.request_id,),
+                    " JOIN runs r ON r.id = q.run_id"
+                    " WHERE q.principal = ? AND q.request_id = ?",
+                    (run.creator, run.request_id),
                 ).fetchone()
                 if row is not None:
                     earlier = codec.run_from_dict(json.loads(row[0]))
@@ -175,8 +193,9 @@ class SqliteRunStore(RunStore):
             )
             if run.request_id:
                 self._db.execute(
-                    "INSERT INTO requests (request_id, request_hash, run_id) VALUES (?, ?, ?)",
-                    (run.request_id, request_hash, run.id),
+                    "INSERT INTO requests (principal, request_id, request_hash, run_id)"
+                    " VALUES (?, ?, ?, ?)",
+                    (run.creator, run.request_id, request_hash, run.id),
                 )
         self.hub.publish(run)
         return CreateOutcome(run=run, created=True)
@@ -240,6 +259,18 @@ class SqliteRunStore(RunStore):
                 )
         self.hub.publish(updated)
         return updated
+
+    async def delete_run(self, run_id: str) -> None:
+        with self._transaction():
+            # Explicit rather than through ON DELETE CASCADE: that needs the foreign_keys
+            # pragma, which a connection opened elsewhere may not set.
+            for table in ("run_labels", "steps", "run_events", "requests"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            deleted = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+        self._decoded.pop(run_id, None)
+        self._leases.pop(run_id, None)
+        if not deleted:
+            raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
 
     async def list_runs(self, query: RunQuery) -> RunPage:
         clauses: list[str] = []
@@ -310,6 +341,9 @@ class SqliteRunStore(RunStore):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, codec.dumps(value), _now().isoformat()),
         )
+
+    def cache_delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM step_cache WHERE key = ?", (key,))
 
 
 def _bump(current: Run, changed: Run) -> Run:

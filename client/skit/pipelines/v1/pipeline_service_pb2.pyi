@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from skit.pipelines.v1 import pipeline_pb2 as _pipeline_pb2
 from skit.pipelines.v1 import run_pb2 as _run_pb2
@@ -121,6 +122,12 @@ class RetryRunRequest(_message.Message):
     run_id: str
     request_id: str
     def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ReadStepLogsRequest(_message.Message):
     __slots__ = ("run", "step", "follow", "attempt")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from skit.pipelines.v1 import pipeline_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__pb2
 from skit.pipelines.v1 import pipeline_service_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2
 from skit.pipelines.v1 import run_pb2 as skit_dot_pipelines_dot_v1_dot_run__pb2
@@ -86,6 +87,11 @@ class PipelineServiceStub:
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.SerializeToString,
                 response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/DeleteRun',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -113,7 +119,9 @@ class PipelineServiceServicer:
     def CreateRun(self, request, context):
         """Starts a run. Idempotent when request_id is set: the same request_id with the
         same request returns the original run; with a different request it fails with
-        ALREADY_EXISTS naming the existing run.
+        ALREADY_EXISTS naming the existing run. request_id is scoped to the caller.
+        Parameters and labels are limited in number and size (the server's settings;
+        see README.md): beyond a limit, INVALID_ARGUMENT names the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +177,18 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Deletes a finished run (SUCCEEDED, FAILED or CANCELLED) with its revisions, its
+        step logs and its artifacts; other runs are unaffected, including runs that reused
+        its steps from the cache (each run keeps its own copy of its outputs).
+        FAILED_PRECONDITION while the run has not finished, NOT_FOUND when there is no
+        such run. An admin, or the runner who created the run, may delete it. A WatchRun
+        or ReadStepLogs stream of the run that is still open ends with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +236,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.ReadStepLogs,
                     request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.FromString,
                     response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +491,33 @@ class PipelineService:
             '/skit.pipelines.v1.PipelineService/ReadStepLogs',
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsRequest.SerializeToString,
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ReadStepLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/DeleteRun',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
