@@ -221,8 +221,6 @@ async def test_replay_is_complete_while_revisions_keep_arriving(
     await writing
 
 
-
-
 async def test_leases_have_one_owner_and_move_when_it_stops_renewing(
     replicas: tuple[PostgresRunStore, PostgresRunStore],
 ) -> None:
