@@ -12,7 +12,15 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from skit_pipelines.backends.kubeflow_outputs import FileBlobs, collect, log_uri, task_prefix
+from skit_pipelines.backends.kubeflow_outputs import (
+    ARGO_KEY_FORMAT,
+    FileBlobs,
+    KeyFormatError,
+    check_key_format,
+    collect,
+    log_uri,
+    task_prefix,
+)
 from skit_pipelines.backends.kubeflow_platform import (
     SECRETS_NOT_MAPPED,
     SecretMappingError,
@@ -25,6 +33,7 @@ from skit_pipelines.backends.kubeflow_platform import (
 from skit_pipelines.backends.kubeflow_tasks import IrShape, IrTask, MappedStep, RunTasks
 from skit_pipelines.domain import Pipeline, Step, StepState
 from skit_pipelines.errors import FailedPrecondition
+from skit_testing.kfp import KFP_ARCHIVE_KEY_FORMAT
 
 
 def test_the_mapping_reads_env_secret_and_key() -> None:
@@ -118,13 +127,18 @@ def test_loop_iterations_and_unfinished_steps_report_no_artifacts(tmp_path: Path
 
 def test_logs_are_where_argo_archives_them() -> None:
     created = datetime(2025, 3, 4, 23, 59, tzinfo=UTC)
-    assert log_uri("s3://mlpipeline", "wf-abc", "wf-abc-system-container-impl-1", created) == (
-        "s3://mlpipeline/artifacts/wf-abc/2025/03/04/wf-abc-system-container-impl-1/main.log"
+    pod = "wf-abc-system-container-impl-1"
+    where = {"workflow": "wf-abc", "namespace": "kubeflow", "pod": pod, "created": created}
+    # Argo's DefaultArchivePattern.
+    assert log_uri("s3://mlpipeline", ARGO_KEY_FORMAT, **where) == (
+        f"s3://mlpipeline/wf-abc/{pod}/main.log"
     )
-    custom = "s3://b/private-artifacts/team/{workflow}/{year}/{month}/{day}/{pod}"
-    assert log_uri(custom, "wf", "pod", created) == (
-        "s3://b/private-artifacts/team/wf/2025/03/04/pod/main.log"
+    # KFP's manifests.
+    assert log_uri("s3://mlpipeline/", KFP_ARCHIVE_KEY_FORMAT, **where) == (
+        f"s3://mlpipeline/private-artifacts/kubeflow/wf-abc/2025/03/04/{pod}/main.log"
     )
+    with pytest.raises(KeyFormatError, match=r"workflow\.uid"):
+        check_key_format("{{workflow.uid}}/{{pod.name}}")
 
 
 def test_upload_package_is_what_kfp_reads(typed_pipeline: Pipeline, tmp_path: Path) -> None:
@@ -137,3 +151,44 @@ def test_upload_package_is_what_kfp_reads(typed_pipeline: Pipeline, tmp_path: Pa
     json_format.ParseDict(spec_doc, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec())
     assert "CALLS_DB_URL" in package.read_text() and "c/u" not in package.read_text()
+
+
+def test_the_log_archive_is_configured_by_env_and_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from skit_pipelines.config import ServerConfig
+    from skit_pipelines_cli import commands
+    from skit_pipelines_cli.main import build_parser
+
+    config = ServerConfig.from_env(
+        {"SKIT_KFP_LOGS_URL": "s3://mlpipeline", "SKIT_KFP_LOGS_KEY_FORMAT": KFP_ARCHIVE_KEY_FORMAT}
+    )
+    assert (config.kfp_logs_url, config.kfp_logs_key_format) == (
+        "s3://mlpipeline",
+        KFP_ARCHIVE_KEY_FORMAT,
+    )
+    assert ServerConfig().kfp_logs_key_format == ARGO_KEY_FORMAT
+    served: list[ServerConfig] = []
+    monkeypatch.setattr("skit_pipelines.server.serve", served.append)
+    args = build_parser({}).parse_args(["serve", "--kfp-logs-url", "s3://logs"])
+    commands.serve(args, None)  # type: ignore[arg-type]  # serve writes nothing
+    assert served[0].kfp_logs_url == "s3://logs"
+
+
+async def test_a_key_format_the_backend_cannot_fill_stops_the_server(
+    typed_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    from skit_pipelines.catalog import Catalog
+    from skit_pipelines.config import ServerConfig
+    from skit_pipelines.server import ConfigError, _kubeflow_backend
+    from skit_pipelines.store.sqlite import SqliteRunStore
+
+    config = ServerConfig(
+        home=tmp_path, kfp_host="http://kfp", kfp_logs_key_format="{{workflow.uid}}/x"
+    )
+    store = SqliteRunStore(tmp_path / "runs.db")
+    try:
+        with pytest.raises(ConfigError, match=r"SKIT_KFP_LOGS_KEY_FORMAT: .*workflow\.uid"):
+            _kubeflow_backend(config, store, Catalog({typed_pipeline.id: typed_pipeline}), {})
+    finally:
+        await store.close()

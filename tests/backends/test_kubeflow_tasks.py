@@ -1,9 +1,13 @@
 """KFP task details (one per Argo node, as a KFP 2.17 server lists them) back to the IR's
-steps, named as the local executor names them."""
+steps, named as the local executor names them: details from the KFP stand-in
+(skit_testing.kfp, the Argo compiler's and controller's node layout), plus hand-built
+details for what the stand-in does not simulate (cache hits, retried executors)."""
 
 # No `from __future__ import annotations`: kfp reads the components' real types.
 
 import random
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from skit_pipelines.backends.kubeflow_tasks import (
     nodes_from_details,
 )
 from skit_pipelines.domain import StepState
+from skit_testing.kfp import KfpServer
 
 IMAGE = "skit-pipelines/echo:0.1.0"
 WF = "branchy-x7k2p"
@@ -142,46 +147,6 @@ def by_name(result: Any) -> dict[str, Any]:
     return {m.step.name: m.step for m in result.steps}
 
 
-def test_one_step_per_ir_task_named_as_locally(shape: IrShape) -> None:
-    result = map_steps(shape, branchy_run().argo(), ended_as=None)
-
-    steps = by_name(result)
-    assert sorted(steps) == [
-        "condition-1/echo-2",
-        "echo",
-        "for-loop-3[0]/count",
-        "for-loop-3[1]/count",
-        "for-loop-3[2]/count",
-    ]
-    assert {s.state for s in steps.values()} == {StepState.SUCCEEDED}
-    assert (steps["echo"].component, steps["echo"].image) == ("echo", IMAGE)
-    assert steps["for-loop-3[1]/count"].component == "count"
-    assert steps["echo"].start_time == T0 and steps["echo"].end_time == T0
-    assert result.workflow == WF
-
-
-def test_the_order_of_the_details_changes_nothing(shape: IrShape) -> None:
-    wf = branchy_run()
-    first = map_steps(shape, wf.argo(shuffle=1))
-    assert all(map_steps(shape, wf.argo(shuffle=seed)) == first for seed in range(2, 8))
-
-
-def test_loop_iterations_keep_their_own_states(shape: IrShape) -> None:
-    wf = Workflow()
-    root = wf.root()
-    bodies = wf.loop(root, "for-loop-3", 3)
-    wf.container(bodies[0], "count", "SUCCEEDED")
-    wf.container(bodies[1], "count", "RUNNING")
-    wf.container(bodies[2], "count", "PENDING")
-    for seed in range(5):
-        steps = by_name(map_steps(shape, wf.argo(shuffle=seed)))
-        assert [steps[f"for-loop-3[{i}]/count"].state for i in range(3)] == [
-            StepState.SUCCEEDED,
-            StepState.RUNNING,
-            StepState.PENDING,
-        ]
-
-
 def test_a_false_condition_skips_its_steps(shape: IrShape) -> None:
     steps = by_name(map_steps(shape, branchy_run(condition="SKIPPED").argo()))
     assert steps["condition-1/echo-2"].state is StepState.SKIPPED
@@ -240,22 +205,6 @@ def test_retried_executors_count_as_attempts(shape: IrShape) -> None:
     assert echo.executor_node == argo_node_id(WF, f"{node}.executor(1)")
 
 
-def test_without_argo_ids_display_names_still_give_the_steps(shape: IrShape) -> None:
-    nodes = tuple(
-        ArgoNode(n.task_id, n.display_name, n.state, n.start_time, n.end_time, ("pod-x",))
-        for n in branchy_run().argo()
-    )
-    steps = by_name(map_steps(shape, nodes))
-    assert sorted(steps) == [
-        "condition-1/echo-2",
-        "echo",
-        "for-loop-3[0]/count",
-        "for-loop-3[1]/count",
-        "for-loop-3[2]/count",
-    ]
-    assert map_steps(shape, tuple(reversed(nodes))) == map_steps(shape, nodes)
-
-
 def test_details_from_the_kfp_client_models() -> None:
     import kfp_server_api as api
 
@@ -294,3 +243,134 @@ def test_the_official_pipelines_map(tmp_path: Path) -> None:
         tasks = IrShape.of(spec).tasks()
         assert tasks, module
         assert all(t.image for t in tasks.values()), module
+
+
+# Against the stand-in's Argo nodes.
+
+
+@pytest.fixture(scope="module")
+def branchy_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ir") / "branchy.yaml"
+    compiler.Compiler().compile(branchy, str(path))
+    return path
+
+
+class StandIn:
+    """A run of branchy on the stand-in, read as GetRun answers it."""
+
+    def __init__(self, server: KfpServer, package: Path) -> None:
+        import warnings
+
+        import kfp
+        import kfp_server_api as api
+
+        self.server = server
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            client = kfp.Client(host=server.url)
+        pipeline = client.upload_pipeline(str(package), pipeline_name=f"branchy-{id(self)}")
+        versions = client.pipelines.pipeline_service_list_pipeline_versions(pipeline.pipeline_id)
+        reference = api.V2beta1PipelineVersionReference(
+            pipeline_id=pipeline.pipeline_id,
+            pipeline_version_id=versions.pipeline_versions[0].pipeline_version_id,
+        )
+        self.run_id = client.runs.run_service_create_run(
+            api.V2beta1Run(display_name="r", pipeline_version_reference=reference)
+        ).run_id
+
+    def nodes(self) -> tuple[ArgoNode, ...]:
+        return nodes_from_details(self.server.run(self.run_id).run_details.task_details)
+
+
+WRAPPERS = pytest.mark.parametrize("wrappers", [False, True], ids=["plain", "retry-wrapped"])
+
+
+@pytest.fixture
+def stand_in(wrappers: bool, branchy_yaml: Path) -> Iterator[StandIn]:
+    with KfpServer(retry_wrappers=wrappers) as server:
+        yield StandIn(server, branchy_yaml)
+
+
+@WRAPPERS
+def test_one_step_per_ir_task_named_as_locally(shape: IrShape, stand_in: StandIn) -> None:
+    assert stand_in.server.finish(stand_in.run_id) == "SUCCEEDED"
+    result = map_steps(shape, stand_in.nodes())
+
+    steps = by_name(result)
+    assert sorted(steps) == [
+        "condition-1/echo-2",
+        "echo",
+        "for-loop-3[0]/count",
+        "for-loop-3[1]/count",
+        "for-loop-3[2]/count",
+    ]
+    assert {s.state for s in steps.values()} == {StepState.SUCCEEDED}
+    assert (steps["echo"].component, steps["echo"].image) == ("echo", IMAGE)
+    assert steps["for-loop-3[1]/count"].component == "count"
+    assert all(s.start_time and s.end_time for s in steps.values())
+    assert result.workflow == stand_in.server.workflow_name(stand_in.run_id)
+
+
+@WRAPPERS
+def test_every_step_maps_to_its_own_nodes_all_along(shape: IrShape, stand_in: StandIn) -> None:
+    """At every Argo transition, each step is the state of its own node, and its pod is
+    the one Argo named (the order of the details changes nothing)."""
+    server, run_id = stand_in.server, stand_in.run_id
+    phases = {"Running": StepState.RUNNING, "Succeeded": StepState.SUCCEEDED}
+    while server.advance(run_id) == "RUNNING":
+        nodes = stand_in.nodes()
+        result = map_steps(shape, nodes)
+        assert map_steps(shape, tuple(random.Random(7).sample(nodes, len(nodes)))) == result
+        truth = {n.id: n for n in server.nodes(run_id)}
+        for mapped in result.steps:
+            if mapped.executor_node:
+                pod = truth[mapped.executor_node]
+                assert pod.role is not None and pod.role.kind == "executor"
+                assert pod.role.ir_path.rsplit("/", 1)[-1] == mapped.task.key
+                assert result.pod_name(mapped) == (
+                    f"{result.workflow}-{pod.template_name}-{pod.id.rsplit('-', 1)[1]}"
+                )
+        by_node_name = {n.name: n for n in truth.values()}
+        for mapped in result.steps:
+            node = next(
+                (
+                    n
+                    for name, n in by_node_name.items()
+                    if re.search(_TASK_NODE[mapped.step.name], name)
+                ),
+                None,
+            )
+            if node is not None:
+                assert mapped.step.state is phases[node.phase.value], mapped.step.name
+
+
+_TASK_NODE = {
+    # The Argo node of each step's IR task (Retry-wrapped or not).
+    "echo": r"\.root(\(0\))?\.echo$",
+    "condition-1/echo-2": r"\.condition-1(\(0\))?\.echo-2$",
+    **{
+        f"for-loop-3[{i}]/count": (
+            rf"\.iteration-iterations\({i}:{i}\)(\(0\))?\.iteration-item(\(0\))?\.count$"
+        )
+        for i in range(3)
+    },
+}
+
+
+@WRAPPERS
+def test_a_false_condition_skips_its_steps_on_the_stand_in(
+    shape: IrShape, stand_in: StandIn
+) -> None:
+    stand_in.server.set_condition("condition-1", False, run_id=stand_in.run_id)
+    assert stand_in.server.finish(stand_in.run_id) == "SUCCEEDED"
+    steps = by_name(map_steps(shape, stand_in.nodes()))
+    assert steps["condition-1/echo-2"].state is StepState.SKIPPED
+    assert steps["echo"].state is StepState.SUCCEEDED
+
+
+@WRAPPERS
+def test_a_failed_step_and_what_never_ran(shape: IrShape, stand_in: StandIn) -> None:
+    assert stand_in.server.finish(stand_in.run_id, fail_task="echo") == "FAILED"
+    steps = by_name(map_steps(shape, stand_in.nodes(), ended_as=StepState.SKIPPED))
+    assert steps["echo"].state is StepState.FAILED
+    assert all(s.state.terminal for s in steps.values())

@@ -15,9 +15,11 @@ leases of replicas that died, and polls its runs; KFP task details become steps 
 states become run states. Watchers never poll: they follow the store.
 
 Calls go through the kfp SDK client (`kfp.Client`, with a bearer token or a cookie for
-auth) in worker threads. Transient failures (connection errors, 429, 5xx) are retried
-with exponential backoff and jitter; a poll that still fails is simply tried again on
-the next round.
+auth) in worker threads. Transient failures (connection errors, 429, 5xx, answers that are
+not from the KFP API) are retried with exponential backoff and jitter, then UNAVAILABLE;
+other HTTP errors are FAILED_PRECONDITION (KfpRefused). Both quote the server's message
+(grpc-gateway's `message`, the uploads' `error_message`). A poll that fails is tried again
+on the next round. docs/kubeflow.md maps every rule to the KFP source it follows.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import tempfile
 import threading
 import warnings
@@ -48,7 +51,14 @@ from tenacity import (
 )
 
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.backends.kubeflow_outputs import Collected, blobs_for, collect, log_uri
+from skit_pipelines.backends.kubeflow_outputs import (
+    ARGO_KEY_FORMAT,
+    Collected,
+    blobs_for,
+    collect,
+    log_uri,
+    run_outputs,
+)
 from skit_pipelines.backends.kubeflow_platform import SecretRef, declared_env, platform_spec
 from skit_pipelines.backends.kubeflow_tasks import (
     IrShape,
@@ -57,7 +67,16 @@ from skit_pipelines.backends.kubeflow_tasks import (
     nodes_from_details,
 )
 from skit_pipelines.catalog import ir_version
-from skit_pipelines.domain import Code, ErrorInfo, LogLine, Pipeline, Run, RunState, StepState
+from skit_pipelines.domain import (
+    Code,
+    ErrorInfo,
+    LogLine,
+    Pipeline,
+    Run,
+    RunState,
+    Step,
+    StepState,
+)
 from skit_pipelines.errors import FailedPrecondition, NotFound, Unavailable
 from skit_pipelines.imagelock import LOCK_PATH, ImageLock, ImageLockError, pin_images
 from skit_pipelines.store.base import RunStore
@@ -72,6 +91,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TRANSIENT_STATUSES = frozenset({0, 408, 429, 500, 502, 503, 504})
+
+_TAGS = re.compile(r"<[^>]*>")
+_MAX_QUOTED = 300
+"""Characters of an error body quoted in our messages."""
+
+DEFAULT_NAMESPACE = "kubeflow"
+"""Where a single-user KFP installation runs its pods."""
 
 _ACTIVE_KFP_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
 _ENDED_KFP_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
@@ -108,10 +134,27 @@ class KubeflowSettings:
     step_secrets: Mapping[str, SecretRef] = field(default_factory=dict)
     """Env name -> the Kubernetes secret and key a step declaring it gets it from."""
     logs_url: str = ""
-    """Where Argo archives pod logs (e.g. s3://mlpipeline, kubeflow_outputs.log_uri);
-    empty: archiving is off and ReadStepLogs points at the KFP UI."""
+    """The bucket of Argo's artifact repository, where it archives pod logs
+    (archiveLogs), e.g. s3://mlpipeline; empty: archiving is off and ReadStepLogs points
+    at the KFP UI."""
+    logs_key_format: str = ARGO_KEY_FORMAT
+    """That repository's keyFormat, in Argo's syntax (kubeflow_outputs.log_uri)."""
     s3_endpoint_url: str = ""
     """Endpoint override for reading s3:// outputs and logs."""
+
+
+class KfpRefused(FailedPrecondition):
+    """KFP answered a call with an error that retrying does not fix; the message quotes
+    the server's."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, reason="KFP_REQUEST_FAILED")
+        self.status = status
+
+
+class KfpBadAnswer(Exception):
+    """KFP's answer lacks what every answer of the real server has: something else (a
+    login page, a proxy) answered in its place."""
 
 
 def _transient(error: BaseException) -> bool:
@@ -119,18 +162,42 @@ def _transient(error: BaseException) -> bool:
 
     if isinstance(error, kfp_server_api.ApiException):
         return error.status in _TRANSIENT_STATUSES
-    return isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+    return isinstance(
+        error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError | KfpBadAnswer
+    )
 
 
 def _status(error: BaseException) -> int | None:
     return getattr(error, "status", None)
 
 
+def _server_message(body: object) -> str:
+    """The message of an error body: grpc-gateway v2's {"code", "message", "details"},
+    the upload handlers' {"error_message", "error_details"}
+    (backend/src/apiserver/server/pipeline_upload_server.go), else the text of what
+    answered (an HTML page of a proxy), on one line and short."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        for key in ("message", "error_message", "error"):
+            if isinstance(parsed.get(key), str) and parsed[key]:
+                return " ".join(parsed[key].split())
+    text = " ".join(_TAGS.sub(" ", text).split())
+    return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 1] + "…"
+
+
 def _describe(error: BaseException) -> str:
     status = _status(error)
-    reason = getattr(error, "reason", None)
     if status is not None:
-        return f"HTTP {status} {reason or ''}".strip()
+        reason = getattr(error, "reason", None) or HTTPStatus(status).phrase
+        message = _server_message(getattr(error, "body", None))
+        return f"HTTP {status} {reason}" + (f": {message}" if message else "")
+    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+        # "HTTPConnection(...): Failed to establish a new connection: [Errno 111] ...".
+        return str(error.reason).rsplit(": ", 1)[-1].strip("'\")") or type(error.reason).__name__
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -188,20 +255,38 @@ class KfpApi:
                 import kfp
 
                 settings = self._settings
+
+                # kfp's healthz check runs in the constructor and tries 5 times, 5 s apart,
+                # on any HTTP error (a proxy's 502): once here, and `call` retries within
+                # retry_seconds. The healthz answer ({"commit_sha", "tag_name",
+                # "multi_user", "pipeline_store"}, apiserver main.go) says whether the
+                # installation is multi-user.
+                class Client(kfp.Client):  # type: ignore[misc]  # kfp is untyped
+                    def get_kfp_healthz(self, sleep_duration: int = 0) -> Any:
+                        return self._healthz_api.healthz_service_get_healthz()
+
                 with warnings.catch_warnings():
                     # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later".
                     warnings.simplefilter("ignore", FutureWarning)
-                    self._client = kfp.Client(
+                    self._client = Client(
                         host=settings.host,
                         existing_token=settings.token or None,
                         cookies=settings.cookie or None,
-                        namespace=settings.namespace or "kubeflow",
+                        namespace=settings.namespace or DEFAULT_NAMESPACE,
                         ui_host=settings.ui_url or None,
                     )
             return self._client
 
     async def call(self, what: str, request: Callable[[kfp.Client, float], T]) -> T:
-        """Runs `request(client, timeout)` with retries; Unavailable when they run out."""
+        """Runs `request(client, timeout)` with retries.
+
+        Raises:
+            Unavailable: transient failures (unreachable, 429, 5xx, an answer that is not
+                the KFP API) went on for retry_seconds.
+            KfpRefused: any other HTTP error; `status` is its HTTP status.
+        """
+        import kfp_server_api
+
         timeout = self._settings.request_timeout_seconds
         try:
             async for attempt in AsyncRetrying(
@@ -214,10 +299,15 @@ class KfpApi:
                 with attempt:
                     return await asyncio.to_thread(lambda: request(self._kfp(), timeout))
         except Exception as exc:
+            where = f"Kubeflow Pipelines at {self._settings.host}"
             if _transient(exc):
                 raise Unavailable(
-                    f"Kubeflow Pipelines is unavailable ({what}): {_describe(exc)}",
+                    f"{where} is unavailable ({what}): {_describe(exc)}",
                     reason="BACKEND_UNAVAILABLE",
+                ) from exc
+            if isinstance(exc, kfp_server_api.ApiException):
+                raise KfpRefused(
+                    f"{where} refused {what}: {_describe(exc)}", status=exc.status
                 ) from exc
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")
@@ -270,6 +360,8 @@ class KubeflowBackend(Backend):
         self._api = api or KfpApi(settings)
         self._tracked: dict[str, _Tracked] = {}
         self._creating: set[str] = set()
+        self._terminated: set[str] = set()
+        """Runs whose KFP run this replica terminated (KFP accepted it)."""
         self._versions: dict[str, tuple[str, str]] = {}
         """Pinned IR hash -> (KFP pipeline id, version id)."""
         self._pinned: dict[str, Pipeline] = {}
@@ -396,29 +488,29 @@ class KubeflowBackend(Backend):
             )
 
     async def _terminate(self, run: Run) -> None:
-        import kfp_server_api
-
         kfp_id = run.backend_run_id
         try:
             await self._api.call(
                 "terminate_run",
                 lambda c, t: c.runs.run_service_terminate_run(kfp_id, _request_timeout=t),
             )
-        except kfp_server_api.ApiException as exc:
+        except KfpRefused as exc:
             if exc.status != HTTPStatus.BAD_REQUEST:
                 raise
             # run_store.go TerminateRun: only a PENDING/RUNNING/PAUSED run can be
-            # terminated; it has just ended (or is CANCELING already). Its poller reports
+            # terminated; INVALID_ARGUMENT "Failed to terminate a run <id>. Row not
+            # found" says it has just ended (or is CANCELING already). Its poller reports
             # how it ended.
             logger.info(
                 "Kubeflow run %s of %s is not running any more: %s",
                 kfp_id,
                 run.name,
-                _describe(exc),
+                exc.message,
                 extra={"run": run.id},
             )
             self._wake.set()
             return
+        self._terminated.add(run.id)
         logger.info("terminating Kubeflow run %s of %s", kfp_id, run.name, extra={"run": run.id})
 
     def _track(self, run_id: str, pipeline: Pipeline | None) -> None:
@@ -427,6 +519,7 @@ class KubeflowBackend(Backend):
             self._tracked[run_id] = _Tracked(pipeline, shape)
 
     async def _untrack(self, run_id: str) -> None:
+        self._terminated.discard(run_id)
         if self._tracked.pop(run_id, None) is not None:
             await self._leases.release(run_id)
 
@@ -465,6 +558,7 @@ class KubeflowBackend(Backend):
             _request_timeout=timeout,
         )
         if found.runs:
+            _required(found.runs[0].run_id, "list_runs", "run_id")
             return found.runs[0]
         body = kfp_server_api.V2beta1Run(
             display_name=run.id,
@@ -478,7 +572,9 @@ class KubeflowBackend(Backend):
                 pipeline_root=self._settings.pipeline_root or None,
             ),
         )
-        return client.runs.run_service_create_run(body, _request_timeout=timeout)
+        created = client.runs.run_service_create_run(body, _request_timeout=timeout)
+        _required(created.run_id, "create_run", "run_id")
+        return created
 
     async def _experiment(self) -> str:
         async with self._setup_lock:
@@ -497,15 +593,21 @@ class KubeflowBackend(Backend):
             listed = client.experiments.experiment_service_list_experiments(
                 filter=_filter_by_name(name), namespace=namespace, _request_timeout=timeout
             )
-            return listed.experiments[0].experiment_id if listed.experiments else None
+            if not listed.experiments:
+                return None
+            return _required(listed.experiments[0].experiment_id, "experiments", "experiment_id")
 
         experiment_id = find()
         if experiment_id is None:
             try:
-                experiment_id = client.experiments.experiment_service_create_experiment(
-                    kfp_server_api.V2beta1Experiment(display_name=name, namespace=namespace),
-                    _request_timeout=timeout,
-                ).experiment_id
+                experiment_id = _required(
+                    client.experiments.experiment_service_create_experiment(
+                        kfp_server_api.V2beta1Experiment(display_name=name, namespace=namespace),
+                        _request_timeout=timeout,
+                    ).experiment_id,
+                    "create_experiment",
+                    "experiment_id",
+                )
             except kfp_server_api.ApiException as exc:
                 # Another replica created it a moment ago.
                 experiment_id = find()
@@ -532,14 +634,18 @@ class KubeflowBackend(Backend):
         pipeline_id = self._find_pipeline(client, timeout, pipeline.id)
         if pipeline_id is None:
             try:
-                pipeline_id = client.pipelines.pipeline_service_create_pipeline(
-                    kfp_server_api.V2beta1Pipeline(
-                        display_name=pipeline.id,
-                        description=pipeline.description or pipeline.display_name,
-                        namespace=self._settings.namespace or None,
-                    ),
-                    _request_timeout=timeout,
-                ).pipeline_id
+                pipeline_id = _required(
+                    client.pipelines.pipeline_service_create_pipeline(
+                        kfp_server_api.V2beta1Pipeline(
+                            display_name=pipeline.id,
+                            description=pipeline.description or pipeline.display_name,
+                            namespace=self._settings.namespace or None,
+                        ),
+                        _request_timeout=timeout,
+                    ).pipeline_id,
+                    "create_pipeline",
+                    "pipeline_id",
+                )
             except kfp_server_api.ApiException as exc:
                 # Another replica created it a moment ago.
                 pipeline_id = self._find_pipeline(client, timeout, pipeline.id)
@@ -555,14 +661,18 @@ class KubeflowBackend(Backend):
                     documents.append(self._platforms[pinned.version])
                 package.write_text(yaml.safe_dump_all(documents, sort_keys=False))
                 try:
-                    version_id = client.pipeline_uploads.upload_pipeline_version(
-                        str(package),
-                        name=name,
-                        pipelineid=pipeline_id,
-                        # The catalog's version is what our runs record.
-                        description=f"{pipeline.id} {pipeline.version}, images pinned",
-                        _request_timeout=timeout,
-                    ).pipeline_version_id
+                    version_id = _required(
+                        client.pipeline_uploads.upload_pipeline_version(
+                            str(package),
+                            name=name,
+                            pipelineid=pipeline_id,
+                            # The catalog's version is what our runs record.
+                            description=f"{pipeline.id} {pipeline.version}, images pinned",
+                            _request_timeout=timeout,
+                        ).pipeline_version_id,
+                        "upload_pipeline_version",
+                        "pipeline_version_id",
+                    )
                 except kfp_server_api.ApiException as exc:
                     version_id = self._find_version(client, timeout, pipeline_id, name)
                     if exc.status != 409 or version_id is None:
@@ -577,7 +687,9 @@ class KubeflowBackend(Backend):
             page_size=1,
             _request_timeout=timeout,
         )
-        return listed.pipelines[0].pipeline_id if listed.pipelines else None
+        if not listed.pipelines:
+            return None
+        return _required(listed.pipelines[0].pipeline_id, "list_pipelines", "pipeline_id")
 
     @staticmethod
     def _find_version(
@@ -587,7 +699,9 @@ class KubeflowBackend(Backend):
             pipeline_id, filter=_filter_by_name(name), page_size=1, _request_timeout=timeout
         )
         versions = listed.pipeline_versions or []
-        return versions[0].pipeline_version_id if versions else None
+        if not versions:
+            return None
+        return _required(versions[0].pipeline_version_id, "list_versions", "pipeline_version_id")
 
     # Polling
 
@@ -638,7 +752,6 @@ class KubeflowBackend(Backend):
                 logger.warning("polling runs/%s failed; trying again", run_id, exc_info=True)
 
     async def _poll(self, run_id: str) -> None:
-        import kfp_server_api
 
         tracked = self._tracked.get(run_id)
         sink = self.sink
@@ -678,11 +791,9 @@ class KubeflowBackend(Backend):
             run = await self._store.get_run(run_id)
         kfp_id = run.backend_run_id
         try:
-            remote = await self._api.call(
-                "get_run", lambda c, t: c.runs.run_service_get_run(kfp_id, _request_timeout=t)
-            )
-        except kfp_server_api.ApiException as exc:
-            if exc.status != 404:
+            remote = await self._api.call("get_run", lambda c, t: _get_run(c, t, kfp_id))
+        except KfpRefused as exc:
+            if exc.status != HTTPStatus.NOT_FOUND:
                 raise
             await sink.run_failed(
                 run_id,
@@ -722,11 +833,11 @@ class KubeflowBackend(Backend):
     async def _collect(
         self, remote: kfp_server_api.V2beta1Run, shape: IrShape, tasks: RunTasks
     ) -> Collected | None:
-        """The outputs of a succeeded run, from the pipeline root; None when that root
-        cannot be read (KFP's default root or an unreadable scheme)."""
+        """The outputs of the succeeded steps `tasks`, from the pipeline root; None when
+        that root cannot be read (KFP's default root or an unreadable scheme)."""
         root = self._settings.pipeline_root
         blobs = blobs_for(root, self._settings.s3_endpoint_url) if root else None
-        if blobs is None:
+        if blobs is None or not tasks.steps:
             return None
         try:
             return await asyncio.to_thread(collect, blobs, root, remote.run_id, shape, tasks)
@@ -740,41 +851,52 @@ class KubeflowBackend(Backend):
     async def read_logs(
         self, run: Run, step: str, attempt: int, still_writing: Callable[[], bool]
     ) -> AsyncIterator[LogLine]:
-        unavailable = FailedPrecondition(
-            f"the log of step {step} of {run.name} is not archived; see it in the"
-            f" Kubeflow UI: {run.backend_run_url or self._api.run_url(run.backend_run_id)}",
-            reason="LOGS_UNAVAILABLE",
-        )
         logs_url = self._settings.logs_url
         blobs = blobs_for(logs_url, self._settings.s3_endpoint_url) if logs_url else None
-        if blobs is None or not run.backend_run_id:
-            raise unavailable
+        if blobs is None:
+            raise self._logs_unavailable(run, step, "Argo's log archive is not configured")
+        if not run.backend_run_id:
+            raise self._logs_unavailable(run, step, "the run has not started on Kubeflow")
         kfp_id = run.backend_run_id
-        remote = await self._api.call(
-            "get_run", lambda c, t: c.runs.run_service_get_run(kfp_id, _request_timeout=t)
-        )
+        remote = await self._api.call("get_run", lambda c, t: _get_run(c, t, kfp_id))
         try:
             pipeline: Pipeline | None = self._pipelines(run.pipeline)
         except NotFound:
+            pipeline = None
+        if pipeline is not None and pipeline.version != run.pipeline_version:
             pipeline = None
         tracked = _Tracked(pipeline, IrShape.of(pipeline.spec) if pipeline else None)
         shape = tracked.shape or await self._shape(remote, tracked)
         tasks = map_steps(shape, nodes_from_details(_task_details(remote)))
         mapped = next((m for m in tasks.steps if m.step.name == step), None)
         pod = tasks.pod_name(mapped) if mapped is not None else ""
-        created = remote.created_at or run.create_time
-        if not pod:
-            raise unavailable
-        uri = log_uri(logs_url, tasks.workflow, pod, created.astimezone(UTC))
+        if mapped is None or not pod:
+            raise self._logs_unavailable(run, step, "no pod of it ran on Kubeflow")
+        created = (remote.created_at or run.create_time).astimezone(UTC)
+        uri = log_uri(
+            logs_url,
+            self._settings.logs_key_format,
+            workflow=tasks.workflow,
+            namespace=self._settings.namespace or DEFAULT_NAMESPACE,
+            pod=pod,
+            created=created,
+        )
         data = await asyncio.to_thread(blobs.read, uri)
         if data is None:
-            raise unavailable
-        end = mapped.step.end_time if mapped is not None else None
-        when = end or created
+            # Argo archives a log when its pod ends.
+            raise self._logs_unavailable(run, step, f"nothing is archived at {uri} yet")
+        when = mapped.step.end_time or created
         for text in data.decode(errors="replace").splitlines():
-            yield LogLine(
-                time=when, stream="stdout", text=text, attempt=mapped.step.attempt if mapped else 1
-            )
+            yield LogLine(time=when, stream="stdout", text=text, attempt=mapped.step.attempt)
+
+    def _logs_unavailable(self, run: Run, step: str, why: str) -> FailedPrecondition:
+        ui_url = run.backend_run_url or self._api.run_url(run.backend_run_id)
+        return FailedPrecondition(
+            f"the log of step {step} of {run.name} cannot be read here ({why}); see it in"
+            f" the Kubeflow UI: {ui_url}",
+            reason="LOGS_UNAVAILABLE",
+            metadata={"ui_url": ui_url},
+        )
 
     async def _report(
         self,
@@ -790,11 +912,16 @@ class KubeflowBackend(Backend):
             return
         if state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED") and run.state is RunState.QUEUED:
             await sink.run_started(run.id)
-        # A terminated run ends FAILED on KFP, after CANCELING (kubeflow/pipelines#1040):
-        # stopped through CancelRun (our run is CANCELLING) or the KFP UI (KFP showed
-        # CANCELING, which made ours CANCELLING, or its history did), it is CANCELLED.
+        # A terminated run ends FAILED on KFP, after CANCELING (kubeflow/pipelines#1040;
+        # run_store.go TerminateRun): terminated through CancelRun or the KFP UI, its
+        # history shows CANCELING, or this replica's terminate was accepted. A run that
+        # failed on its own before a cancel reached it stays FAILED.
         cancelled = state == "CANCELED" or (
-            state == "FAILED" and (run.state is RunState.CANCELLING or _was_canceling(remote))
+            state == "FAILED"
+            and (
+                _was_canceling(remote)
+                or (run.state is RunState.CANCELLING and run.id in self._terminated)
+            )
         )
         ended_as = None
         if cancelled:
@@ -803,21 +930,30 @@ class KubeflowBackend(Backend):
             ended_as = StepState.SKIPPED
         shape = tracked.shape or await self._shape(remote, tracked)
         tasks = map_steps(shape, nodes_from_details(_task_details(remote)), ended_as=ended_as)
-        outputs = await self._collect(remote, shape, tasks) if state == "SUCCEEDED" else None
         known = {step.name: step for step in run.steps}
-        for mapped in tasks.steps:
-            step = outputs.step(mapped) if outputs is not None else mapped.step
+        # Outputs are listed once, as a step succeeds (the launcher uploads them before
+        # its pod ends), so they come in the revision of that change, as locally.
+        steps = [_keeping_outputs(m.step, known.get(m.step.name)) for m in tasks.steps]
+        finished = [
+            m
+            for m, step in zip(tasks.steps, steps, strict=True)
+            if step.state is StepState.SUCCEEDED and _newly(step, known.get(step.name))
+        ]
+        collected = await self._collect(remote, shape, replace(tasks, steps=tuple(finished)))
+        for mapped, step in zip(tasks.steps, steps, strict=True):
+            if collected is not None and mapped in finished:
+                step = collected.step(mapped)
             if known.get(step.name) != step:
                 await sink.step_changed(run.id, step)
+            known[step.name] = step
         if cancelled:
             await sink.run_cancelled(run.id)
         elif state in ("SUCCEEDED", "SKIPPED"):
-            if outputs is not None:
-                await sink.run_succeeded(run.id, outputs.run_outputs, outputs.run_parameters)
-            else:
-                await sink.run_succeeded(run.id, (), {})
+            artifacts = {name: step.output_artifacts for name, step in known.items()}
+            await sink.run_succeeded(run.id, run_outputs(shape, artifacts), {})
         elif state == "FAILED":
-            await sink.run_failed(run.id, _run_error(remote))
+            failed = [m.step.name for m in tasks.steps if m.step.state is StepState.FAILED]
+            await sink.run_failed(run.id, _run_error(remote, failed))
         elif state == "CANCELING" and run.state is not RunState.CANCELLING:
             # Cancelled in the KFP UI rather than through CancelRun.
             await sink.cancel_requested_remotely(run.id)
@@ -827,9 +963,37 @@ class KubeflowBackend(Backend):
         await self._untrack(run.id)
 
 
-def _run_error(remote: kfp_server_api.V2beta1Run) -> ErrorInfo:
+def _keeping_outputs(step: Step, before: Step | None) -> Step:
+    """`step` as mapped now, with the outputs found when it succeeded (task details carry
+    none)."""
+    if before is None or not before.output_artifacts:
+        return step
+    return replace(step, output_artifacts=before.output_artifacts)
+
+
+def _newly(step: Step, before: Step | None) -> bool:
+    return before is None or before.state is not step.state
+
+
+def _required(value: str | None, call: str, field: str) -> str:
+    if not value:
+        raise KfpBadAnswer(f"the answer to {call} has no {field}: it is not from the KFP API")
+    return value
+
+
+def _get_run(client: kfp.Client, timeout: float, kfp_id: str) -> kfp_server_api.V2beta1Run:
+    remote = client.runs.run_service_get_run(kfp_id, _request_timeout=timeout)
+    _required(remote.run_id, "get_run", "run_id")
+    return remote
+
+
+def _run_error(remote: kfp_server_api.V2beta1Run, failed: list[str]) -> ErrorInfo:
+    """Why the KFP run failed. A 2.17 server never sets run.error (api_converter.go
+    toApiRun) and task details carry none: the failed steps are named instead."""
     error = remote.error
     message = (error.message if error else "") or "the Kubeflow run failed"
+    if failed and not (error and error.message):
+        message += f" (failed: {', '.join(failed)}; their logs say why)"
     return ErrorInfo(
         code=(error.code if error else Code.OK) or Code.UNKNOWN,
         message=message,

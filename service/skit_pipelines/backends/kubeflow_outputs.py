@@ -13,20 +13,24 @@ component/launcher_v2.go`); the v2beta1 run API does not return them
 (`api_converter.go` toModelTasks fills no outputs from Argo nodes). Steps on Kubeflow
 therefore report no output parameters.
 
-Logs: with `archiveLogs: true` in Argo's artifact repository (KFP's default manifests,
-`manifests/kustomize/third-party/argo/base/workflow-controller-configmap-patch.yaml`),
-Argo stores each pod's log as "<keyFormat>/main.log", keyFormat by default
-"artifacts/{{workflow.name}}/{{workflow.creationTimestamp.Y}}/{{...m}}/{{...d}}/{{pod.name}}"
-(`frontend/server/configs.ts` ARGO_KEYFORMAT).
+Logs: with `archiveLogs: true` in Argo's artifact repository, the wait container of every
+pod saves its main container's log as "<keyFormat>/main.log" in the repository's bucket
+(argo-workflows `workflow/executor/executor.go` saveContainerLogs); keyFormat defaults to
+"{{workflow.name}}/{{pod.name}}" (`pkg/apis/workflow/v1alpha1/artifact_repository_types.go`
+DefaultArchivePattern); KFP's manifests set "private-artifacts/{{workflow.namespace}}/
+{{workflow.name}}/{{workflow.creationTimestamp.Y}}/{{workflow.creationTimestamp.m}}/
+{{workflow.creationTimestamp.d}}/{{pod.name}}" in bucket "mlpipeline"
+(`manifests/kustomize/third-party/argo/base/workflow-controller-configmap-patch.yaml`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -38,8 +42,14 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "main.log"
 """The name Argo gives an archived pod log (the main container's)."""
-DEFAULT_LOGS_URL = "artifacts/{workflow}/{year}/{month}/{day}/{pod}"
-"""KFP's default Argo keyFormat, with our placeholders, relative to the logs bucket."""
+ARGO_KEY_FORMAT = "{{workflow.name}}/{{pod.name}}"
+"""Argo's DefaultArchivePattern: the keyFormat of a repository that sets none."""
+_TIMESTAMP = re.compile(r"\{\{\s*workflow\.creationTimestamp\.([A-Za-z])\s*\}\}")
+_VARIABLE = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
+
+
+class KeyFormatError(ValueError):
+    """A keyFormat with a variable this service cannot fill in; the message names it."""
 
 
 class Blobs(ABC):
@@ -156,26 +166,56 @@ def collect(
                     Artifact(name=name, uri=base, step=mapped.step.name, size_bytes=sum(sizes))
                 )
         artifacts[mapped.step.name] = tuple(found)
-    run_outputs = tuple(
+    return Collected(artifacts, run_outputs(shape, artifacts))
+
+
+def run_outputs(
+    shape: IrShape, artifacts: Mapping[str, tuple[Artifact, ...]]
+) -> tuple[Artifact, ...]:
+    """The run's outputs among the steps' artifacts (step name -> its artifacts)."""
+    wanted = shape.run_outputs(artifacts)
+    return tuple(
         artifact
         for step, found in artifacts.items()
         for artifact in found
-        if (step, artifact.name) in shape.run_outputs(artifacts)
+        if (step, artifact.name) in wanted
     )
-    return Collected(artifacts, run_outputs)
+
+
+def check_key_format(key_format: str) -> None:
+    """Raises KeyFormatError when `key_format` uses a variable `log_uri` cannot fill."""
+    log_uri("s3://b", key_format, workflow="w", namespace="n", pod="p", created=datetime.now(UTC))
 
 
 def log_uri(
-    logs_url: str, workflow: str, pod: str, created: datetime, template: str = DEFAULT_LOGS_URL
+    logs_url: str,
+    key_format: str,
+    *,
+    workflow: str,
+    namespace: str,
+    pod: str,
+    created: datetime,
 ) -> str:
-    """Where Argo archived a pod's log: `logs_url` (e.g. "s3://mlpipeline") joined with
-    Argo's keyFormat; `logs_url` may carry the placeholders itself."""
-    pattern = logs_url if "{pod}" in logs_url else f"{logs_url.rstrip('/')}/{template}"
-    key = pattern.format(
-        workflow=workflow,
-        pod=pod,
-        year=f"{created.year:04d}",
-        month=f"{created.month:02d}",
-        day=f"{created.day:02d}",
-    )
-    return f"{key}/{LOG_FILE}"
+    """Where Argo archived a pod's log: the repository's bucket URL `logs_url` (e.g.
+    "s3://mlpipeline") joined with the keyFormat, rendered as Argo renders it
+    (`{{workflow.name}}`, `{{workflow.namespace}}`, `{{pod.name}}`,
+    `{{workflow.creationTimestamp.<strftime letter>}}`).
+
+    Raises:
+        KeyFormatError: the keyFormat uses another variable.
+    """
+    values = {"workflow.name": workflow, "workflow.namespace": namespace, "pod.name": pod}
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyFormatError(
+                f"the log key format uses {{{{{name}}}}}; only {{{{workflow.name}}}},"
+                " {{workflow.namespace}}, {{pod.name}} and"
+                " {{workflow.creationTimestamp.<letter>}} can be filled in"
+            )
+        return values[name]
+
+    key = _TIMESTAMP.sub(lambda m: created.strftime("%" + m.group(1)), key_format)
+    key = _VARIABLE.sub(variable, key).strip("/")
+    return f"{logs_url.rstrip('/')}/{key}/{LOG_FILE}"

@@ -6,17 +6,14 @@ workflow.go` NodeStatuses): the workflow itself, `root-driver`, `root`, and for 
 task a `<task>-driver` pod plus a `<task>` node, which for a container task is a DAG
 holding one `executor` pod (`backend/src/v2/compiler/argocompiler/dag.go` task,
 `container.go` addContainerExecutorTemplate). A loop `<task>` holds `iteration-driver`
-and one `iteration-iterations(<i>:<i>)` node per item, each holding
+and `iteration-iterations`, whose items `iteration-iterations(<i>:<i>)` each hold
 `iteration-item-driver` and `iteration-item`, the loop body (dag.go iteratorTask,
-iterationItemTask). Details carry no parent (`parent_task_id` is empty), no pod name of
-their own, and no error; `child_tasks` lists the children's Argo node ids.
-
-Argo names a node after its path ("<workflow>.root.for-loop-2.iteration-iterations(1:1)")
-and gives it the id "<workflow>-<FNV-1a 32 of that name>" (argo-workflows
-`Workflow.NodeID`), so the tree is rebuilt from the top: the workflow node is the one
-whose children include the id of "<its display name>.root". When the ids do not fit
-(another engine version), details are matched by display name alone, and loop
-iterations are numbered in task-id order.
+iterationItemTask). KFP 2.17's default install wraps every node in an Argo Retry node
+(`root` holding `root(0)`, `executor` holding `executor(0)`; argo-workflows operator.go
+executeTemplate). Details carry no parent and no node id of their own, no error, no state
+when Omitted, and come in no particular order; `child_tasks[].pod_name` lists the
+children's Argo node ids, and children follow dependencies, not DAG nesting (dag.go
+connectDependencies). `_Graph` rebuilds the names from those ids.
 
 Only IR container tasks become steps, named as the local executor names them
 ("condition-1/echo-2", "for-loop-3[0]/count"); drivers, executors and DAG nodes never do.
@@ -39,8 +36,10 @@ EXECUTOR = "executor"
 """The Argo task, inside a container task's node, whose pod runs the component."""
 ITERATION_ITEM = "iteration-item"
 """The Argo task, inside one loop iteration, running the loop body."""
-_ITERATION = re.compile(r"^iteration-iterations\((\d+)(?::[^)]*)?\)$")
-_ATTEMPT = re.compile(r"^\((\d+)\)$")
+ITERATIONS = "iteration-iterations"
+"""The Argo task, inside a loop's node, whose items are the loop's iterations."""
+_POD_NAME_PREFIX_MAX = 253 - 10 - 1
+"""argo-workflows pod_name.go: maxK8sResourceNameLength - k8sNamingHashLength - 1."""
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _UINT32 = 0xFFFFFFFF
@@ -255,152 +254,137 @@ class RunTasks:
     steps: tuple[MappedStep, ...] = field(default_factory=tuple)
 
     def pod_name(self, mapped: MappedStep) -> str:
-        """The Kubernetes pod that ran `mapped` (backend/src/common/util/workflow.go
-        RetrievePodName, pod names v2): "<workflow>-<template>-<hash of the node id>"."""
+        """The Kubernetes pod that ran `mapped` (argo-workflows workflow/util/pod_name.go
+        GeneratePodName, POD_NAMES=v2; KFP's common/util/workflow.go RetrievePodName):
+        "<workflow>-<template>-<hash of the node name>", the prefix cut to 242 characters."""
         if not mapped.executor_node or not self.workflow:
             return ""
         digest = mapped.executor_node.rsplit("-", 1)[-1]
-        return f"{self.workflow}-{mapped.executor_template}-{digest}"
+        prefix = f"{self.workflow}-{mapped.executor_template}"[:_POD_NAME_PREFIX_MAX]
+        return f"{prefix}-{digest}"
 
 
-class _Scope:
-    """The children of one node, by display name."""
-
-    def __init__(self, children: Mapping[str, ArgoNode], tree: _Tree | None, path: str) -> None:
-        self.children = children
-        self.tree = tree
-        self.path = path
-
-    def child(self, display: str) -> tuple[ArgoNode, _Scope] | None:
-        node = self.children.get(display)
-        if node is None:
-            return None
-        if self.tree is None:
-            return node, self
-        return node, self.tree.scope(f"{self.path}.{display}")
+def _fnv_state(data: str, state: int = _FNV_OFFSET) -> int:
+    for byte in data.encode():
+        state = ((state ^ byte) * _FNV_PRIME) & _UINT32
+    return state
 
 
-class _Tree:
-    """Argo nodes by their full names, rebuilt from child ids."""
+def _natural(name: str) -> list[Any]:
+    """Sorts "x(10:10)" after "x(2:2)"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
-    def __init__(self, workflow: str, nodes: tuple[ArgoNode, ...]) -> None:
+
+class _Graph:
+    """The workflow's Argo nodes by their full names.
+
+    Details carry no node id of their own, only their children's. Every node but the
+    workflow's is some node's child, and Argo names a node "<its DAG's node
+    name>.<display name>" ("<name>(<n>)" for a retry attempt, "<name>(<i>:<i>)" for a
+    loop item, both beside their node), so the names are found from the workflow's down by
+    hashing candidates against the child ids. A detail is then the node whose name one of
+    its children names as its parent: a DAG's tasks, a retry's attempts, a loop's items,
+    a dependent in the same DAG. Details this leaves over (nodes with no children yet,
+    pods whose dependents sit higher up) take the remaining names of their display name in
+    a fixed order, so a poll maps them as the previous one did.
+    """
+
+    def __init__(self, workflow: str, nodes: tuple[ArgoNode, ...], ids: set[str]) -> None:
         self.workflow = workflow
-        self.by_name: dict[str, ArgoNode] = {}
-        by_display: dict[str, list[ArgoNode]] = defaultdict(list)
-        for node in sorted(nodes, key=lambda n: n.task_id):
-            by_display[node.display_name].append(node)
-        root = next(n for n in by_display[workflow] if self._is_workflow(n))
-        claimed = {id(root)}
-        self.by_name[workflow] = root
-        pending = [workflow]
+        self._ids = ids
+        self._prefix = f"{workflow}-"
+        self.display: dict[str, str] = {}
+        """Full name -> display name."""
+        self._boundary: dict[str, str] = {}
+        self._enumerate(nodes)
+        self.node: dict[str, ArgoNode] = {}
+        self._identify(nodes)
+
+    def _exists(self, name: str) -> bool:
+        return f"{self._prefix}{_fnv_state(name)}" in self._ids
+
+    def _add(self, name: str, display: str, boundary: str, found: list[str]) -> None:
+        """Adds `name` with its retry attempts and loop items."""
+        self.display[name] = display
+        self._boundary[name] = boundary
+        found.append(name)
+        for suffix in ("({})", "({0}:{0})"):
+            index = 0
+            while self._exists(beside := name + suffix.format(index)):
+                self._add(beside, display + suffix.format(index), boundary, found)
+                index += 1
+
+    def _enumerate(self, nodes: tuple[ArgoNode, ...]) -> None:
+        bases = sorted({re.sub(r"\(.*$", "", n.display_name) for n in nodes} - {""})
+        pending: list[str] = []
+        self._add(self.workflow, self.workflow, "", pending)
         while pending:
             parent = pending.pop()
-            for child_id in self.by_name[parent].children:
-                match = self._child(parent, child_id, by_display, claimed)
-                if match is not None:
-                    name, node = match
-                    claimed.add(id(node))
-                    self.by_name[name] = node
-                    pending.append(name)
+            state = _fnv_state(parent + ".")
+            for base in bases:
+                if f"{self._prefix}{_fnv_state(base, state)}" in self._ids:
+                    self._add(f"{parent}.{base}", base, parent, pending)
 
-    def _is_workflow(self, node: ArgoNode) -> bool:
-        return argo_node_id(self.workflow, f"{self.workflow}.{ROOT}") in node.children
+    def _parents(self, child: str, display: str) -> Iterator[str]:
+        """Names a node with this display name has if it lists `child` as a child."""
+        boundary = self._boundary.get(child, "")
+        beside = re.sub(r"\((\d+|\d+:\d+)\)$", "", child)
+        yield from (beside, boundary, f"{boundary}.{display}")
 
-    def _child(
-        self,
-        parent: str,
-        child_id: str,
-        by_display: Mapping[str, list[ArgoNode]],
-        claimed: set[int],
-    ) -> tuple[str, ArgoNode] | None:
-        last = parent.rsplit(".", 1)[-1]
-        for display, candidates in by_display.items():
-            # Argo's retry attempts are "<node>(<n>)", beside the node rather than in it.
-            attempt = display.removeprefix(last) if display.startswith(last + "(") else ""
-            name = f"{parent}{attempt}" if _ATTEMPT.match(attempt) else f"{parent}.{display}"
-            if argo_node_id(self.workflow, name) != child_id:
-                continue
-            free = [n for n in candidates if id(n) not in claimed]
-            # Several nodes share a display name (a task in every loop iteration): the one
-            # whose own children hang under `name` is it; one not started yet has none.
-            for node in free:
-                if any(self._hangs_under(name, c, by_display) for c in node.children):
-                    return name, node
-            childless = [n for n in free if not n.children]
-            if childless:
-                return name, childless[0]
-        return None
+    def _identify(self, nodes: tuple[ArgoNode, ...]) -> None:
+        by_id = {argo_node_id(self.workflow, name): name for name in self.display}
+        left: list[ArgoNode] = []
+        for node in sorted(nodes, key=lambda n: n.task_id):
+            named = {
+                parent
+                for child in node.children
+                if child in by_id
+                for parent in self._parents(by_id[child], node.display_name)
+                if parent != by_id[child]
+                and self.display.get(parent) == node.display_name
+                and parent not in self.node
+            }
+            if len(named) == 1:
+                self.node[named.pop()] = node
+            else:
+                left.append(node)
+        free: dict[str, list[str]] = defaultdict(list)
+        for name in sorted(set(self.display) - set(self.node), key=_natural):
+            free[self.display[name]].append(name)
+        for node in left:
+            names = free.get(node.display_name)
+            if names:
+                self.node[names.pop(0)] = node
 
-    def _hangs_under(self, name: str, child_id: str, by_display: Mapping[str, Any]) -> bool:
-        last = name.rsplit(".", 1)[-1]
-        for display in by_display:
-            if argo_node_id(self.workflow, f"{name}.{display}") == child_id:
-                return True
-            attempt = display.removeprefix(last)
-            if _ATTEMPT.match(attempt) and argo_node_id(self.workflow, name + attempt) == child_id:
-                return True
-        return False
+    def has(self, name: str) -> bool:
+        return name in self.display
 
-    def scope(self, name: str) -> _Scope:
-        """The children of node `name`, looking through retry attempts (the last one)."""
-        attempts = [
-            int(m.group(1))
-            for other in self.by_name
-            if other.startswith(name + "(")
-            and (m := _ATTEMPT.match(other.removeprefix(name))) is not None
-        ]
-        if attempts:
-            name = f"{name}({max(attempts)})"
-        prefix = name + "."
-        children = {
-            other.removeprefix(prefix): node
-            for other, node in self.by_name.items()
-            if other.startswith(prefix) and "." not in other.removeprefix(prefix)
-        }
-        return _Scope(children, self, name)
+    def state(self, name: str) -> str:
+        node = self.node.get(name)
+        return (node.state if node is not None else "") or "RUNTIME_STATE_UNSPECIFIED"
 
     def attempts(self, name: str) -> list[str]:
-        """Full names of the attempts of node `name` (itself when it was not retried)."""
-        found = sorted(
-            (int(m.group(1)), other)
-            for other in self.by_name
-            if other.startswith(name + "(")
-            and (m := _ATTEMPT.match(other.removeprefix(name))) is not None
-        )
-        return [other for _, other in found] or ([name] if name in self.by_name else [])
+        """The attempts of node `name` (itself when it is no retry node), oldest first."""
+        found: list[str] = []
+        while self.has(attempt := f"{name}({len(found)})"):
+            found.append(attempt)
+        return found or ([name] if self.has(name) else [])
+
+    def inner(self, name: str) -> str:
+        """The node doing the work of `name`: its last attempt when it is a retry node
+        (KFP's default install wraps every node in one)."""
+        return self.attempts(name)[-1] if self.has(name) else name
 
 
-def _find_workflow(nodes: tuple[ArgoNode, ...]) -> str:
+def _find_workflow(nodes: tuple[ArgoNode, ...], ids: set[str]) -> str:
+    """The workflow's name: its node's display name, whose root-driver is a child
+    (through the retry node wrapping the workflow, with KFP's default install)."""
     for node in nodes:
-        if argo_node_id(node.display_name, f"{node.display_name}.{ROOT}") in node.children:
-            return node.display_name
+        name = node.display_name
+        for entry in (name, f"{name}(0)"):
+            if argo_node_id(name, f"{entry}.{ROOT}-driver") in ids:
+                return name
     return ""
-
-
-class _Flat:
-    """Display-name matching when the child ids do not rebuild the tree: a loop's
-    iterations are numbered in task-id order, which KFP keeps from poll to poll."""
-
-    def __init__(self, nodes: tuple[ArgoNode, ...]) -> None:
-        self.by_display: dict[str, list[ArgoNode]] = defaultdict(list)
-        for node in sorted(nodes, key=lambda n: n.task_id):
-            self.by_display[node.display_name].append(node)
-
-    def scope(self, index: int) -> _Scope:
-        """The nodes of one loop iteration (0 outside loops). Nested loops cannot be
-        told apart by display names: only the innermost index counts."""
-        children = {d: ns[index] for d, ns in self.by_display.items() if index < len(ns)}
-        return _Scope(children, None, "")
-
-    def iterations(self, body: _Dag) -> int:
-        return max((len(self.by_display.get(key, ())) for key in _keys(body)), default=0)
-
-
-def _keys(dag: _Dag) -> Iterator[str]:
-    for task in dag.containers:
-        yield task.key
-    for _, _, body in (*dag.groups, *dag.loops):
-        yield from _keys(body)
 
 
 def _unfinished(dag: _Dag, prefix: str, state: StepState) -> Iterator[MappedStep]:
@@ -422,56 +406,59 @@ def map_steps(
     as the local executor reports them; after a cancel, steps Argo failed while
     terminating them are CANCELLED too.
     """
-    workflow = _find_workflow(nodes)
-    tree = _Tree(workflow, nodes) if workflow else None
-    flat = None if tree is not None else _Flat(nodes)
+    ids = {child for node in nodes for child in node.children}
+    workflow = _find_workflow(nodes, ids)
+    graph = _Graph(workflow, nodes, ids) if workflow else None
     steps: list[MappedStep] = []
-    top: _Scope | None = None
-    if tree is not None:
-        root = tree.scope(workflow).child(ROOT)
-        top = root[1] if root is not None else None
-    elif flat is not None and ROOT in flat.by_display:
-        top = flat.scope(0)
 
-    def iterations(scope: _Scope, body: _Dag) -> Iterator[tuple[int, _Scope]]:
-        if flat is not None:
-            for index in range(flat.iterations(body)):
-                yield index, flat.scope(index)
-            return
-        found = sorted(
-            (int(m.group(1)), display)
-            for display in scope.children
-            if (m := _ITERATION.match(display)) is not None
-        )
-        for index, display in found:
-            iteration = scope.child(display)
-            item = iteration[1].child(ITERATION_ITEM) if iteration is not None else None
-            if item is not None:
-                yield index, item[1]
+    def not_reached(body: _Dag, prefix: str) -> None:
+        # A cancelled run's never-entered DAGs have no steps, as locally.
+        if ended_as is StepState.SKIPPED:
+            steps.extend(_unfinished(body, prefix, StepState.SKIPPED))
 
-    def walk(dag: _Dag, scope: _Scope, prefix: str) -> None:
+    def walk(dag: _Dag, boundary: str, prefix: str) -> None:
+        assert graph is not None
         for task in dag.containers:
-            found = scope.child(task.key)
-            if found is None:
+            name = f"{boundary}.{task.key}"
+            if not graph.has(name):
                 state = StepState.PENDING if ended_as is None else ended_as
                 steps.append(MappedStep(_step(prefix + task.name, task, state), task))
             else:
-                steps.append(_container_step(prefix + task.name, task, *found, tree, ended_as))
-        for key, name, body in (*dag.groups, *dag.loops):
-            found = scope.child(key)
-            if found is None or found[0].state == "SKIPPED":
-                # A false condition, or (the run failed) never reached: SKIPPED steps.
-                # A cancelled run's never-entered DAGs have no steps, as locally.
-                if found is not None or ended_as is StepState.SKIPPED:
-                    steps.extend(_unfinished(body, f"{prefix}{name}/", StepState.SKIPPED))
-            elif (key, name, body) in dag.groups:
-                walk(body, found[1], f"{prefix}{name}/")
+                steps.append(_container_step(prefix + task.name, task, name, graph, ended_as))
+        for key, name, body in dag.groups:
+            node = f"{boundary}.{key}"
+            reported = graph.state(node) if graph.has(node) else ""
+            if reported == "SKIPPED":
+                steps.extend(_unfinished(body, f"{prefix}{name}/", StepState.SKIPPED))
+            elif reported in ("", "RUNTIME_STATE_UNSPECIFIED"):
+                # Not created yet, or Omitted (a task it depends on failed).
+                not_reached(body, f"{prefix}{name}/")
             else:
-                for index, item in iterations(found[1], body):
-                    walk(body, item, f"{prefix}{name}[{index}]/")
+                walk(body, graph.inner(node), f"{prefix}{name}/")
+        for key, name, body in dag.loops:
+            items = f"{graph.inner(f'{boundary}.{key}')}.{ITERATIONS}"
+            if not graph.has(items) or graph.state(items) == "RUNTIME_STATE_UNSPECIFIED":
+                not_reached(body, f"{prefix}{name}/")
+                continue
+            if graph.state(items) == "SKIPPED":
+                # The loop's condition was false, or it had no items.
+                steps.extend(_unfinished(body, f"{prefix}{name}/", StepState.SKIPPED))
+                continue
+            index = 0
+            while graph.has(iteration := f"{items}({index}:{index})"):
+                here = f"{prefix}{name}[{index}]/"
+                item = f"{graph.inner(iteration)}.{ITERATION_ITEM}"
+                if graph.state(iteration) == "SKIPPED":
+                    steps.extend(_unfinished(body, here, StepState.SKIPPED))
+                elif graph.has(item):
+                    walk(body, graph.inner(item), here)
+                else:
+                    not_reached(body, here)
+                index += 1
 
-    if top is not None:
-        walk(shape.root, top, "")
+    root = f"{graph.inner(workflow)}.{ROOT}" if graph is not None else ""
+    if graph is not None and graph.has(root):
+        walk(shape.root, graph.inner(root), "")
     elif ended_as is StepState.SKIPPED:
         steps.extend(_unfinished(shape.root, "", ended_as))
     elif ended_as is not None:
@@ -484,28 +471,19 @@ def _step(name: str, task: IrTask, state: StepState) -> Step:
 
 
 def _container_step(
-    name: str,
-    task: IrTask,
-    node: ArgoNode,
-    inner: _Scope,
-    tree: _Tree | None,
-    ended_as: StepState | None,
+    name: str, task: IrTask, node_name: str, graph: _Graph, ended_as: StepState | None
 ) -> MappedStep:
-    state = STEP_STATES.get(node.state)
-    if state is None:
-        # Omitted (a dependency failed) or not reported yet.
-        state = StepState.PENDING
+    node = graph.node.get(node_name)
+    # Omitted (a dependency failed) or not reported yet: not started.
+    state = STEP_STATES.get(graph.state(node_name), StepState.PENDING)
     if ended_as is not None and not state.terminal:
         state = ended_as
     elif ended_as is StepState.CANCELLED and state is StepState.FAILED:
         state = StepState.CANCELLED
-    executor = inner.child(EXECUTOR)
-    executor_node, attempt, cached = "", 1, False
-    if executor is not None and tree is not None:
-        attempts = tree.attempts(f"{inner.path}.{EXECUTOR}")
-        attempt = max(len(attempts), 1)
-        executor_node = argo_node_id(tree.workflow, attempts[-1]) if attempts else ""
-    if executor is not None and executor[0].state == "SKIPPED" and state is StepState.SUCCEEDED:
+    attempts = graph.attempts(f"{graph.inner(node_name)}.{EXECUTOR}")
+    executor_node = argo_node_id(graph.workflow, attempts[-1]) if attempts else ""
+    cached = False
+    if attempts and graph.state(attempts[-1]) == "SKIPPED" and state is StepState.SUCCEEDED:
         # container.go: a cache hit skips the executor pod; its task still succeeds.
         state, cached, executor_node = StepState.CACHED, True, ""
     error = None
@@ -517,10 +495,10 @@ def _container_step(
         component=task.component,
         image=task.image,
         state=state,
-        attempt=attempt,
+        attempt=max(len(attempts), 1),
         cached=cached,
-        start_time=node.start_time,
-        end_time=node.end_time if state.terminal else None,
+        start_time=node.start_time if node is not None else None,
+        end_time=node.end_time if node is not None and state.terminal else None,
         error=error,
     )
     template = ("retry-" if task.retries else "") + "system-container-impl"
