@@ -10,6 +10,7 @@ Argo node transitions (`advance`)."""
 import json
 import re
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from google.rpc import code_pb2, error_details_pb2
@@ -530,6 +532,43 @@ async def test_one_poller_per_run_and_takeover_when_it_dies(
     kfp.finish(kfp_id)
     await until(lambda: state_is(b.store, run.id, RunState.SUCCEEDED), what="the end")
     assert polls("a") == 5
+
+
+async def test_a_poll_retrying_a_failing_kfp_keeps_its_lease(
+    replicas: Any, kfp: KfpServer, typed_pipeline: Pipeline, postgres_dsn: str
+) -> None:
+    # A's polls retry a burst of 503s for longer than a lease: it is alive, so it keeps
+    # renewing its lease; B, idle beside it, never takes the run over.
+    a = await replicas("a", lease_seconds=1.0, retry_seconds=30.0, cookie="replica=a")
+    b = await replicas("b", lease_seconds=1.0, cookie="replica=b")
+    run = await a.controller.create_run(create(typed_pipeline))
+    kfp_id = await kfp_id_of(a, run)
+    kfp.fail_next("GET", f"/runs/{kfp_id}", status=503, times=1_000)
+
+    def lease() -> tuple[str, float]:
+        with psycopg.connect(postgres_dsn) as conn:
+            row = conn.execute(
+                "SELECT owner, extract(epoch FROM expires_at - now()) FROM run_leases"
+                " WHERE run_id = %s",
+                (run.id,),
+            ).fetchone()
+        assert row is not None
+        return str(row[0]), float(row[1])
+
+    # The invariant, looked at every 20 ms over three lease periods of failing polls:
+    # the lease is A's and has not run out.
+    fault_started = time.monotonic()
+    looks: list[tuple[str, float]] = []
+
+    def three_lease_periods_watched() -> bool:
+        looks.append(lease())
+        return time.monotonic() - fault_started > 3 * 1.0
+
+    await until(three_lease_periods_watched, timeout=20, what="three lease periods")
+    assert len(kfp.calls("GET", f"/runs/{kfp_id}")) >= 2, "A was retrying its poll"
+    assert all(owner == "a" and left > 0 for owner, left in looks), looks
+    assert b.backend.tracked_runs() == [] and a.backend.tracked_runs() == [run.id]
+    assert not any(r.headers.get("cookie") == "replica=b" for r in kfp.calls("GET"))
 
 
 async def test_shutdown_hands_runs_over_at_once(

@@ -101,6 +101,8 @@ DEFAULT_NAMESPACE = "kubeflow"
 
 _ACTIVE_KFP_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
 _ENDED_KFP_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
+_RENEWALS_PER_LEASE = 3
+"""Lease renewals per lease period: two may fail or come late before the lease expires."""
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,7 @@ class KubeflowBackend(Backend):
         self._experiment_id = ""
         self._setup_lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._polls = asyncio.Semaphore(settings.max_parallel_polls)
 
@@ -427,15 +430,18 @@ class KubeflowBackend(Backend):
         stops do."""
         super().start(sink)
         if background and self._loop is None:
-            self._loop = asyncio.get_running_loop().create_task(
-                self._poll_forever(), name="kubeflow-poller"
-            )
+            loop = asyncio.get_running_loop()
+            self._loop = loop.create_task(self._poll_forever(), name="kubeflow-poller")
+            # Leases are renewed on their own clock: a poll that is retrying a slow or
+            # failing KFP must not let this live replica's leases expire.
+            self._renewer = loop.create_task(self._renew_forever(), name="kubeflow-leases")
 
     async def shutdown(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
+        for task in (self._loop, self._renewer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._loop = self._renewer = None
         owned = list(self._tracked)
         self._tracked.clear()
         try:
@@ -718,12 +724,25 @@ class KubeflowBackend(Backend):
                     await self._wake.wait()
             self._wake.clear()
 
-    async def poll_once(self) -> None:
-        """One round: renew leases, take over orphaned runs, poll every run held."""
-        held = await self._leases.renew(list(self._tracked))
-        for lost in set(self._tracked) - held:
+    async def _renew_forever(self) -> None:
+        interval = self._settings.lease_seconds / _RENEWALS_PER_LEASE
+        while True:
+            try:
+                await self._renew()
+            except Exception:
+                logger.warning("renewing Kubeflow run leases failed; trying again", exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def _renew(self) -> None:
+        requested = list(self._tracked)
+        held = await self._leases.renew(requested)
+        for lost in set(requested) - held:
             logger.warning("lost the lease of runs/%s; another replica follows it now", lost)
             self._tracked.pop(lost, None)
+
+    async def poll_once(self) -> None:
+        """One round: renew leases, take over orphaned runs, poll every run held."""
+        await self._renew()
         for run_id in await self._leases.claim_expired(limit=self._settings.max_parallel_polls):
             await self._adopt(run_id)
         await asyncio.gather(*(self._poll_guarded(run_id) for run_id in list(self._tracked)))
