@@ -313,6 +313,8 @@ def _check_experiment_pages(server: KfpServer, client: Any, http: Http) -> None:
     answer = http(base + urlencode({"filter": bad_key}))
     assert answer.status == 400
     assert 'no support for filtering on unrecognized field "colour"' in answer.json()["message"]
+    # kfp.Client.get_experiment sends the operation as its enum number; protojson takes it.
+    assert client.get_experiment(experiment_name="e3").display_name == "e3"
 
 
 # Runs

@@ -62,6 +62,17 @@ _OPERATIONS = frozenset(
         "IS_SUBSTRING",
     }
 )
+_OPERATION_NUMBERS = {
+    1: "EQUALS",
+    2: "NOT_EQUALS",
+    3: "GREATER_THAN",
+    5: "GREATER_THAN_EQUALS",
+    6: "LESS_THAN",
+    7: "LESS_THAN_EQUALS",
+    8: "IN",
+    9: "IS_SUBSTRING",
+}
+"""Predicate.Operation's numbers (backend/api/v2beta1/filter.proto)."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,13 @@ def _parse_filter(raw: str, listable: Listable) -> tuple[tuple[Predicate, ...], 
         allowed = {"operation", "key", *_SCALAR_VALUE_KEYS, *_LIST_VALUE_KEYS}
         if not isinstance(item, dict) or set(item) - allowed:
             raise invalid_input(f"failed to parse valid filter from {raw!r}: unknown field")
-        operation = str(item.get("operation", ""))
+        raw_operation = item.get("operation", "")
+        # protojson takes an enum by name or by number (kfp.Client.get_experiment sends 1).
+        operation = (
+            _OPERATION_NUMBERS.get(raw_operation, "")
+            if isinstance(raw_operation, int) and not isinstance(raw_operation, bool)
+            else str(raw_operation)
+        )
         if operation not in _OPERATIONS:
             raise invalid_input(f"invalid predicate operation: {operation or 'unspecified'}")
         key = str(item.get("key", ""))
