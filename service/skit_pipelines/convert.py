@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
@@ -13,6 +13,9 @@ from google.rpc import status_pb2
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines import domain
 from skit_pipelines.errors import InvalidArgument
+
+# The domain enums carry the proto enums' numbers; the generated stubs type enum fields
+# as their wrapper class, hence the casts from int below.
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -97,7 +100,7 @@ def step(item: domain.Step) -> run_pb2.Step:
         name=item.name,
         component=item.component,
         image=item.image,
-        state=int(item.state),  # type: ignore[arg-type]
+        state=cast("run_pb2.StepState", int(item.state)),
         attempt=item.attempt,
         cached=item.cached,
         start_time=timestamp(item.start_time),
@@ -115,7 +118,7 @@ def run(item: domain.Run) -> run_pb2.Run:
         pipeline_version=item.pipeline_version,
         parameters=struct(item.parameters),
         labels=dict(item.labels),
-        state=int(item.state),  # type: ignore[arg-type]
+        state=cast("run_pb2.RunState", int(item.state)),
         create_time=timestamp(item.create_time),
         start_time=timestamp(item.start_time),
         end_time=timestamp(item.end_time),
@@ -143,7 +146,7 @@ def pipeline(item: domain.Pipeline, *, with_spec: bool = False) -> pipeline_pb2.
         parameters=[
             pipeline_pb2.PipelineParameter(
                 name=p.name,
-                type=int(p.type),  # type: ignore[arg-type]
+                type=cast("pipeline_pb2.ParameterType", int(p.type)),
                 required=p.required,
                 default_value=value(p.default) if p.default is not None else None,
                 description=p.description,

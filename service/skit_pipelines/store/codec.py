@@ -103,8 +103,8 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         parameters=data["parameters"],
         labels=data["labels"],
         state=RunState(data["state"]),
-        create_time=_parse_time(data["create_time"]),  # type: ignore[arg-type]
-        update_time=_parse_time(data["update_time"]),  # type: ignore[arg-type]
+        create_time=datetime.fromisoformat(data["create_time"]),
+        update_time=datetime.fromisoformat(data["update_time"]),
         start_time=_parse_time(data["start_time"]),
         end_time=_parse_time(data["end_time"]),
         revision=data["revision"],
