@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.report import Figure
+from benchmarks.report import Figure, spread
 
 REPETITIONS = 5
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TARGET_SECONDS = 2.0
+TARGET_RATIO = 2.0
+"""The target: at most this many times the bare server's start, on a warm home."""
 BARE_SERVER = """
 import asyncio, sys
 import grpc
@@ -102,6 +103,7 @@ def run() -> list[Figure]:
             port = _free_port()
             ours.append(_time_to_serving(_serve(home, port), port, log))
     ours_s, bare_s = statistics.median(ours), statistics.median(bare)
+    ratio = ours_s / bare_s
     pipelines = sum(1 for p in (PROJECT_ROOT / "pipelines").glob("*.py") if p.name[0] != "_")
     return [
         Figure(
@@ -109,11 +111,14 @@ def run() -> list[Figure]:
             value=ours_s,
             unit="s",
             baseline=bare_s,
-            detail=f"skit-pipelines serve {ours_s:.2f} s (compiled IR cached under the home"
-            f" directory) vs a bare grpc.aio server with health {bare_s:.2f} s; a start that"
+            detail=f"{ratio:.2f} x bare; skit-pipelines serve {ours_s:.2f} s (spread"
+            f" {spread(ours)} s; compiled IR cached under the home"
+            f" directory) vs a bare grpc.aio server with health {bare_s:.2f} s (spread"
+            f" {spread(bare)} s); a start that"
             f" compiles the {pipelines} pipelines first: {statistics.median(uncached):.2f} s"
             f" (median of {REPETITIONS}, demo data already generated)",
-            target=f"<= {TARGET_SECONDS:g} s",
-            met=ours_s <= TARGET_SECONDS,
+            target=f"<= {TARGET_RATIO:g} x bare on a warm home",
+            met=ratio <= TARGET_RATIO,
+            spread=spread(ours),
         )
     ]

@@ -22,7 +22,7 @@ import grpc
 from benchmarks.report import percentile
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 from skit_pipelines import convert, jsonlog
-from skit_pipelines.backends.base import Backend, RunSink
+from skit_pipelines.backends.base import Backend
 from skit_pipelines.catalog import Catalog, pipeline_from_spec
 from skit_pipelines.config import ServerConfig
 from skit_pipelines.domain import Artifact, Pipeline, Run, RunState, Step, StepState
@@ -55,7 +55,7 @@ class IdleBackend(Backend):
 
     name = "idle"
 
-    async def submit(self, run: Run, pipeline: Pipeline, sink: RunSink) -> None:
+    async def submit(self, run: Run, pipeline: Pipeline) -> None:
         return None
 
     async def cancel(self, run_id: str) -> None:
@@ -137,7 +137,7 @@ async def start_full_server(
         Catalog({PIPELINE.id: PIPELINE}),
         IdleBackend(),
         max_streams_per_principal=1_000_000,
-        telemetry=telemetry,
+        observer=telemetry,
     )
     server, port, _ = await create_grpc_server(
         controller, ServerConfig(port=0, home=home), telemetry

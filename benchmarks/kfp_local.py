@@ -112,15 +112,16 @@ def run() -> list[Figure]:
         (folder / "component.yaml").write_text("name: Python\n")
         (folder / "VERSION").write_text("3.11.0\n")
         bin_dir = str(Path(sys.executable).parent)
-        path = os.environ.get("PATH", "")
-        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
-        try:
-            executor = LocalExecutor(
-                ExecutorConfig(images_root=tmp / "images", work_root=tmp / "work"),
-                LocalArtifactStore(tmp / "artifacts"),
-            )
-        finally:
-            os.environ["PATH"] = path
+        path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        executor = LocalExecutor(
+            ExecutorConfig(
+                images_root=tmp / "images",
+                work_root=tmp / "work",
+                # Steps inherit only what the service passes on: this interpreter first.
+                inherited_env={"PATH": path},
+            ),
+            LocalArtifactStore(tmp / "artifacts"),
+        )
         for pipeline, expected, target in PIPELINES:
             name = pipeline.name
             compiler.Compiler().compile(pipeline, str(tmp / f"{name}.yaml"))

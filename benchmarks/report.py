@@ -17,6 +17,8 @@ class Figure:
     detail: str
     target: str
     met: bool
+    spread: str = ""
+    """The value's range over the repetitions (min-max), when it was repeated."""
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -25,6 +27,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))
     return ordered[index]
+
+
+def spread(values: Sequence[float]) -> str:
+    """min-max of repeated measurements, in the figures' format."""
+    if len(values) < 2:
+        return "one run"
+    return f"{_number(min(values))}-{_number(max(values))}"
 
 
 def _number(value: float) -> str:
@@ -37,14 +46,14 @@ def _number(value: float) -> str:
 
 def render(figures: Sequence[Figure]) -> str:
     lines = [
-        "| benchmark | value | baseline (same run) | detail | target | met |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | value | spread | baseline (same run) | detail | target | met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f in figures:
         value = _number(f.value) + ("" if math.isnan(f.value) else f" {f.unit}")
         baseline = f"{_number(f.baseline)} {f.unit}" if f.baseline is not None else "-"
         lines.append(
-            f"| {f.name} | {value} | {baseline} | {f.detail} | {f.target} | "
-            f"{'yes' if f.met else 'NO'} |"
+            f"| {f.name} | {value} | {f.spread or '-'} | {baseline} | {f.detail} | {f.target} | "
+            f"{'yes' if f.met else 'target missed'} |"
         )
     return "\n".join(lines)

@@ -1,68 +1,315 @@
-"""WatchRun fan-out: N concurrent watchers of one run; delay from a state change to its
-delivery, and server memory per watcher.
+"""WatchRun fan-out during a real executing run, against a bare grpc.aio server pushing the
+same bytes to as many streams from the same client processes.
 
-Each measurement runs its server in a new process: the full one (real gRPC server,
-servicer, controller, SQLite store, a backend that executes nothing) or, as the baseline, a
-bare grpc.aio WatchRun with the same server options that hands every stream the same
-message when an asyncio.Event fires. The watchers run in child processes with their own
-event loops (several for 10,000), so the client side does not steal the server's loop.
-Each change stamps its wall-clock time into the run, and each watcher records receive time
-minus that stamp.
+The full server is `skit-pipelines serve` in its own process (SQLite, the local executor,
+max_active_runs=1). A gate run occupies the only slot, so the watched run (a chain of
+steps that really execute) waits in QUEUED while N watchers, spread over several client
+processes, connect and receive its first snapshot. Then the gate is released: the watched
+run starts, its steps execute, and every revision fans out to every watcher. Each watcher
+records receipt time minus the run's update_time in the message.
+
+The baseline is a bare grpc.aio server in its own process with the same server options:
+its streams first get the same first snapshot (the bytes the full server sent), and once
+released it publishes the full server's later messages with the same spacing, each
+stamped with the time it is published and serialized once for all its streams.
+
+Server CPU per delivery is the server process's CPU from the release until every watcher
+is done, divided by the messages delivered; for the full server, net of the CPU of the
+same run executing with one watcher (measured right after).
+
+Held streams: N watchers of a QUEUED run, the server's RSS growth per stream once all of
+them hold their first snapshot, and how much of it is given back when they close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import math
 import multiprocessing
+import queue
+import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from benchmarks.harness import SERVICE, rss_bytes, sample_run, start_full_server
-from benchmarks.report import Figure, percentile
-from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
-from skit_pipelines import convert
+from benchmarks.harness import cpu_seconds, rss_bytes
+from benchmarks.real_server import (
+    CHAIN_PIPELINE,
+    GATE_PIPELINE,
+    Driver,
+    ServeProcess,
+    start_serve,
+)
+from benchmarks.report import Figure, percentile, spread
+from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines.config import ServerConfig
-from skit_pipelines.domain import Run, RunState
 from skit_pipelines.server import _grpc_options
 
+WATCH_METHOD = "/skit.pipelines.v1.PipelineService/WatchRun"
+DEFAULT_SIZES = (100, 1_000, 5_000)
+DEFAULT_HELD = 10_000
+CLIENT_PROCESSES = 2
 STREAMS_PER_CHANNEL = 100
-TARGET_P99_MS = 100.0
+TARGET_P99_RATIO = 1.2
+TARGET_KIB_PER_STREAM = 25.0
+TARGET_GIVEN_BACK = 0.9
+"""Share of the held streams' RSS growth the server must give back when they close."""
+READY_TIMEOUT_SECONDS = 300.0
+SETTLE_SECONDS = 1.0
+"""RSS is read once it has not moved for this long (after streams close)."""
+SETTLE_TIMEOUT_SECONDS = 20.0
+KIB = 1024
+CLOSE_POLL_SECONDS = 0.1
+
+
+def repetitions_for(watchers: int) -> int:
+    """Fewer repetitions of the slow sizes keep the whole bench within minutes."""
+    return 3 if watchers <= 1_000 else 1
+
+
+# Client processes
 
 
 @dataclass(frozen=True)
-class Scenario:
-    watchers: int
-    processes: int
-    """Client processes the watchers are spread over."""
-    changes: int
-    spacing: float
-    """Seconds between changes: enough for one to reach everybody before the next."""
-    repetitions: int
+class ClientReport:
+    """What one client process saw."""
+
+    connected: int
+    errors: list[str]
+    delays: list[float] = field(default_factory=list)
+    """Receipt time minus update_time, seconds, of every message after the first."""
+    messages: list[bytes] = field(default_factory=list)
+    """The bytes its first watcher received, in order (recorded by one process)."""
 
 
-SCENARIOS = (
-    Scenario(watchers=1000, processes=1, changes=10, spacing=0.3, repetitions=3),
-    Scenario(watchers=10_000, processes=4, changes=5, spacing=2.0, repetitions=1),
-)
+def _watch_client(
+    address: str,
+    run_name: str,
+    count: int,
+    record: bool,
+    reports: Any,
+    close: Any,
+) -> None:
+    """Runs in a client process: `count` watchers; reports once all of them have their
+    first snapshot (or failed), then again when all streams have ended. With `close` set
+    by the parent, cancels the streams instead of waiting for them to end."""
+
+    async def main() -> None:
+        channels = [
+            grpc.aio.insecure_channel(address)
+            for _ in range(math.ceil(count / STREAMS_PER_CHANNEL))
+        ]
+        request = pipeline_service_pb2.WatchRunRequest(name=run_name).SerializeToString()
+        delays: list[float] = []
+        errors: list[str] = []
+        recorded: list[bytes] = []
+        first_seen = 0
+        all_first = asyncio.Event()
+        calls: list[Any] = []
+
+        def seen_first() -> None:
+            nonlocal first_seen
+            first_seen += 1
+            if first_seen == count:
+                all_first.set()
+
+        async def watch(index: int) -> None:
+            # Raw bytes, parsed here: the recorded messages are exactly what arrived.
+            call = channels[index % len(channels)].unary_stream(
+                WATCH_METHOD, request_serializer=None, response_deserializer=None
+            )(request)
+            calls.append(call)
+            first = True
+            try:
+                async for raw in call:
+                    received = time.time()
+                    message = pipeline_service_pb2.WatchRunResponse.FromString(raw)
+                    if record and index == 0:
+                        recorded.append(raw)
+                    if first:
+                        first = False
+                        seen_first()
+                        continue
+                    stamp = message.run.update_time
+                    delays.append(received - (stamp.seconds + stamp.nanos / 1e9))
+            except grpc.aio.AioRpcError as error:
+                errors.append(f"{error.code().name}: {error.details()}")
+                if first:
+                    seen_first()
+            except asyncio.CancelledError:
+                # grpc.aio raises this from a call cancelled below, not from the task.
+                if not close.is_set():
+                    raise
+
+        tasks = [asyncio.create_task(watch(i)) for i in range(count)]
+        await all_first.wait()
+        reports.put(ClientReport(connected=count - len(errors), errors=list(errors)))
+        ended = asyncio.ensure_future(asyncio.gather(*tasks))
+        # Polled rather than waited for in a thread, which asyncio.run would join at exit.
+        while not ended.done():
+            if close.is_set():
+                for call in calls:
+                    call.cancel()
+                break
+            await asyncio.wait((ended,), timeout=CLOSE_POLL_SECONDS)
+        await ended
+        reports.put(ClientReport(count - len(errors), errors, delays, recorded))
+        for channel in channels:
+            await channel.close()
+
+    asyncio.run(main())
+
+
+class Clients:
+    """Watchers of one run spread over client processes."""
+
+    def __init__(self, address: str, run_name: str, watchers: int, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._reports = context.Queue()
+        self.close_event = context.Event()
+        sizes = [watchers // processes + (i < watchers % processes) for i in range(processes)]
+        self._processes: list[SpawnProcess] = [
+            context.Process(
+                target=_watch_client,
+                args=(address, run_name, size, i == 0, self._reports, self.close_event),
+                daemon=True,
+            )
+            for i, size in enumerate(sizes)
+            if size
+        ]
+
+    def start(self) -> list[ClientReport]:
+        """Starts the processes; returns once every watcher has its first snapshot."""
+        for process in self._processes:
+            process.start()
+        return self._collect()
+
+    def finish(self) -> list[ClientReport]:
+        """Waits until every stream has ended (or was closed)."""
+        reports = self._collect()
+        for process in self._processes:
+            process.join(30)
+        return reports
+
+    def close(self) -> list[ClientReport]:
+        self.close_event.set()
+        return self.finish()
+
+    def kill(self) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                process.kill()
+
+    def _collect(self) -> list[ClientReport]:
+        reports: list[ClientReport] = []
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while len(reports) < len(self._processes):
+            try:
+                reports.append(self._reports.get(timeout=0.5))
+            except queue.Empty:
+                if time.monotonic() > deadline or not all(
+                    p.is_alive() or p.exitcode == 0 for p in self._processes
+                ):
+                    raise RuntimeError("a watcher process died or hung") from None
+        return reports
+
+
+# The bare server
+
+
+def _bare_server(
+    messages: list[bytes], gaps: list[float], ports: Any, release: Any, stop: Any
+) -> None:
+    """Runs in the bare server's process: WatchRun answering `messages[0]`, then, after
+    `release`, each later message `gaps` apart, stamped and serialized once for all."""
+
+    async def main() -> None:
+        published = [messages[0]]
+        changed = asyncio.Event()
+
+        async def watch(request: bytes, context: Any) -> Any:
+            sent = 0
+            while True:
+                while sent < len(published):
+                    yield published[sent]
+                    sent += 1
+                if sent == len(messages):
+                    return
+                await changed.wait()
+
+        handler = grpc.unary_stream_rpc_method_handler(watch)
+        server = grpc.aio.server(options=_grpc_options(ServerConfig()))
+        service, method = WATCH_METHOD.strip("/").split("/")
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {method: handler}),)
+        )
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        if await asyncio.to_thread(_wait_release, release, stop):
+            for raw, gap in zip(messages[1:], gaps, strict=True):
+                await asyncio.sleep(gap)
+                message = pipeline_service_pb2.WatchRunResponse.FromString(raw)
+                message.run.update_time.FromNanoseconds(time.time_ns())
+                published.append(message.SerializeToString())
+                previous, changed = changed, asyncio.Event()
+                previous.set()
+        await asyncio.to_thread(stop.wait)
+        await server.stop(None)
+
+    asyncio.run(main())
+
+
+def _wait_release(release: Any, stop: Any) -> bool:
+    while not release.wait(0.1):
+        if stop.is_set():
+            return False
+    return True
+
+
+class BareServer:
+    def __init__(self, messages: list[bytes], gaps: list[float]) -> None:
+        context = multiprocessing.get_context("spawn")
+        ports = context.Queue()
+        self.release, self._stop = context.Event(), context.Event()
+        self._process = context.Process(
+            target=_bare_server,
+            args=(messages, gaps, ports, self.release, self._stop),
+            daemon=True,
+        )
+        self._process.start()
+        self.address = f"127.0.0.1:{ports.get(timeout=60)}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+# Measurements
 
 
 @dataclass(frozen=True)
-class Result:
+class Fanout:
     delays: list[float]
     expected: int
     errors: list[str]
+    cpu_per_delivery: float
     rss_per_watcher: float
-    cpu_per_message: float
-    """Server CPU seconds per message delivered: unlike delays, barely moved by other
-    processes competing for the machine."""
 
     @property
     def p50_ms(self) -> float:
@@ -76,228 +323,278 @@ class Result:
     def complete(self) -> bool:
         return len(self.delays) == self.expected and not self.errors
 
+    def describe(self) -> str:
+        return (
+            f"p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms,"
+            f" {self.cpu_per_delivery * 1e6:.0f} us server CPU/delivery,"
+            f" {self.rss_per_watcher / KIB:.1f} KiB/watcher,"
+            f" delivered {len(self.delays):,}/{self.expected:,}"
+            + (f", errors: {self.errors[0]} (x{len(self.errors)})" if self.errors else "")
+        )
 
-def _watch_in_child(address: str, run_name: str, watchers: int, ready: Any, results: Any) -> None:
-    async def main() -> None:
-        channels = [
-            grpc.aio.insecure_channel(address)
-            for _ in range(math.ceil(watchers / STREAMS_PER_CHANNEL))
-        ]
-        delays: list[float] = []
-        errors: list[str] = []
-        started = 0
-        first = asyncio.Event()
 
-        async def watch(index: int) -> None:
-            nonlocal started
-            stub = pipeline_service_pb2_grpc.PipelineServiceStub(channels[index % len(channels)])
-            request = pipeline_service_pb2.WatchRunRequest(name=run_name)
+@dataclass(frozen=True)
+class Recording:
+    """What the full server sent one watcher, for the bare server to replay."""
+
+    messages: list[bytes]
+    gaps: list[float]
+
+
+def _stamp(raw: bytes) -> float:
+    time_ = pipeline_service_pb2.WatchRunResponse.FromString(raw).run.update_time
+    return float(time_.seconds + time_.nanos / 1e9)
+
+
+def _errors(reports: Sequence[ClientReport]) -> list[str]:
+    return [error for report in reports for error in report.errors]
+
+
+def _hold_queued(driver: Driver, gate_file: Path) -> str:
+    """A gate run holding the only slot, and a chain run QUEUED behind it: its name."""
+    gate = driver.create(GATE_PIPELINE, {"path": str(gate_file)})
+    driver.wait_step_running(gate.name)
+    run = driver.create(CHAIN_PIPELINE, {"start": 0})
+    if driver.get(run.name).state != run_pb2.RUN_STATE_QUEUED:
+        raise RuntimeError(f"{run.name} is not QUEUED behind the gate run")
+    return run.name
+
+
+def _settled_rss(pid: int) -> int:
+    """The process's RSS once it has stopped moving (freed memory is returned lazily)."""
+    last, still_since = rss_bytes(pid), time.monotonic()
+    deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = rss_bytes(pid)
+        if abs(now - last) > 64 * KIB:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= SETTLE_SECONDS:
+            break
+    return last
+
+
+def _run_alone_cpu(server: ServeProcess, driver: Driver, tmp: Path) -> float:
+    """Server CPU seconds of the same gate release and run with a single watcher."""
+    gate_file = tmp / f"gate-{uuid.uuid4().hex}"
+    name = _hold_queued(driver, gate_file)
+    clients = Clients(server.address, name, 1, 1)
+    try:
+        clients.start()
+        before = cpu_seconds(server.pid)
+        gate_file.touch()
+        clients.finish()
+        return cpu_seconds(server.pid) - before
+    finally:
+        clients.kill()
+
+
+def _measure_full(
+    watchers: int, processes: int, tmp: Path, home: Path, layout: Path
+) -> tuple[Fanout, Recording]:
+    with start_serve(home, layout) as server:
+        driver = Driver(server.address)
+        try:
+            gate_file = tmp / f"gate-{uuid.uuid4().hex}"
+            name = _hold_queued(driver, gate_file)
+            clients = Clients(server.address, name, watchers, processes)
             try:
-                async for message in stub.WatchRun(request):
-                    stamp = message.run.output_parameters.fields.get("stamp")
-                    if stamp is None:
-                        started += 1
-                        if started == watchers:
-                            first.set()
-                        continue
-                    delays.append(time.time() - stamp.number_value)
-            except grpc.aio.AioRpcError as error:
-                errors.append(f"{error.code().name}: {error.details()}")
-                started += 1
-                if started == watchers:
-                    first.set()
+                rss_before = _settled_rss(server.pid)
+                ready = clients.start()
+                rss_held = _settled_rss(server.pid)
+                cpu_before = cpu_seconds(server.pid)
+                released = time.time()
+                gate_file.touch()
+                done = clients.finish()
+                cpu = cpu_seconds(server.pid) - cpu_before
+            finally:
+                clients.kill()
+            alone = _run_alone_cpu(server, driver, tmp)
+        finally:
+            driver.close()
+    messages = next(report.messages for report in done if report.messages)
+    stamps = [_stamp(raw) for raw in messages]
+    gaps = [stamps[1] - released, *(b - a for a, b in itertools.pairwise(stamps[1:]))]
+    delays = [d for report in done for d in report.delays]
+    expected = watchers * (len(messages) - 1)
+    fanout = Fanout(
+        delays=delays,
+        expected=expected,
+        errors=_errors(ready) + _errors(done),
+        cpu_per_delivery=max(cpu - alone, 0.0) / max(len(delays), 1),
+        rss_per_watcher=(rss_held - rss_before) / watchers,
+    )
+    return fanout, Recording(messages, [max(gap, 0.0) for gap in gaps])
 
-        tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
-        await first.wait()
-        ready.release()
-        await asyncio.gather(*tasks)
-        results.put((delays, errors))
-        for channel in channels:
-            await channel.close()
 
-    asyncio.run(main())
-
-
-def _stamped(run: Run, i: int, last: bool) -> Run:
-    return replace(
-        run,
-        state=RunState.SUCCEEDED if last else RunState.RUNNING,
-        revision=run.revision + 1,
-        output_parameters={"stamp": time.time(), "i": i},
+def _measure_bare(watchers: int, processes: int, recording: Recording) -> Fanout:
+    server = BareServer(recording.messages, recording.gaps)
+    clients = Clients(server.address, "runs/bare", watchers, processes)
+    try:
+        rss_before = _settled_rss(server.pid)
+        ready = clients.start()
+        rss_held = _settled_rss(server.pid)
+        cpu_before = cpu_seconds(server.pid)
+        server.release.set()
+        done = clients.finish()
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        clients.kill()
+        server.stop()
+    delays = [d for report in done for d in report.delays]
+    return Fanout(
+        delays=delays,
+        expected=watchers * (len(recording.messages) - 1),
+        errors=_errors(ready) + _errors(done),
+        cpu_per_delivery=cpu / max(len(delays), 1),
+        rss_per_watcher=(rss_held - rss_before) / watchers,
     )
 
 
-class _BareFanout:
-    """A plain grpc.aio WatchRun: the current message, then every newer one; each change
-    wakes every stream through one asyncio.Event."""
+@dataclass(frozen=True)
+class Held:
+    per_stream: float
+    """RSS growth per held stream, bytes."""
+    given_back: float
+    """Share of that growth gone once the streams closed."""
+    errors: list[str]
 
-    def __init__(self, run: Run) -> None:
-        self._run = run
-        self._message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
-        self._changed = asyncio.Event()
-
-    async def watch(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        sent = 0
-        while True:
-            run, message, changed = self._run, self._message, self._changed
-            if run.revision > sent:
-                sent = run.revision
-                yield message
-                if run.state.terminal:
-                    return
-            else:
-                await changed.wait()
-
-    async def change(self, i: int, last: bool) -> None:
-        self._run = _stamped(self._run, i, last)
-        self._message = pipeline_service_pb2.WatchRunResponse(run=convert.run(self._run))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-
-async def _bare_server(
-    home: Path, run: Run
-) -> tuple[int, Callable[[int, bool], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    fanout = _BareFanout(run)
-    handler = grpc.unary_stream_rpc_method_handler(
-        fanout.watch,
-        request_deserializer=pipeline_service_pb2.WatchRunRequest.FromString,
-        response_serializer=pipeline_service_pb2.WatchRunResponse.SerializeToString,
-    )
-    # The full server's settings, so that only our code differs.
-    server = grpc.aio.server(options=_grpc_options(ServerConfig()))
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"WatchRun": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return port, fanout.change, lambda: server.stop(None)
-
-
-async def _full_server(
-    home: Path, run: Run
-) -> tuple[int, Callable[[int, bool], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    full = await start_full_server(home, runs=[run])
-
-    async def change(i: int, last: bool) -> None:
-        state = RunState.SUCCEEDED if last else RunState.RUNNING
-        await full.store.update_run(
-            run.id,
-            lambda r: replace(r, state=state, output_parameters={"stamp": time.time(), "i": i}),
+    def describe(self) -> str:
+        return (
+            f"{self.per_stream / KIB:.1f} KiB/stream, {self.given_back:.0%} given back on close"
+            + (f", errors: {self.errors[0]} (x{len(self.errors)})" if self.errors else "")
         )
 
-    return full.port, change, full.stop
 
-
-async def _measure(kind: str, scenario: Scenario, home: Path) -> Result:
-    run = replace(sample_run("fanout"), state=RunState.RUNNING, output_parameters={}, revision=1)
-    start = _bare_server if kind == "bare" else _full_server
-    port, change, stop = await start(home, run)
-    context = multiprocessing.get_context("spawn")
-    ready, results = context.Semaphore(0), context.Queue()
-    per_process = scenario.watchers // scenario.processes
-    children = [
-        context.Process(
-            target=_watch_in_child,
-            args=(f"127.0.0.1:{port}", run.name, per_process, ready, results),
-        )
-        for _ in range(scenario.processes)
-    ]
+def _hold(pid: int, address: str, run_name: str, streams: int, processes: int) -> Held:
+    clients = Clients(address, run_name, streams, processes)
     try:
-        gc.collect()
-        rss_before = rss_bytes()
-        for child in children:
-            child.start()
-        for _ in children:
-            while not await asyncio.to_thread(ready.acquire, True, 0.5):
-                if not all(child.is_alive() for child in children):
-                    raise RuntimeError("a watcher process died")
-        gc.collect()
-        rss_per_watcher = (rss_bytes() - rss_before) / scenario.watchers
-        cpu_before = time.process_time()
-        for i in range(scenario.changes):
-            await change(i, i == scenario.changes - 1)
-            await asyncio.sleep(scenario.spacing)
-        delays: list[float] = []
-        errors: list[str] = []
-        for _ in children:
-            got_delays, got_errors = await asyncio.to_thread(results.get, True, 300)
-            delays.extend(got_delays)
-            errors.extend(got_errors)
-        cpu = time.process_time() - cpu_before
-        for child in children:
-            await asyncio.to_thread(child.join, 30)
+        before = _settled_rss(pid)
+        ready = clients.start()
+        held = _settled_rss(pid)
+        done = clients.close()
+        after = _settled_rss(pid)
     finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-        await stop()
-    expected = per_process * scenario.processes * scenario.changes
-    return Result(delays, expected, errors, rss_per_watcher, cpu / max(len(delays), 1))
+        clients.kill()
+    growth = held - before
+    return Held(
+        per_stream=growth / streams,
+        given_back=(held - after) / growth if growth > 0 else 1.0,
+        errors=_errors(ready) + _errors(done),
+    )
 
 
-def _measure_in_child(kind: str, scenario: Scenario, home: Path, results: Any) -> None:
-    results.put(asyncio.run(_measure(kind, scenario, home)))
-
-
-def _measure_fresh(kind: str, scenario: Scenario, home: Path) -> Result:
-    """`_measure` in a new process: memory freed by an earlier measurement would otherwise
-    be reused and hide what the watchers take."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=_measure_in_child, args=(kind, scenario, home, results))
-    process.start()
+def _measure_held(
+    streams: int, processes: int, tmp: Path, home: Path, layout: Path
+) -> tuple[Held, Held]:
+    with start_serve(home, layout) as server:
+        driver = Driver(server.address)
+        try:
+            gate_file = tmp / f"gate-{uuid.uuid4().hex}"
+            name = _hold_queued(driver, gate_file)
+            full = _hold(server.pid, server.address, name, streams, processes)
+            gate_file.touch()
+        finally:
+            driver.close()
+    recording = Recording([_first_snapshot()], [])
+    bare_server = BareServer(recording.messages, recording.gaps)
     try:
-        return results.get(timeout=600)
+        bare = _hold(bare_server.pid, bare_server.address, "runs/bare", streams, processes)
     finally:
-        process.join(30)
-        if process.is_alive():
-            process.kill()
+        bare_server.stop()
+    return full, bare
 
 
-def _median(results: list[Result]) -> Result:
+def _first_snapshot() -> bytes:
+    """A QUEUED chain run's first WatchRun message, the size of the full server's."""
+    run = run_pb2.Run(name="runs/bare", pipeline=CHAIN_PIPELINE, state=run_pb2.RUN_STATE_QUEUED)
+    run.parameters.update({"start": 0})
+    run.create_time.GetCurrentTime()
+    run.update_time.GetCurrentTime()
+    return pipeline_service_pb2.WatchRunResponse(run=run).SerializeToString()
+
+
+def _warm_home(tmp: Path, layout: Path) -> Path:
+    """A home whose compiled pipelines are cached, copied into every server's new home."""
+    home = tmp / "warm"
+    with start_serve(home, layout):
+        pass
+    return home
+
+
+def _fresh_home(warm: Path, tmp: Path, label: str) -> Path:
+    home = tmp / label
+    shutil.copytree(warm / "cache", home / "cache")
+    return home
+
+
+def run(
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    held_streams: int = DEFAULT_HELD,
+    processes: int = CLIENT_PROCESSES,
+) -> list[Figure]:
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        layout = tmp / "layout"
+        warm = _warm_home(tmp, layout)
+        for watchers in sizes:
+            reps = repetitions_for(watchers)
+            full_results: list[Fanout] = []
+            bare_results: list[Fanout] = []
+            for rep in range(reps):
+                gc.collect()
+                home = _fresh_home(warm, tmp, f"fanout-{watchers}-{rep}")
+                full, recording = _measure_full(watchers, processes, tmp, home, layout)
+                full_results.append(full)
+                bare_results.append(_measure_bare(watchers, processes, recording))
+            figures.append(_fanout_figure(watchers, processes, full_results, bare_results))
+        if held_streams:
+            home = _fresh_home(warm, tmp, "held")
+            full_held, bare_held = _measure_held(held_streams, processes, tmp, home, layout)
+            figures.append(_held_figure(held_streams, processes, full_held, bare_held))
+    return figures
+
+
+def _median_by_p99(results: Sequence[Fanout]) -> Fanout:
     return sorted(results, key=lambda r: r.p99_ms)[len(results) // 2]
 
 
-def _describe(result: Result) -> str:
-    return (
-        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
-        f" {result.rss_per_watcher / 1024:.1f} KiB/watcher,"
-        f" server CPU {result.cpu_per_message * 1e6:.0f} us/message,"
-        f" delivered {len(result.delays)}/{result.expected}"
-        + (f", errors: {result.errors[0]} (x{len(result.errors)})" if result.errors else "")
+def _fanout_figure(
+    watchers: int, processes: int, full_results: list[Fanout], bare_results: list[Fanout]
+) -> Figure:
+    full, bare = _median_by_p99(full_results), _median_by_p99(bare_results)
+    ratio = full.p99_ms / bare.p99_ms
+    complete = all(r.complete for r in full_results)
+    cpu_ratio = full.cpu_per_delivery / bare.cpu_per_delivery if bare.cpu_per_delivery else math.nan
+    revisions = full.expected // watchers
+    return Figure(
+        name=f"WatchRun fan-out during a real run, {watchers:,} watchers",
+        value=full.p99_ms,
+        unit="ms p99 delay",
+        baseline=bare.p99_ms,
+        detail=f"{ratio:.2f} x bare p99 (spread {spread([r.p99_ms for r in full_results])}"
+        f" vs {spread([r.p99_ms for r in bare_results])} ms), server CPU/delivery"
+        f" {cpu_ratio:.2f} x bare; full server {full.describe()}; bare grpc.aio"
+        f" {bare.describe()} ({revisions} revisions of a {CHAIN_PIPELINE} run after its"
+        f" QUEUED snapshot, {processes} client processes, median of {len(full_results)})",
+        target=f"p99 <= {TARGET_P99_RATIO:g} x bare, every revision delivered",
+        met=complete and ratio <= TARGET_P99_RATIO,
+        spread=spread([r.p99_ms for r in full_results]),
     )
 
 
-def run() -> list[Figure]:
-    figures = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for scenario in SCENARIOS:
-            measured: dict[str, list[Result]] = {"bare": [], "full": []}
-            for rep in range(scenario.repetitions):
-                for kind in measured:
-                    home = Path(tmp) / f"{kind}-{scenario.watchers}-{rep}"
-                    measured[kind].append(_measure_fresh(kind, scenario, home))
-            bare, full = _median(measured["bare"]), _median(measured["full"])
-            complete = all(r.complete for r in measured["full"])
-            if scenario.watchers <= 1000:
-                target = f"p99 <= {TARGET_P99_MS:g} ms, every revision delivered"
-                met = complete and full.p99_ms <= TARGET_P99_MS
-            else:
-                target = "held without errors, every revision delivered"
-                met = complete
-            figures.append(
-                Figure(
-                    name=f"WatchRun fan-out, {scenario.watchers:,} watchers",
-                    value=full.p99_ms,
-                    unit="ms p99 delay",
-                    baseline=bare.p99_ms,
-                    detail=f"full server {_describe(full)}; bare grpc.aio {_describe(bare)}"
-                    f" ({scenario.changes} changes {scenario.spacing:g} s apart,"
-                    f" {scenario.processes} client process(es), median of"
-                    f" {scenario.repetitions})",
-                    target=target,
-                    met=met,
-                )
-            )
-    return figures
+def _held_figure(streams: int, processes: int, full: Held, bare: Held) -> Figure:
+    return Figure(
+        name=f"WatchRun, {streams:,} held streams",
+        value=full.per_stream / KIB,
+        unit="KiB/stream",
+        baseline=bare.per_stream / KIB,
+        detail=f"full server {full.describe()}; bare grpc.aio {bare.describe()}"
+        f" (server RSS growth once every stream holds its first snapshot, then after the"
+        f" {processes} client processes close them)",
+        target=f"<= {TARGET_KIB_PER_STREAM:g} KiB/stream, >= {TARGET_GIVEN_BACK:.0%} given back",
+        met=not full.errors
+        and full.per_stream / KIB <= TARGET_KIB_PER_STREAM
+        and full.given_back >= TARGET_GIVEN_BACK,
+    )
