@@ -227,7 +227,7 @@ def _run_rows(run: Run) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tu
         run.request_id or None,
         snapshot,
     )
-    labels = [(run.id, k, v) for k, v in run.labels.items()]
+    labels = [(run.id, k, v, run.create_time) for k, v in run.labels.items()]
     steps = [
         (run.id, step.name, position, int(step.state), codec.dumps(codec.step_to_dict(step)))
         for position, step in enumerate(run.steps)
@@ -247,7 +247,7 @@ async def fill_sqlite(path: Path, data: DataSet) -> None:
         for run in _rows(data, template, start, min(start + CHUNK, data.count)):
             row, run_labels, run_steps = _run_rows(run)
             runs.append((*row[:3], sortable_time(run.create_time), *row[4:]))
-            labels.extend(run_labels)
+            labels.extend((*label[:3], sortable_time(run.create_time)) for label in run_labels)
             steps.extend(run_steps)
             events.append((run.id, run.revision, row[6]))
         db.executemany(
@@ -255,7 +255,9 @@ async def fill_sqlite(path: Path, data: DataSet) -> None:
             " snapshot) VALUES (?, ?, ?, ?, ?, ?, ?)",
             runs,
         )
-        db.executemany("INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)", labels)
+        db.executemany(
+            "INSERT INTO run_labels (run_id, key, value, create_time) VALUES (?, ?, ?, ?)", labels
+        )
         db.executemany(
             "INSERT INTO steps (run_id, name, position, state, detail) VALUES (?, ?, ?, ?, ?)",
             steps,
@@ -290,7 +292,7 @@ async def fill_postgres(url: str, data: DataSet) -> None:
                         " snapshot) FROM STDIN",
                         runs,
                     ),
-                    ("COPY run_labels (run_id, key, value) FROM STDIN", labels),
+                    ("COPY run_labels (run_id, key, value, create_time) FROM STDIN", labels),
                     ("COPY steps (run_id, name, position, state, detail) FROM STDIN", steps),
                     (
                         "COPY run_events (run_id, revision, snapshot) FROM STDIN",
@@ -408,7 +410,7 @@ def _sqlite_tools(store: SqliteRunStore) -> tuple[Lookup, Planner]:
     statements: list[str] = []
 
     def trace(statement: str) -> None:
-        if statement.lstrip().upper().startswith("SELECT SNAPSHOT FROM RUNS"):
+        if statement.lstrip().upper().startswith("SELECT SNAPSHOT FROM"):
             statements.append(statement)
 
     db.set_trace_callback(trace)

@@ -16,7 +16,8 @@ from psycopg.types.json import Jsonb
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import Unavailable
-from skit_pipelines.store import codec
+from skit_pipelines.store import RunQuery, codec
+from skit_pipelines.store.base import sortable_time
 from skit_pipelines.store.postgres import MIGRATIONS, PostgresRunStore, RetryPolicy
 from skit_testing.waiting import until
 
@@ -306,3 +307,42 @@ async def test_an_exclusive_task_runs_on_one_replica_at_a_time(postgres_dsn: str
     finally:
         await first.close()
         await second.close()
+
+
+async def test_runs_stored_before_version_3_list_by_label_and_state_in_time_order(
+    postgres_dsn: str,
+) -> None:
+    older = [make_run(f"run-{i}", create_time=T0 + timedelta(minutes=i)) for i in range(3)]
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        for script in MIGRATIONS[:2]:
+            conn.execute(script.encode())
+        conn.execute("CREATE TABLE skit_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO skit_schema (version) VALUES (2)")
+        for run in older:
+            conn.execute(
+                "INSERT INTO runs (id, pipeline, state, create_time, revision, snapshot)"
+                " VALUES (%s, %s, %s, %s, 1, %s)",
+                (
+                    run.id,
+                    run.pipeline,
+                    int(run.state),
+                    run.create_time,
+                    Jsonb(codec.run_to_dict(run)),
+                ),
+            )
+            conn.execute("INSERT INTO run_labels VALUES (%s, 'team', 'slu')", (run.id,))
+    store = await PostgresRunStore.open(postgres_dsn)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        await store.create_run(make_run("run-3", create_time=T0 + timedelta(hours=1)))
+        by_label = await store.list_runs(RunQuery(labels={"team": "slu"}, page_size=2))
+        assert [r.id for r in by_label.runs] == ["run-3", "run-2"] and by_label.more
+        last = by_label.runs[-1]
+        rest = await store.list_runs(
+            RunQuery(labels={"team": "slu"}, after=(sortable_time(last.create_time), last.id))
+        )
+        assert [r.id for r in rest.runs] == ["run-1", "run-0"]
+        by_state = await store.list_runs(RunQuery(states=frozenset({RunState.QUEUED})))
+        assert [r.id for r in by_state.runs] == ["run-3", "run-2", "run-1", "run-0"]
+    finally:
+        await store.close()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from skit_pipelines.domain import Run, RunState
-from skit_pipelines.store import SqliteRunStore, codec
+from skit_pipelines.store import RunQuery, SqliteRunStore, codec
+from skit_pipelines.store.base import sortable_time
 from skit_pipelines.store.sqlite import MIGRATIONS
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -82,3 +83,51 @@ async def test_request_ids_stored_before_version_2_belong_to_their_runs_creator(
     other = await store.create_run(replace(make_run("run-c"), request_id="req-1", creator="bob"))
     assert other.created
     await store.close()
+
+
+async def test_runs_stored_before_version_3_list_by_label_and_state_in_time_order(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "runs.db")
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version=2")
+    older = [
+        replace(make_run(f"run-{i}"), create_time=T0 + timedelta(minutes=i), labels={"team": "slu"})
+        for i in range(3)
+    ]
+    for run in older:
+        db.execute(
+            "INSERT INTO runs (id, pipeline, state, create_time, revision, request_id, snapshot)"
+            " VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            (
+                run.id,
+                run.pipeline,
+                int(run.state),
+                sortable_time(run.create_time),
+                1,
+                json.dumps(codec.run_to_dict(run)),
+            ),
+        )
+        db.execute("INSERT INTO run_labels VALUES (?, 'team', 'slu')", (run.id,))
+    db.commit()
+    db.close()
+    store = SqliteRunStore(tmp_path / "runs.db")
+    try:
+        newer = replace(
+            make_run("run-3"), create_time=T0 + timedelta(hours=1), labels=older[0].labels
+        )
+        await store.create_run(newer)
+        by_label = await store.list_runs(RunQuery(labels={"team": "slu"}, page_size=2))
+        assert [r.id for r in by_label.runs] == ["run-3", "run-2"] and by_label.more
+        last = by_label.runs[-1]
+        rest = await store.list_runs(
+            RunQuery(labels={"team": "slu"}, after=(sortable_time(last.create_time), last.id))
+        )
+        assert [r.id for r in rest.runs] == ["run-1", "run-0"]
+        by_state = await store.list_runs(RunQuery(states=frozenset({RunState.QUEUED})))
+        assert [r.id for r in by_state.runs] == ["run-3", "run-2", "run-1", "run-0"]
+    finally:
+        await store.close()
+    version = sqlite3.connect(tmp_path / "runs.db").execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(MIGRATIONS)

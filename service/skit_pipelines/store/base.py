@@ -7,7 +7,7 @@ import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -221,7 +221,7 @@ class RunStore(ABC):
         """Releases connections."""
         return None
 
-    async def watch(self, run_id: str, after_revision: int = 0) -> AsyncIterator[Run]:
+    async def watch(self, run_id: str, after_revision: int = 0) -> AsyncGenerator[Run, None]:
         """The WatchRun contract: the current snapshot first (or every revision after
         `after_revision`, or the current snapshot when that is too old to replay), then
         each later revision exactly once, ending after a terminal state."""

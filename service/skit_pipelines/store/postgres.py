@@ -49,7 +49,7 @@ from tenacity import (
 )
 
 from skit_pipelines.domain import Run, RunState
-from skit_pipelines.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
 from skit_pipelines.store import codec
 from skit_pipelines.store.base import (
     CreateOutcome,
@@ -61,6 +61,7 @@ from skit_pipelines.store.base import (
     RunStore,
 )
 from skit_pipelines.store.leases import RunLeases
+from skit_pipelines.store.listing import Dialect, list_runs_statement
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,20 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE requests DROP CONSTRAINT requests_pkey;
     ALTER TABLE requests ADD PRIMARY KEY (principal, request_id);
     """,
+    # 3: ListRuns reads one index range per page (see store/listing.py): runs_by_state in
+    # time order, and run_labels carries its run's create_time for run_labels_by_value.
+    """
+    ALTER TABLE run_labels ADD COLUMN create_time timestamptz;
+    UPDATE run_labels l SET create_time = r.create_time FROM runs r WHERE r.id = l.run_id;
+    ALTER TABLE run_labels ALTER COLUMN create_time SET NOT NULL;
+    DROP INDEX run_labels_by_value;
+    CREATE INDEX run_labels_by_value ON run_labels (key, value, create_time DESC, run_id DESC);
+    DROP INDEX runs_by_state;
+    CREATE INDEX runs_by_state ON runs (state, create_time DESC, id DESC);
+    """,
 )
+
+_DIALECT = Dialect(placeholder="%s", time_value=lambda time: time, label_join="JOIN")
 
 # Dead peers are noticed by TCP keepalive instead of hanging the listener forever.
 _CONNECTION_KWARGS: dict[str, Any] = {
@@ -482,8 +496,9 @@ class PostgresRunStore(RunStore):
                     raise _already_exists(run.id) from exc
                 async with conn.cursor() as cursor:
                     await cursor.executemany(
-                        "INSERT INTO run_labels (run_id, key, value) VALUES (%s, %s, %s)",
-                        [(run.id, k, v) for k, v in run.labels.items()],
+                        "INSERT INTO run_labels (run_id, key, value, create_time)"
+                        " VALUES (%s, %s, %s, %s)",
+                        [(run.id, k, v, run.create_time) for k, v in run.labels.items()],
                     )
                 await _write_steps(conn, run, previous=None)
                 await conn.execute(
@@ -574,35 +589,10 @@ class PostgresRunStore(RunStore):
                         await conn.close()
 
     async def list_runs(self, query: RunQuery) -> RunPage:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if query.pipeline:
-            clauses.append("pipeline = %s")
-            args.append(query.pipeline)
-        if query.states:
-            clauses.append("state = ANY(%s)")
-            args.append(sorted(int(s) for s in query.states))
-        for key, value in sorted(query.labels.items()):
-            clauses.append(
-                "EXISTS (SELECT 1 FROM run_labels l"
-                " WHERE l.run_id = runs.id AND l.key = %s AND l.value = %s)"
-            )
-            args.extend((key, value))
-        if query.created_after is not None:
-            clauses.append("create_time >= %s")
-            args.append(query.created_after)
-        if query.created_before is not None:
-            clauses.append("create_time < %s")
-            args.append(query.created_before)
-        if query.after is not None:
-            after_time = _parse_position(query.after[0])
-            clauses.append("(create_time < %s OR (create_time = %s AND id < %s))")
-            args.extend((after_time, after_time, query.after[1]))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        statement = f"SELECT snapshot FROM runs {where} ORDER BY create_time DESC, id DESC LIMIT %s"
+        statement = list_runs_statement(query, _DIALECT)
 
         async def read(conn: AsyncConnection[Any]) -> list[Any]:
-            cursor = await conn.execute(statement.encode(), (*args, query.page_size + 1))
+            cursor = await conn.execute(statement.text.encode(), statement.args)
             return await cursor.fetchall()
 
         rows = await self._run(read, what="list_runs")
@@ -848,13 +838,6 @@ def _already_exists(run_id: str) -> AlreadyExists:
         resource_name=f"runs/{run_id}",
         reason="RUN_ALREADY_EXISTS",
     )
-
-
-def _parse_position(value: str) -> datetime:
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidArgument("page_token is malformed", field="page_token") from exc
 
 
 async def _announce(conn: AsyncConnection[Any], run: Run, writer: str) -> None:

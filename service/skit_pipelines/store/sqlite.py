@@ -30,6 +30,7 @@ from skit_pipelines.store.base import (
     sortable_time,
 )
 from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
+from skit_pipelines.store.listing import Dialect, list_runs_statement
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,28 @@ MIGRATIONS: Sequence[str] = (
     DROP TABLE requests;
     ALTER TABLE principal_requests RENAME TO requests;
     """,
+    # 3: ListRuns reads one index range per page (see store/listing.py): runs_by_state in
+    # time order, and run_labels carries its run's create_time for run_labels_by_value.
+    """
+    CREATE TABLE labels_with_time (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        create_time TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    INSERT INTO labels_with_time (run_id, key, value, create_time)
+        SELECT l.run_id, l.key, l.value, r.create_time
+        FROM run_labels l JOIN runs r ON r.id = l.run_id;
+    DROP TABLE run_labels;
+    ALTER TABLE labels_with_time RENAME TO run_labels;
+    CREATE INDEX run_labels_by_value ON run_labels (key, value, create_time DESC, run_id DESC);
+    DROP INDEX runs_by_state;
+    CREATE INDEX runs_by_state ON runs (state, create_time DESC, id DESC);
+    """,
 )
+
+_DIALECT = Dialect(placeholder="?", time_value=sortable_time, label_join="CROSS JOIN")
 
 
 def _now() -> datetime:
@@ -168,6 +190,7 @@ class SqliteRunStore(RunStore):
                     reason="RUN_ALREADY_EXISTS",
                 )
             snapshot = codec.dumps(codec.run_to_dict(run))
+            create_time = sortable_time(run.create_time)
             self._db.execute(
                 "INSERT INTO runs"
                 " (id, pipeline, state, create_time, revision, request_id, snapshot)"
@@ -176,15 +199,15 @@ class SqliteRunStore(RunStore):
                     run.id,
                     run.pipeline,
                     int(run.state),
-                    sortable_time(run.create_time),
+                    create_time,
                     run.revision,
                     run.request_id or None,
                     snapshot,
                 ),
             )
             self._db.executemany(
-                "INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)",
-                [(run.id, k, v) for k, v in run.labels.items()],
+                "INSERT INTO run_labels (run_id, key, value, create_time) VALUES (?, ?, ?, ?)",
+                [(run.id, k, v, create_time) for k, v in run.labels.items()],
             )
             self._write_steps(run, previous=None)
             self._db.execute(
@@ -273,34 +296,8 @@ class SqliteRunStore(RunStore):
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
 
     async def list_runs(self, query: RunQuery) -> RunPage:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if query.pipeline:
-            clauses.append("pipeline = ?")
-            args.append(query.pipeline)
-        if query.states:
-            clauses.append(f"state IN ({','.join('?' * len(query.states))})")
-            args.extend(sorted(int(s) for s in query.states))
-        for key, value in sorted(query.labels.items()):
-            clauses.append(
-                "EXISTS (SELECT 1 FROM run_labels l"
-                " WHERE l.run_id = runs.id AND l.key = ? AND l.value = ?)"
-            )
-            args.extend((key, value))
-        if query.created_after is not None:
-            clauses.append("create_time >= ?")
-            args.append(sortable_time(query.created_after))
-        if query.created_before is not None:
-            clauses.append("create_time < ?")
-            args.append(sortable_time(query.created_before))
-        if query.after is not None:
-            clauses.append("(create_time < ? OR (create_time = ? AND id < ?))")
-            args.extend((query.after[0], query.after[0], query.after[1]))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(
-            f"SELECT snapshot FROM runs {where} ORDER BY create_time DESC, id DESC LIMIT ?",
-            (*args, query.page_size + 1),
-        ).fetchall()
+        statement = list_runs_statement(query, _DIALECT)
+        rows = self._db.execute(statement.text, statement.args).fetchall()
         runs = [codec.run_from_dict(json.loads(r[0])) for r in rows[: query.page_size]]
         return RunPage(runs=runs, more=len(rows) > query.page_size)
 
