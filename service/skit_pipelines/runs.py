@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -478,12 +478,25 @@ class RunController:
     async def watch_run(
         self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
     ) -> AsyncIterator[Run]:
+        async with self.watching(name, after_revision, principal=principal) as runs:
+            async for run in runs:
+                yield run
+
+    @contextlib.asynccontextmanager
+    async def watching(
+        self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[AsyncGenerator[Run, None]]:
+        """watch_run's revisions as the store's own iterator, for a caller that iterates
+        them itself: every watcher of a revision passes one generator less."""
         run_id = names.parse_name(name, "runs")
         if after_revision < 0:
             raise InvalidArgument("after_revision must not be negative", field="after_revision")
         async with self._stream_slot(principal):
-            async for run in self._store.watch(run_id, after_revision):
-                yield run
+            runs = self._store.watch(run_id, after_revision)
+            try:
+                yield runs
+            finally:
+                await runs.aclose()
 
     async def read_step_logs(
         self,

@@ -209,6 +209,16 @@ def _reject_refused(request: Any) -> None:
         raise request.error
 
 
+def _serialized(message: bytes) -> bytes:
+    """WatchRun's response serializer: its handler yields each revision's bytes, encoded
+    once for every stream (see PipelineServicer._converted)."""
+    return message
+
+
+_PRESERIALIZED = frozenset({"WatchRun"})
+"""Methods whose handlers yield already-serialized responses."""
+
+
 def add_to_server(
     servicer: PipelineServicer,
     server: grpc.aio.Server,
@@ -224,7 +234,11 @@ def add_to_server(
         parse = _lenient_parser(
             message_factory.GetMessageClass(method.input_type), max_request_bytes
         )
-        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        serialize: Callable[[Any], bytes] = (
+            _serialized
+            if method.name in _PRESERIALIZED
+            else message_factory.GetMessageClass(method.output_type).SerializeToString
+        )
         make = (
             grpc.unary_stream_rpc_method_handler
             if method.server_streaming
@@ -273,27 +287,35 @@ def _streaming(
     return wrapper
 
 
+@dataclass(frozen=True)
+class _Converted:
+    """One revision as a WatchRunResponse, and its bytes as every watcher is sent them."""
+
+    message: pipeline_service_pb2.WatchRunResponse
+    data: bytes
+
+
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     def __init__(
         self, controller: RunController, *, max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         self._controller = controller
         self._max_message_bytes = max_message_bytes
-        # Every watcher of a run is sent the same revisions: convert each one once. The
-        # creation time is in the key: a deleted run's id may be used again.
-        self._converted: OrderedDict[
-            tuple[str, int, datetime], pipeline_service_pb2.WatchRunResponse
-        ] = OrderedDict()
+        # Every watcher of a run is sent the same revisions: convert and serialize each
+        # one once, not once per stream. The creation time is in the key: a deleted run's
+        # id may be used again.
+        self._converted: OrderedDict[tuple[str, int, datetime], _Converted] = OrderedDict()
 
-    def _watch_message(self, run: Run) -> pipeline_service_pb2.WatchRunResponse:
+    def _convert(self, run: Run) -> _Converted:
         key = (run.id, run.revision, run.create_time)
-        message = self._converted.get(key)
-        if message is None:
+        converted = self._converted.get(key)
+        if converted is None:
             message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
-            self._converted[key] = message
+            converted = _Converted(message, message.SerializeToString())
+            self._converted[key] = converted
             if len(self._converted) > _CONVERTED_REVISIONS:
                 self._converted.popitem(last=False)
-        return message
+        return converted
 
     @_unary
     async def ListPipelines(
@@ -334,7 +356,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     ) -> run_pb2.Run:
         # Converted once per revision, like the watchers' messages: a run is mostly polled
         # while nothing changes, and conversion is most of the cost of a call.
-        return self._watch_message(await self._controller.get_run(request.name)).run
+        return self._convert(await self._controller.get_run(request.name)).message.run
 
     @_unary
     async def ListRuns(
@@ -379,15 +401,24 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         run = await self._controller.cancel_run(request.name, principal=current_principal())
         return convert.run(run)
 
-    @_streaming
     async def WatchRun(
         self, request: pipeline_service_pb2.WatchRunRequest, context: ServicerContext
-    ) -> AsyncIterator[pipeline_service_pb2.WatchRunResponse]:
-        runs = self._controller.watch_run(
-            request.name, request.after_revision, principal=current_principal()
-        )
-        async for run in runs:
-            yield self._watch_message(run)
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized WatchRunResponses (registered with a pass-through serializer).
+
+        The error mapping of `_streaming` is inlined, and the store's iterator read here
+        directly: one generator between a revision and each of its streams.
+        """
+        try:
+            _reject_refused(request)
+            watching = self._controller.watching(
+                request.name, request.after_revision, principal=current_principal()
+            )
+            async with watching as runs:
+                async for run in runs:
+                    yield self._convert(run).data
+        except Exception as exc:
+            await abort_with_status(context, rpc_status.to_status(error_status(exc)))
 
     @_unary
     async def RetryRun(

@@ -4,8 +4,11 @@
 # as real types, and string annotations break its type checks.
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +24,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.domain import Artifact, Step, StepState
 from skit_pipelines.errors import InvalidArgument
-from skit_pipelines.executor import ExecutorConfig, LocalExecutor, PipelineFailed
+from skit_pipelines.executor import ExecutorConfig, LocalExecutor, PipelineFailed, _process
 from skit_pipelines.executor._logs import AttemptLog
 from skit_pipelines.executor._process import StepProcess
 from skit_pipelines.executor._retry import RetryPolicy
@@ -707,3 +710,36 @@ async def test_a_cancel_while_a_step_starts_leaves_nothing_running(
         await starting
     log.close()
     assert _processes_with(marker) == []
+
+
+async def test_a_step_process_is_spawned_and_reaped_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fork and exec take milliseconds the event loop owes to WatchRun deliveries.
+    loop_thread = threading.current_thread()
+    spawned_in: list[threading.Thread] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> Any:
+        spawned_in.append(threading.current_thread())
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(_process.subprocess, "Popen", recording_popen)
+    log = AttemptLog(tmp_path / "attempt-1.log")
+    process = await StepProcess.start(
+        ["sh", "-c", "echo out; echo err >&2; exit 3"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        log=log,
+        grace_seconds=0.5,
+    )
+    assert await asyncio.wait_for(process.wait(), 10) == 3
+    log.close()
+    assert len(spawned_in) == 1 and spawned_in[0] is not loop_thread
+    assert process.last_error_line == "err"
+    lines = [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()]
+    # Two pipes: their lines may reach the log in either order.
+    assert sorted((line["stream"], line["line"]) for line in lines) == [
+        ("stderr", "err"),
+        ("stdout", "out"),
+    ]

@@ -1,7 +1,7 @@
 """Load: many watchers plus a steady stream of creates, for a bounded time. Every watcher
-sees every revision in order, no call fails, and memory stays bounded: a second round of
-the same load may not grow the process by more than a small fraction of the first (a leak
-per watcher, revision or run grows both rounds alike)."""
+sees every revision in order, no call fails, and memory stays bounded: once warmed up,
+rounds of the same load grow the process by a few MiB at most (a leak per watcher,
+revision or run would grow every round alike)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ pytestmark = pytest.mark.xdist_group("load")
 WATCHERS = 300
 SECONDS = 4.0
 CREATES_PER_SECOND = 40
-ROUNDS = 2
+ROUNDS = 3
 STEADY_GROWTH_LIMIT_MIB = 8.0
-"""RSS growth allowed in the second round, once caches and the allocator have warmed up.
-Measured here: about 21 MiB in the first round, under 3 MiB in the second."""
+"""RSS growth allowed in a round after the first, once caches and the allocator have warmed
+up. Measured here: about 21 MiB in the first round, under 3 MiB in later ones; a leak per
+watcher, revision or run grows every round alike, so the smallest later round must stay
+under the limit (one noisy round, e.g. the allocator taking a new arena, does not fail)."""
 
 
 def create_request() -> pb.CreateRunRequest:
@@ -47,7 +49,7 @@ async def test_watchers_and_creates_under_load(service) -> None:
         await load_round(service)
         growth.append(rss_mib(process) - before)
     print(f"load: RSS growth per round {', '.join(f'{g:.1f}' for g in growth)} MiB")
-    assert growth[-1] <= STEADY_GROWTH_LIMIT_MIB, growth
+    assert min(growth[1:]) <= STEADY_GROWTH_LIMIT_MIB, growth
 
 
 async def load_round(service) -> None:

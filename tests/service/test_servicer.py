@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 
 from skit.pipelines.v1 import pipeline_pb2, run_pb2
 from skit.pipelines.v1 import pipeline_service_pb2 as pb
+from skit_pipelines import servicer as servicer_module
 from skit_pipelines.domain import ErrorInfo, LogLine, Step, StepState
 from skit_pipelines.server import SERVICE_NAME
 
@@ -274,6 +275,29 @@ async def test_watch_resume_after_revision_gets_each_later_revision_once(service
         async for m in service.stub.WatchRun(pb.WatchRunRequest(name=run.name, after_revision=2))
     ]
     assert revisions == [3, 4, 5]
+
+
+async def test_watchers_of_a_revision_share_one_conversion(service, monkeypatch) -> None:
+    run = await service.stub.CreateRun(create_request())
+    run_id = run.name.removeprefix("runs/")
+    converted: list[int] = []
+    real_run = servicer_module.convert.run
+
+    def counting(run):
+        converted.append(run.revision)
+        return real_run(run)
+
+    monkeypatch.setattr(servicer_module.convert, "run", counting)
+    streams = [service.stub.WatchRun(pb.WatchRunRequest(name=run.name)) for _ in range(3)]
+    assert [(await next_message(s)).revision for s in streams] == [1, 1, 1]
+    await service.backend.sinks[run_id].run_started(run_id)
+    seen = [await next_message(s) for s in streams]
+    assert [m.revision for m in seen] == [2, 2, 2]
+    assert seen[0].state == run_pb2.RUN_STATE_RUNNING and seen[0] == seen[1] == seen[2]
+    # Converted, and serialized, once per revision for all its streams.
+    assert converted == [1, 2]
+    for stream in streams:
+        stream.cancel()
 
 
 async def test_watch_unknown_run_is_not_found(service) -> None:

@@ -108,7 +108,9 @@ class LocalExecutor:
                 their steps reported CANCELLED.
         """
         try:
-            ir = PipelineIR.parse(spec)
+            # Milliseconds for a large pipeline: off the loop, which is delivering the
+            # RUNNING revision.
+            ir = await asyncio.to_thread(PipelineIR.parse, spec)
         except IRError as exc:
             raise PipelineFailed(
                 ErrorInfo(code=Code.INVALID_ARGUMENT, message=str(exc), reason=INVALID_PIPELINE)

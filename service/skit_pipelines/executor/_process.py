@@ -9,8 +9,10 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from skit_pipelines.executor._logs import AttemptLog
 
@@ -42,6 +44,50 @@ class _PipeToLog(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+class _Child:
+    """A started step process. Spawned in a worker thread, because fork and exec block the
+    caller for milliseconds (more on a loaded machine), and the event loop must keep
+    delivering revisions meanwhile; reaped by a thread of its own, as asyncio's default
+    ThreadedChildWatcher would do for a process asyncio spawned."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int]) -> None:
+        self._popen = popen
+        self._exited = exited
+
+    @classmethod
+    def spawn(cls, loop: asyncio.AbstractEventLoop, argv: list[str], **options: Any) -> _Child:
+        """Blocking: call it in a worker thread (starting the reaper blocks too)."""
+        popen = subprocess.Popen(argv, **options)
+        exited: asyncio.Future[int] = loop.create_future()
+
+        def reap() -> None:
+            returncode = popen.wait()
+            # The loop closes only after the executor stopped its processes; should it be
+            # gone anyway, nobody is waiting for this exit code.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_exited, exited, returncode)
+
+        threading.Thread(target=reap, name=f"step-process-{popen.pid}", daemon=True).start()
+        return cls(popen, exited)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        # Shielded: a waiter cancelled (wait_for's timeout) leaves the exit code for others.
+        return await asyncio.shield(self._exited)
+
+
+def _set_exited(exited: asyncio.Future[int], returncode: int) -> None:
+    if not exited.done():
+        exited.set_result(returncode)
+
+
 class StepProcess:
     """A running step command. `wait` turns cancellation into SIGTERM, then SIGKILL.
 
@@ -50,7 +96,7 @@ class StepProcess:
 
     def __init__(
         self,
-        process: asyncio.subprocess.Process,
+        process: _Child,
         grace_seconds: float,
         log: AttemptLog,
         pipes: list[tuple[asyncio.BaseTransport, _PipeToLog]],
@@ -113,8 +159,10 @@ class StepProcess:
         err_read, err_write = os.pipe()
         readers = [os.fdopen(out_read, "rb", buffering=0), os.fdopen(err_read, "rb", buffering=0)]
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
+            process = await asyncio.to_thread(
+                _Child.spawn,
+                loop,
+                list(argv),
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,

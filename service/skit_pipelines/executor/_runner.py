@@ -123,7 +123,11 @@ class StepRunner:
         """Runs the step (or restores it from the cache) and reports it to the end."""
         step = run.step_of(work_item.name, work_item.task)
         try:
-            folder = resolve_image(str(work_item.container.image), self._config.images_root)
+            # Reads component.yaml (the first time) and stats the folder: off the loop,
+            # which may be delivering the revision reported just before.
+            folder = await asyncio.to_thread(
+                resolve_image, str(work_item.container.image), self._config.images_root
+            )
             parameters = with_defaults(
                 work_item.component, work_item.inputs.parameters, required=True
             )
@@ -291,7 +295,7 @@ class StepRunner:
             argv[0] = self._config.python
         log_path = step_log_path(self._config.resolved_logs_root, run.id, step.name, attempt)
         try:
-            log = AttemptLog(log_path)
+            log = await asyncio.to_thread(AttemptLog, log_path)
         except OSError as exc:
             return _Attempt(step, AttemptFailed(step_error(f"cannot create its log file: {exc}")))
         trace = run.trace_context(step.name) if run.trace_context is not None else {}
