@@ -11,16 +11,43 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from skit_demo.bootstrap import ensure_demo_data
-from skit_demo.generator import (
-    DEFAULT_CALLS,
-    DEFAULT_DAYS,
-    DEMO_END,
-    DemoDataExists,
-    DemoSummary,
-    generate,
-    write_annotations,
+
+if TYPE_CHECKING:
+    from skit_demo.generator import (
+        DEFAULT_CALLS,
+        DEFAULT_DAYS,
+        DEMO_END,
+        DemoDataExists,
+        DemoSummary,
+        generate,
+        write_annotations,
+    )
+
+_FROM_GENERATOR = frozenset(
+    {
+        "DEFAULT_CALLS",
+        "DEFAULT_DAYS",
+        "DEMO_END",
+        "DemoDataExists",
+        "DemoSummary",
+        "generate",
+        "write_annotations",
+    }
 )
+
+
+def __getattr__(name: str) -> Any:
+    # The generator is imported on first use: a service starting on a home that has its
+    # demo data already needs only ensure_demo_data, and the generator is slow to import.
+    if name in _FROM_GENERATOR:
+        from skit_demo import generator
+
+        return getattr(generator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_CALLS",

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from skit_components.db import connect, sqlite_url
 from skit_components.migrations import ANNOTATIONS, CALLS, METRICS, migrate
-from skit_demo.generator import generate, write_annotations
-from skit_demo.slu_model import ensure_demo_models
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +18,9 @@ CALLS_DB = "calls.db"
 METRICS_DB = "metrics.db"
 ANNOTATIONS_DB = "annotations.db"
 _TEMP = re.compile(r"^(?P<name>.+\.db)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+# slu_model's registry directory and the prefix of the temporary one it builds first.
+_MODELS_DIR = "models"
+_MODELS_TEMPORARY = f".{_MODELS_DIR}.tmp-"
 
 
 def ensure_demo_data(demo_root: Path) -> dict[str, str]:
@@ -39,6 +40,9 @@ def ensure_demo_data(demo_root: Path) -> dict[str, str]:
     calls_path, metrics_path = demo_root / CALLS_DB, demo_root / METRICS_DB
     missing = [p for p in (calls_path, metrics_path) if not p.exists()]
     if missing:
+        # Imported only here: a warm home has its databases, and the generator is slow to import.
+        from skit_demo.generator import generate
+
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         temporaries = {p: p.with_name(f"{p.name}.tmp-{token}") for p in (calls_path, metrics_path)}
         try:
@@ -71,13 +75,29 @@ def ensure_demo_data(demo_root: Path) -> dict[str, str]:
         "METRICS_DB_URL": sqlite_url(metrics_path),
         "ANNOTATIONS_DB_URL": sqlite_url(annotations_path),
         # The registry with the production SLU model (retrain-slu, evaluate-slu).
-        "MODEL_REGISTRY_URL": ensure_demo_models(demo_root),
+        "MODEL_REGISTRY_URL": _model_registry(demo_root),
     }
+
+
+def _model_registry(demo_root: Path) -> str:
+    """slu_model.ensure_demo_models, imported only when it has work to do: on a warm home
+    the registry is there and no start left a temporary one behind, and the module (which
+    imports the generator) takes longer to import than the rest of the check."""
+    registry = demo_root / _MODELS_DIR
+    if registry.is_dir() and not any(
+        path.name.startswith(_MODELS_TEMPORARY) for path in demo_root.iterdir()
+    ):
+        return registry.as_uri()
+    from skit_demo.slu_model import ensure_demo_models
+
+    return ensure_demo_models(demo_root)
 
 
 def _create_annotations(calls_path: Path, annotations_path: Path) -> None:
     """The annotation store, made from the calls database in place (which may predate it),
     so that its tasks always name calls the steps can find; linked in as the others are."""
+    from skit_demo.generator import write_annotations
+
     temporary = annotations_path.with_name(
         f"{annotations_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     )

@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from skit_pipelines.domain import ParameterType, Pipeline, PipelineParameter
 from skit_pipelines.errors import FieldViolation, InvalidArgument, NotFound
 from skit_pipelines.images import components_from
@@ -83,7 +81,9 @@ def pipeline_from_spec(spec: Mapping[str, Any]) -> Pipeline:
 
 def compile_module(path: Path) -> dict[str, Any]:
     """Imports a pipeline module by path and compiles its `pipeline` function to IR."""
-    from kfp import compiler  # kfp is slow to import; only the catalog needs it.
+    # Slow to import, and a start with the compiled IR cached needs neither.
+    import yaml
+    from kfp import compiler
 
     module_spec = importlib.util.spec_from_file_location(f"skit_pipeline_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
@@ -103,9 +103,7 @@ def compile_module(path: Path) -> dict[str, Any]:
 def _sources_hash(pipelines_root: Path, images_root: Path) -> str:
     """What compiling depends on: the files below the pipelines directory, the component
     specs of the images directory (where pipeline modules load them from), kfp's version."""
-    from importlib.metadata import version
-
-    digest = hashlib.sha256(f"kfp {version('kfp')}\n".encode())
+    digest = hashlib.sha256(b"kfp " + _kfp_version_source() + b"\n")
     for label, root, files in (
         ("pipelines", pipelines_root, pipelines_root.rglob("*")),
         ("images", images_root, images_root.glob("*/component.yaml")),
@@ -114,6 +112,15 @@ def _sources_hash(pipelines_root: Path, images_root: Path) -> str:
             digest.update(f"{label}/{path.relative_to(root)}\n".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:32]
+
+
+def _kfp_version_source() -> bytes:
+    """kfp's version module, found without importing kfp or importlib.metadata: either
+    takes longer than the rest of a start that reads the cache."""
+    spec = importlib.util.find_spec("kfp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("kfp is not installed", name="kfp")
+    return (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_bytes()
 
 
 def _read_cache(path: Path) -> list[dict[str, Any]] | None:

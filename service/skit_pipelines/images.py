@@ -16,8 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from skit_pipelines.errors import InvalidArgument, NotFound
 
 IMAGE_REPOSITORY_PREFIX = "skit-pipelines/"
@@ -83,6 +81,8 @@ def folder_name_for_image(image: str) -> str:
 
 @cache
 def _load_folder(path: Path) -> ImageFolder:
+    import yaml  # slow to import, and a warm start of the service reads no component
+
     spec = yaml.safe_load((path / "component.yaml").read_text())
     annotations = (spec.get("metadata") or {}).get("annotations") or {}
     declared = tuple(re.split(r"[\s,]+", annotations.get(ENV_ANNOTATION, "").strip()))

@@ -22,9 +22,9 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 
 from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines import jsonlog, reflection
-from skit_pipelines.artifacts import ArtifactStore, LocalArtifactStore
 from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
+from skit_pipelines.backends.deferred import DeferredBackend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
@@ -36,6 +36,7 @@ from skit_pipelines.store.sqlite import SqliteRunStore
 from skit_pipelines.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from skit_pipelines.artifacts import ArtifactStore
     from skit_pipelines.imagelock import ImageLock
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ class Application:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving PipelineService on %s", self.address)
+        if isinstance(self.backend, DeferredBackend):
+            # Built now rather than at the first run: a starting executor also stops the
+            # steps a killed server left running.
+            self.backend.load()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health NOT_SERVING first, then calls and streams get `grace` seconds."""
@@ -260,6 +265,9 @@ async def open_run_store(config: ServerConfig) -> RunStore:
 
 def open_artifact_store(config: ServerConfig) -> ArtifactStore:
     """A local directory (the embedded default) or an S3 bucket prefix."""
+    # Imported here: only the executor (built after the service answers) needs it.
+    from skit_pipelines.artifacts import LocalArtifactStore
+
     if config.artifacts_url.startswith("s3://"):
         from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Settings
 
@@ -441,7 +449,11 @@ async def build_application(
     elif config.uses_postgres:
         backend = _replicated_local_backend(config, store, catalog, telemetry)
     else:
-        backend = _local_backend(config, store, telemetry)
+        backend = DeferredBackend(
+            "local",
+            lambda: _local_backend(config, store, telemetry),
+            imports=("skit_pipelines.backends.local", "skit_pipelines.executor"),
+        )
     controller = RunController(
         store,
         catalog,

@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
@@ -293,3 +295,28 @@ def test_postgresql_sequences_continue_after_generated_ids(postgres_dsn):
         )[0]
         assert new_id == db.fetchone("SELECT count(*) FROM situation_scenario_mapper")[0]
         assert migrate(db, CALLS) == []
+
+
+def test_ensure_demo_data_on_a_warm_home_still_removes_an_abandoned_model_registry(tmp_path):
+    root = tmp_path / "demo"
+    env = ensure_demo_data(root)
+    dead = root / ".models.tmp-999999999-deadbeef"
+    (dead / "half").mkdir(parents=True)
+    assert ensure_demo_data(root) == env
+    assert not dead.exists()
+    assert (root / "models").is_dir()
+
+
+def test_a_warm_start_imports_no_generator(tmp_path):
+    root = tmp_path / "demo"
+    ensure_demo_data(root)
+    check = (
+        "import sys; from pathlib import Path; from skit_demo import ensure_demo_data;"
+        f" ensure_demo_data(Path({str(root)!r}));"
+        " print(sorted(m for m in sys.modules if m.startswith('skit_demo.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True
+    ).stdout
+    assert "skit_demo.generator" not in loaded
+    assert "skit_demo.slu_model" not in loaded
