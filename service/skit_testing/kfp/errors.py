@@ -27,31 +27,10 @@ Sources (kubeflow/pipelines at the 2.17.0 release commit 020857a4):
 from __future__ import annotations
 
 import json
-from enum import IntEnum
 from typing import Any
 
-
-class Code(IntEnum):
-    """gRPC status codes (google.golang.org/grpc/codes)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
-
+# The gRPC codes (google.golang.org/grpc/codes) by the same numbers as google.rpc.Code.
+from skit_pipelines.domain import Code as Code
 
 HTTP_STATUS: dict[Code, int] = {
     Code.OK: 200,
