@@ -47,11 +47,11 @@ import json
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kfp_server_api import models
 
@@ -68,6 +68,8 @@ from skit_testing.kfp.errors import (
     plain,
 )
 from skit_testing.kfp.validation import PipelineTemplate
+
+T = TypeVar("T")
 
 DEFAULT_SERVICE_ACCOUNT = "pipeline-runner"
 DEFAULT_EXPERIMENT = "Default"
@@ -269,22 +271,13 @@ class KfpService:
         with self._lock:
             namespace = self._namespace(_query(query, "namespace"))
             items = [p for p in self._pipelines.values() if p.namespace == namespace]
-            try:
-                page = listing.list_page(
-                    items,
-                    listing.PIPELINE,
-                    _pipeline_value,
-                    page_token=_query(query, "page_token"),
-                    page_size=_page_size(query),
-                    sort_by=_query(query, "sort_by"),
-                    filter_raw=_query(query, "filter"),
-                )
-            except ApiError as error:
-                raise error.wrap(
-                    "Failed to list pipelines due invalid list options: pageToken: "
-                    f"{_query(query, 'page_token')}, pageSize: {_page_size(query)}, sortBy: "
-                    f"{_query(query, 'sort_by')}, filter: {_query(query, 'filter')}"
-                ) from None
+            page = _page(
+                items,
+                listing.PIPELINE,
+                _pipeline_value,
+                query,
+                failure=_invalid_list_options("pipelines", query),
+            )
             return _list_json("pipelines", [self._pipeline_json(p) for p in page.items], page)
 
     def _create_pipeline(
@@ -389,22 +382,13 @@ class KfpService:
                     f" pipeline {pipeline_id}"
                 ).wrap(f"Failed to list pipeline versions for pipeline {pipeline_id}") from None
             items = [v for v in self._versions.values() if v.pipeline_id == pipeline_id]
-            try:
-                page = listing.list_page(
-                    items,
-                    listing.PIPELINE_VERSION,
-                    _version_value,
-                    page_token=_query(query, "page_token"),
-                    page_size=_page_size(query),
-                    sort_by=_query(query, "sort_by"),
-                    filter_raw=_query(query, "filter"),
-                )
-            except ApiError as error:
-                raise error.wrap(
-                    "Failed to list pipeline versions due invalid list options: pageToken: "
-                    f"{_query(query, 'page_token')}, pageSize: {_page_size(query)}, sortBy: "
-                    f"{_query(query, 'sort_by')}, filter: {_query(query, 'filter')}"
-                ) from None
+            page = _page(
+                items,
+                listing.PIPELINE_VERSION,
+                _version_value,
+                query,
+                failure=_invalid_list_options("pipeline versions", query),
+            )
             return _list_json(
                 "pipeline_versions", [self._version_json(v) for v in page.items], page
             )
@@ -630,18 +614,13 @@ class KfpService:
         with self._lock:
             namespace = self._namespace(_query(query, "namespace"))
             items = [e for e in self._experiments.values() if e.namespace == namespace]
-            try:
-                page = listing.list_page(
-                    items,
-                    listing.EXPERIMENT,
-                    _experiment_value,
-                    page_token=_query(query, "page_token"),
-                    page_size=_page_size(query),
-                    sort_by=_query(query, "sort_by"),
-                    filter_raw=_query(query, "filter"),
-                )
-            except ApiError as error:
-                raise error.wrap("Failed to create list options") from None
+            page = _page(
+                items,
+                listing.EXPERIMENT,
+                _experiment_value,
+                query,
+                failure="Failed to create list options",
+            )
             return _list_json("experiments", [self._experiment_json(e) for e in page.items], page)
 
     # Runs
@@ -732,18 +711,9 @@ class KfpService:
                 items = [
                     r for r in self._runs.values() if not namespace or r.namespace == namespace
                 ]
-            try:
-                page = listing.list_page(
-                    items,
-                    listing.RUN,
-                    _run_value,
-                    page_token=_query(query, "page_token"),
-                    page_size=_page_size(query),
-                    sort_by=_query(query, "sort_by"),
-                    filter_raw=_query(query, "filter"),
-                )
-            except ApiError as error:
-                raise error.wrap("Failed to create list options") from None
+            page = _page(
+                items, listing.RUN, _run_value, query, failure="Failed to create list options"
+            )
             return _list_json("runs", [self._run_json(r) for r in page.items], page)
 
     def _experiment_for_run(self, experiment_id: str, namespace: str) -> _Experiment:
@@ -1113,6 +1083,38 @@ def _upload_error(error: ApiError, failed: str) -> UploadError:
 
 def _nonempty(key: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: items} if items else {}
+
+
+def _page(
+    items: Sequence[T],
+    listable: listing.Listable,
+    value: Callable[[T, str], Any],
+    query: Mapping[str, str],
+    *,
+    failure: str,
+) -> listing.Page[T]:
+    """One page of `items` by the request's list options; bad options fail as `failure`."""
+    try:
+        return listing.list_page(
+            items,
+            listable,
+            value,
+            page_token=_query(query, "page_token"),
+            page_size=_page_size(query),
+            sort_by=_query(query, "sort_by"),
+            filter_raw=_query(query, "filter"),
+        )
+    except ApiError as error:
+        raise error.wrap(failure) from None
+
+
+def _invalid_list_options(what: str, query: Mapping[str, str]) -> str:
+    # Worded as the server's pipeline and version lists word it (sic: "due invalid").
+    return (
+        f"Failed to list {what} due invalid list options: pageToken: "
+        f"{_query(query, 'page_token')}, pageSize: {_page_size(query)}, sortBy: "
+        f"{_query(query, 'sort_by')}, filter: {_query(query, 'filter')}"
+    )
 
 
 def _list_json(key: str, items: list[dict[str, Any]], page: listing.Page[Any]) -> dict[str, Any]:
