@@ -10,8 +10,9 @@ records receipt time minus the run's update_time in the message.
 
 The baseline is a bare grpc.aio server in its own process with the same server options:
 its streams first get the same first snapshot (the bytes the full server sent), and once
-released it publishes the full server's later messages with the same spacing, each
-stamped with the time it is published and serialized once for all its streams.
+released it publishes the full server's later messages at the same offsets from the
+release (several at one instant where the full server wrote them so), each stamped with
+the time it is published and serialized once for all its streams.
 
 Server CPU per delivery is the server process's CPU from the release until every watcher
 is done, divided by the messages delivered; for the full server, net of the CPU of the
@@ -230,7 +231,8 @@ def _bare_server(
     messages: list[bytes], gaps: list[float], ports: Any, release: Any, stop: Any
 ) -> None:
     """Runs in the bare server's process: WatchRun answering `messages[0]`, then, after
-    `release`, each later message `gaps` apart, stamped and serialized once for all."""
+    `release`, each later message `gaps` after the one before (measured from the release,
+    so the schedule does not drift), stamped and serialized once for all."""
 
     async def main() -> None:
         published = [messages[0]]
@@ -255,8 +257,16 @@ def _bare_server(
         ports.put(server.add_insecure_port("127.0.0.1:0"))
         await server.start()
         if await asyncio.to_thread(_wait_release, release, stop):
-            for raw, gap in zip(messages[1:], gaps, strict=True):
-                await asyncio.sleep(gap)
+            # Each message at its offset from the release, as the full server stamped it:
+            # revisions the full server wrote at one instant are published at one instant
+            # here too (relative sleeps would let them drift apart behind the fan-out of
+            # the previous one, and understate the baseline's delays).
+            loop = asyncio.get_running_loop()
+            released = loop.time()
+            for raw, offset in zip(messages[1:], itertools.accumulate(gaps), strict=True):
+                wait = released + offset - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 message = pipeline_service_pb2.WatchRunResponse.FromString(raw)
                 message.run.update_time.FromNanoseconds(time.time_ns())
                 published.append(message.SerializeToString())

@@ -210,13 +210,14 @@ def _reject_refused(request: Any) -> None:
 
 
 def _serialized(message: bytes) -> bytes:
-    """WatchRun's response serializer: its handler yields each revision's bytes, encoded
-    once for every stream (see PipelineServicer._converted)."""
+    """GetRun's and WatchRun's response serializer: their handlers answer with each
+    revision's bytes, encoded once for every call and stream (see
+    PipelineServicer._converted)."""
     return message
 
 
-_PRESERIALIZED = frozenset({"WatchRun"})
-"""Methods whose handlers yield already-serialized responses."""
+_PRESERIALIZED = frozenset({"GetRun", "WatchRun"})
+"""Methods whose handlers answer with already-serialized responses."""
 
 
 def add_to_server(
@@ -289,10 +290,12 @@ def _streaming(
 
 @dataclass(frozen=True)
 class _Converted:
-    """One revision as a WatchRunResponse, and its bytes as every watcher is sent them."""
+    """One revision as a WatchRunResponse, its bytes as every watcher is sent them, and
+    the Run's bytes as every GetRun answers them."""
 
     message: pipeline_service_pb2.WatchRunResponse
     data: bytes
+    run_data: bytes
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
@@ -311,7 +314,9 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         converted = self._converted.get(key)
         if converted is None:
             message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
-            converted = _Converted(message, message.SerializeToString())
+            converted = _Converted(
+                message, message.SerializeToString(), message.run.SerializeToString()
+            )
             self._converted[key] = converted
             if len(self._converted) > _CONVERTED_REVISIONS:
                 self._converted.popitem(last=False)
@@ -350,13 +355,20 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         )
         return convert.run(run)
 
-    @_unary
     async def GetRun(
         self, request: pipeline_service_pb2.GetRunRequest, context: ServicerContext
-    ) -> run_pb2.Run:
-        # Converted once per revision, like the watchers' messages: a run is mostly polled
-        # while nothing changes, and conversion is most of the cost of a call.
-        return self._convert(await self._controller.get_run(request.name)).message.run
+    ) -> bytes:
+        """Answers with the serialized Run (registered with a pass-through serializer).
+
+        Converted and serialized once per revision, like the watchers' messages: a run is
+        mostly polled while nothing changes, and conversion is most of the cost of a call.
+        The error mapping of `_unary` is inlined: one coroutine per call.
+        """
+        try:
+            _reject_refused(request)
+            return self._convert(await self._controller.get_run(request.name)).run_data
+        except Exception as exc:
+            await abort_with_status(context, rpc_status.to_status(error_status(exc)))
 
     @_unary
     async def ListRuns(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -21,6 +22,27 @@ logger = logging.getLogger(__name__)
 _DRAIN_SECONDS = 2.0
 """How long output may keep arriving after the process group is killed: only a
 descendant that left the group (setsid) can hold a pipe open longer."""
+
+STEP_NICENESS = 10
+"""How much lower a step's CPU priority is than the server's. Steps share the machine
+with the server on the embedded default; when they compete for CPU, the server's event
+loop must still answer calls and deliver revisions promptly (watchers are waiting on the
+very step that is busy). An idle machine still gives steps all its CPU."""
+
+
+def _lower_own_priority() -> None:
+    # Niceness is a Linux thread's own, and a child inherits its forking thread's: set
+    # once here, it holds from the step's first instruction on (a setpriority after
+    # Popen would race the step's own children), keeps subprocess's vfork/posix_spawn
+    # path (a preexec_fn would not), and needs no privilege (it only lowers).
+    tid = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + STEP_NICENESS)
+
+
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(
+    max_workers=2, thread_name_prefix="step-spawn", initializer=_lower_own_priority
+)
+"""Where step processes are forked: threads that run at the steps' priority."""
 
 
 class _PipeToLog(asyncio.Protocol):
@@ -56,7 +78,7 @@ class _Child:
 
     @classmethod
     def spawn(cls, loop: asyncio.AbstractEventLoop, argv: list[str], **options: Any) -> _Child:
-        """Blocking: call it in a worker thread (starting the reaper blocks too)."""
+        """Blocking: call it in a _SPAWNER thread (starting the reaper blocks too)."""
         popen = subprocess.Popen(argv, **options)
         exited: asyncio.Future[int] = loop.create_future()
 
@@ -159,16 +181,19 @@ class StepProcess:
         err_read, err_write = os.pipe()
         readers = [os.fdopen(out_read, "rb", buffering=0), os.fdopen(err_read, "rb", buffering=0)]
         try:
-            process = await asyncio.to_thread(
-                _Child.spawn,
-                loop,
-                list(argv),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out_write,
-                stderr=err_write,
-                start_new_session=True,
+            process = await loop.run_in_executor(
+                _SPAWNER,
+                functools.partial(
+                    _Child.spawn,
+                    loop,
+                    list(argv),
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_write,
+                    stderr=err_write,
+                    start_new_session=True,
+                ),
             )
         except BaseException:
             for reader in readers:

@@ -238,17 +238,21 @@ class SqliteRunStore(RunStore):
         )
 
     def _load(self, run_id: str) -> Run:
+        # Decoding is most of a read's cost, and runs are read far more often than they
+        # change (GetRun polling): decode each revision once. Runs are frozen values. A
+        # decoded revision still current needs only its revision number read, not the
+        # snapshot's kilobytes copied out of the page.
+        cached = self._decoded.get(run_id)
+        if cached is not None:
+            row = self._db.execute("SELECT revision FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] == cached.revision:
+                self._decoded.move_to_end(run_id)
+                return cached
         row = self._db.execute(
             "SELECT revision, snapshot FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
         if row is None:
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
-        # Decoding is most of a read's cost, and runs are read far more often than they
-        # change (GetRun polling): decode each revision once. Runs are frozen values.
-        cached = self._decoded.get(run_id)
-        if cached is not None and cached.revision == row[0]:
-            self._decoded.move_to_end(run_id)
-            return cached
         run = codec.run_from_dict(json.loads(row[1]))
         self._decoded[run_id] = run
         if len(self._decoded) > _DECODED_RUNS:
