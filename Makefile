@@ -9,11 +9,24 @@ PY_SOURCES := service client lib images pipelines tests benchmarks protos
 
 .PHONY: run test bench lint proto lock clean
 
+# The first `make run` or `make test` builds .venv: about 1 GB, several minutes. Each stage
+# is announced; on a terminal pip also shows every package and its download progress. In a
+# log (CI, `make test | tee`) pip is quiet, so the log gets the stage lines, not a line or
+# three per package.
+LOCKED_PACKAGES = $(shell grep -c '^[A-Za-z0-9]' requirements.lock)
+PIP_INSTALL = if [ -t 1 ]; then shown="--progress-bar on"; else shown=--quiet; fi; \
+	$(BIN)/python -m pip install --disable-pip-version-check $$shown
+
 $(STAMP): requirements.lock pyproject.toml lib/pyproject.toml client/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e lib -e client
-	touch $(STAMP)
+	@echo "setup: installing $(VENV) from requirements.lock ($(LOCKED_PACKAGES) packages, about 1 GB; the first time takes several minutes)"
+	@echo "setup: [1/3] the virtual environment $(VENV) ($(PYTHON) -m venv)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: [2/3] downloading and installing the $(LOCKED_PACKAGES) locked packages (pip --require-hashes)"
+	@$(PIP_INSTALL) --require-hashes -r requirements.lock
+	@echo "setup: [3/3] this checkout's packages, editable: service, lib, client"
+	@$(PIP_INSTALL) --no-deps --no-build-isolation -e . -e lib -e client
+	@touch $(STAMP)
+	@echo "setup: done; $(VENV) is reused until requirements.lock or a pyproject.toml changes"
 
 ## Serve PipelineService on 127.0.0.1:50051 (SQLite, local executor, demo data under ./.skit-pipelines).
 run: $(STAMP)

@@ -141,27 +141,46 @@ def test_times_of_day_are_the_next_occurrence_after_the_reference_time(run):
 def test_unresolvable_entities_are_kept_and_marked(run):
     code, written, counts = run(
         [
-            row(entity("date", "the fifth"), entity("date", "tomorrow", 14)),
-            row(entity("time", "in the evening")),
+            row(entity("date", "whenever"), entity("date", "tomorrow", 14)),
+            row(entity("time", "o'clock")),
             row(entity("time", "tomorrow")),
             row(entity("date", "five pm")),
-            row(entity("time", "after six")),
+            row(entity("date", "next month")),
         ]
     )
     assert code == 0
     found = [json.loads(r["normalized_entities"]) for r in written]
     assert [(e["text"], e["status"]) for e in found[0]] == [
-        ("the fifth", "unparseable"),
+        ("whenever", "unparseable"),
         ("tomorrow", "resolved"),
     ]
-    assert found[0][0]["value"] == "" and "no date in 'the fifth'" in found[0][0]["reason"]
+    assert found[0][0]["value"] == "" and "found no date in 'whenever'" in found[0][0]["reason"]
     assert (found[1][0]["status"], found[1][0]["value"]) == ("unparseable", "")
-    # dateparser finds something, but not what the entity type needs.
+    # A date or time is found, but not what the entity type needs.
     assert found[2][0]["status"] == "imprecise" and "no time of day" in found[2][0]["reason"]
     assert found[3][0]["status"] == "imprecise" and "not a date" in found[3][0]["reason"]
     assert found[4][0]["status"] == "imprecise" and found[4][0]["value"] == ""
     assert [r["entity_status"] for r in written] == ["unresolved"] * 5
     assert counts == (6, 5)
+
+
+def test_clock_times_parts_of_the_day_and_ordinal_days_resolve_in_every_demo_language(run):
+    code, written, counts = run(
+        [
+            row(entity("time", "in the evening"), entity("date", "the fifth", 20)),
+            row(entity("time", "शाम पांच बजे"), entity("date", "पांच तारीख", 20), language="hi"),
+            row(entity("time", "ஐந்தரை மணிக்கு"), entity("date", "நாளை மறுநாள்", 20), language="ta"),
+            row(entity("time", "ఆరు గంటల తర్వాత"), entity("date", "ఐదో తారీఖు", 20), language="te"),
+        ]
+    )
+    assert code == 0
+    assert values(written) == [
+        [("2026-10-14T18:00:00+05:30", "resolved"), ("2026-11-05", "resolved")],
+        [("2026-10-14T17:00:00+05:30", "resolved"), ("2026-11-05", "resolved")],
+        [("2026-10-14T17:30:00+05:30", "resolved"), ("2026-10-16", "resolved")],
+        [("2026-10-14T18:00:00+05:30", "resolved"), ("2026-11-05", "resolved")],
+    ]
+    assert counts == (8, 0)
 
 
 def test_other_entity_types_rows_without_entities_and_foreign_tags_pass_through(run):

@@ -1,7 +1,8 @@
 """The local executor: runs compiled KFP pipelines on this machine, one process per step.
 
-See ARCHITECTURE.md §5. The runs controller (through the local backend) calls
-`LocalExecutor.execute` once per run and cancels the calling task to cancel the run.
+See docs/architecture.md ("Inside the service"). The runs controller (through the local
+backend) calls `LocalExecutor.execute` once per run and cancels the calling task to cancel
+the run.
 Each attempt of a step keeps its output in a log file (`step_log_path`, `read_log`).
 """
 

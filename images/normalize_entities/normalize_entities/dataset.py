@@ -1,51 +1,25 @@
-"""normalize_entities: resolve tagged date and time entities to ISO values with dateparser.
-
-Reads a tagged entity dataset (the CSV of fetch_tagged_dataset with task_type "entity"),
-resolves each tagged date/time span relative to its call's reference time, in the call's
-timezone, and writes the dataset back with every entity's value and status. Entities
-dateparser cannot resolve, or resolves too coarsely, stay in the output marked as such.
-"""
+"""The dataset: reading the entity CSV, resolving each row's tagged entities, writing it
+back with their values and statuses, and counting them."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateparser.date import DateDataParser
-from dateparser.languages.loader import default_loader
-
 from skit_components import cli
-from skit_components.outputs import output_path, write_parameter
+from skit_components.outputs import output_path
+
+from .resolver import DATE_TYPES, IMPRECISE, RESOLVED, SKIPPED, UNPARSEABLE, Resolver
 
 logger = logging.getLogger("normalize_entities")
-
-# Relative phrases in entity tasks ("tomorrow", "five pm") are about the future: a payment
-# date or a callback time.
-_SETTINGS = {
-    "TIMEZONE": "UTC",
-    "RETURN_AS_TIMEZONE_AWARE": True,
-    "PREFER_DATES_FROM": "future",
-    "RETURN_TIME_AS_PERIOD": True,
-}
-DATE_TYPES = ("date", "time")
-
-RESOLVED = "resolved"
-UNPARSEABLE = "unparseable"
-"""dateparser found no date in the text."""
-IMPRECISE = "imprecise"
-"""dateparser found a date, but not at the entity type's precision (a month for a date, a
-day for a time, a time of day for a date); its guess is in `reason`, not in `value`."""
-SKIPPED = "skipped"
-"""Not a date or time entity: left as tagged."""
 
 TAG_COLUMN = "tag"
 REFTIME_COLUMNS = ("raw.reftime", "reftime")
@@ -85,81 +59,6 @@ class Counts:
     @property
     def unresolved(self) -> int:
         return self.by_status.get(UNPARSEABLE, 0) + self.by_status.get(IMPRECISE, 0)
-
-
-class Resolver:
-    """Resolves date/time text with dateparser, relative to a reference time in a zone."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, bool] = {}
-
-    def resolve(
-        self, kind: str, text: str, language: str, zone: ZoneInfo, reftime: datetime
-    ) -> tuple[str, str, str]:
-        """(value, status, reason) of one entity of type `kind` ("date" or "time")."""
-        # English too: callers mix English numbers and times into other languages.
-        languages = [language, "en"] if self._knows(language) and language != "en" else ["en"]
-        settings = {
-            **_SETTINGS,
-            "RELATIVE_BASE": reftime.astimezone(zone).replace(tzinfo=None),
-            "TIMEZONE": zone.key,
-        }
-        found = DateDataParser(languages=languages, settings=settings).get_date_data(text)
-        moment, period = found.date_obj, found.period
-        if moment is None:
-            return "", UNPARSEABLE, f"dateparser found no {kind} in {text!r}"
-        if period == "time":
-            moment = _time_of_day_after(text, languages, settings, moment, reftime)
-        moment = moment.astimezone(zone)
-        if kind == "date":
-            if period in ("day", "week"):
-                return moment.date().isoformat(), RESOLVED, ""
-            if period == "time":
-                return "", IMPRECISE, f"a time of day ({moment.isoformat()}), not a date"
-            return "", IMPRECISE, f"only a {period} ({moment.date().isoformat()})"
-        if period == "time":
-            return moment.replace(microsecond=0).isoformat(), RESOLVED, ""
-        return "", IMPRECISE, f"no time of day, only a {period} ({moment.date().isoformat()})"
-
-    def _knows(self, language: str) -> bool:
-        if language not in self._known:
-            try:
-                default_loader.get_locale_map(languages=[language])
-                self._known[language] = True
-            except ValueError:
-                self._known[language] = False
-        return self._known[language]
-
-    @property
-    def unsupported_languages(self) -> list[str]:
-        return sorted(k for k, known in self._known.items() if not known)
-
-
-def _time_of_day_after(
-    text: str,
-    languages: list[str],
-    settings: dict[str, Any],
-    future: datetime,
-    reftime: datetime,
-) -> datetime:
-    """A time of day resolved to its first occurrence at or after the reference time.
-
-    dateparser's "future" preference is wrong for times of day: with TIMEZONE set it
-    compares them with the reference time as if both were UTC, so "five pm" said at 12:31
-    in Kolkata (07:01 UTC) lands a day late (scrapinghub/dateparser#1092), and rolling past
-    a month's end keeps the month ("ten am" said on 31 October gives 1 October, #1202). Its
-    "current_period" parse places the time on the reference day correctly; when the two
-    disagree, that one moved on by whole days until it is not before the reference time.
-    """
-    current = DateDataParser(
-        languages=languages, settings={**settings, "PREFER_DATES_FROM": "current_period"}
-    ).get_date_data(text)
-    moment = current.date_obj
-    if moment is None or current.period != "time" or moment == future:
-        return future
-    while moment < reftime:
-        moment += timedelta(days=1)
-    return moment
 
 
 def read_rows(path: Path) -> tuple[list[str], Iterator[dict[str, str]]]:
@@ -360,31 +259,3 @@ def _overlapping(predicted: list[dict], kind: str, start: Any, end: Any) -> str 
         if same_kind and s < end and start < e:
             return str(entity.get("value", ""))
     return None
-
-
-def _parse_args(argv: list[str] | None) -> Any:
-    parser = cli.ArgumentParser(prog="normalize_entities", description=__doc__)
-    parser.add_argument("--dataset", type=Path, required=True, help="input: the entity CSV")
-    parser.add_argument("--timezone", default="UTC")
-    parser.add_argument("--normalized", type=Path, required=True, help="output: the CSV")
-    parser.add_argument("--entity-count", type=Path, required=True, help="output")
-    parser.add_argument("--unresolved-count", type=Path, required=True, help="output")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    def body() -> None:
-        args = _parse_args(argv)
-        counts = normalize_entities(args.dataset, args.normalized, args.timezone.strip() or "UTC")
-        write_parameter(args.entity_count, counts.entities)
-        write_parameter(args.unresolved_count, counts.unresolved)
-
-    return cli.run("normalize_entities", body)
-
-
-if __name__ == "__main__":
-    # Progress goes to stdout: stderr carries only the one-line failure reason.
-    logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    sys.exit(main())
