@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, Each, OneOf, Range, TimeZone
 
 fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
 
@@ -60,3 +61,14 @@ def pipeline(
     # The annotation store changes under the same parameters.
     task.set_caching_options(False)
     return Outputs(dataset=task.outputs["dataset"], row_count=task.outputs["row_count"])
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "project_ids": Each(Range(minimum=1, integer=True)),
+    "job_ids": Each(Range(minimum=1, integer=True)),
+    "task_type": OneOf("intent", "entity", "transcription"),
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+}

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, Each, Range, TimeZone
 
 fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
 normalize_entities = load_component(__file__, "normalize_entities")
@@ -37,9 +38,11 @@ def pipeline(
     """Downloads entity tasks and resolves their tagged dates and times.
 
     Each task's latest annotation is downloaded as in download-tagged-dataset; every tagged
-    date or time is then resolved with dateparser relative to the call's reference time, in
-    the call's timezone. Entities that cannot be resolved stay in the CSV, marked, and are
-    counted in unresolved_count. With no parameters, every entity project and job.
+    date or time is then resolved relative to the call's reference time, in the call's
+    timezone: spoken dates and times of English, Hindi, Tamil and Telugu by
+    normalize-entities' grammar, anything else by dateparser. Entities that cannot be
+    resolved stay in the CSV, marked, and are counted in unresolved_count. With no
+    parameters, every entity project and job.
 
     Args:
         project_ids: Label Studio project ids of entity projects; with job_ids empty too, all
@@ -67,3 +70,13 @@ def pipeline(
         entity_count=normalize.outputs["entity_count"],
         unresolved_count=normalize.outputs["unresolved_count"],
     )
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "project_ids": Each(Range(minimum=1, integer=True)),
+    "job_ids": Each(Range(minimum=1, integer=True)),
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+}

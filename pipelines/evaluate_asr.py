@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, Each, Range, TimeZone
 
 fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
 asr_metrics = load_component(__file__, "asr_metrics")
@@ -77,3 +78,14 @@ def pipeline(
         wer=scores.outputs["wer"],
         cer=scores.outputs["cer"],
     )
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "project_ids": Each(Range(minimum=1, integer=True)),
+    "job_ids": Each(Range(minimum=1, integer=True)),
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+    "worst_count": Range(minimum=0),
+}

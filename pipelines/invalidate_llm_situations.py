@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Each, Range
 
 invalidate_situations = load_component(__file__, "invalidate_situations")
 
@@ -41,3 +42,9 @@ def pipeline(
     return Outputs(
         report=task.outputs["report"], invalidated_count=task.outputs["invalidated_count"]
     )
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "situation_ids": Each(Range(minimum=1, integer=True)),
+}

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, OneOf, Pattern, Range, TimeZone
 
 fetch_calls = load_component(__file__, "fetch_calls")
 judge_compliance = load_component(__file__, "judge_compliance")
@@ -96,3 +97,20 @@ def pipeline(
         breach_count=published.outputs["breach_count"],
         failed_count=published.outputs["failed_count"],
     )
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+    "lang": Pattern(
+        "[a-z]{2,3}", allow_empty=True, meaning="a language code such as en, hi, ta or te"
+    ),
+    "client_id": Range(minimum=0),
+    "template_id": Range(minimum=0),
+    "call_type": OneOf("INBOUND", "OUTBOUND", allow_empty=True),
+    "call_quantity": Range(minimum=1),
+    "judge": OneOf("rules", "llm"),
+    "llm_concurrency": Range(minimum=1),
+}

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, Each, OneOf, Pattern, Range, TimeZone
 
 fetch_calls = load_component(__file__, "fetch_calls")
 
@@ -77,3 +78,20 @@ def pipeline(
     # The calls database changes under the same parameters.
     task.set_caching_options(False)
     return Outputs(calls=task.outputs["calls"], call_count=task.outputs["call_count"])
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+    "lang": Pattern(
+        "[a-z]{2,3}", allow_empty=True, meaning="a language code such as en, hi, ta or te"
+    ),
+    "client_id": Range(minimum=0),
+    "flow_ids": Each(Range(minimum=1, integer=True)),
+    "template_id": Range(minimum=0),
+    "call_type": OneOf("INBOUND", "OUTBOUND", allow_empty=True),
+    "min_duration": Range(minimum=0),
+    "call_quantity": Range(minimum=1),
+}

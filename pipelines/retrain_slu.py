@@ -9,6 +9,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from skit_pipelines.images import load_component
+from skit_pipelines.rules import Date, Each, Pattern, Range, TimeZone
 
 fetch_tagged_dataset = load_component(__file__, "fetch_tagged_dataset")
 prepare_slu_dataset = load_component(__file__, "prepare_slu_dataset")
@@ -113,3 +114,20 @@ def pipeline(
         promoted=published.outputs["promoted"],
         decision=published.outputs["decision"],
     )
+
+
+# What the steps would refuse, refused at CreateRun instead (skit_pipelines.rules).
+rules = {
+    "project_ids": Each(Range(minimum=1, integer=True)),
+    "job_ids": Each(Range(minimum=1, integer=True)),
+    "start_date": Date(allow_empty=True),
+    "end_date": Date(allow_empty=True, not_before="start_date"),
+    "timezone": TimeZone(),
+    # With 100, nothing would be left to train on.
+    "test_percent": Range(minimum=1, maximum=99),
+    # LinearSVC's random_state.
+    "seed": Range(minimum=0, maximum=2**32 - 1),
+    "model_name": Pattern(
+        "[a-z][a-z0-9-]{0,62}", meaning="lowercase letters, digits and '-', starting with a letter"
+    ),
+}

@@ -1,5 +1,10 @@
 """A small typed client for PipelineService, over the generated stubs.
 
+Calls return the dataclasses of `skit_pipelines_client.resources` (Run, Step, Pipeline):
+states as enums that print their names, times as datetimes, and parameter and output
+values typed by the pipeline, which the client reads once per pipeline version with
+GetPipeline. Each keeps the message it came from in `raw`.
+
 Every failed call raises `RPCError`, which carries the status code and the
 google.rpc.Status details the service attaches (ErrorInfo, BadRequest).
 """
@@ -10,12 +15,13 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -24,8 +30,16 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
+from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines_client._stubs import async_stub, sync_stub
+from skit_pipelines_client.resources import (
+    UNTYPED,
+    LogLine,
+    Pipeline,
+    Run,
+    RunState,
+    ValueTypes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +56,8 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
 )
+_TYPES_KEPT = 64
+"""Pipeline versions whose value types a client keeps."""
 
 
 def run_name(run: str) -> str:
@@ -237,6 +253,50 @@ class ResumePolicy:
         return base * (1 - self.jitter * random.random())
 
 
+class _TypeCache:
+    """The value types of the pipeline versions a client has seen runs of.
+
+    A run names its pipeline and version; the types come from GetPipeline of that
+    pipeline (the version the server has now: a parameter keeps its type across versions
+    far more often than not). A pipeline the server cannot give (gone, or a server without
+    GetPipeline) reads untyped, and is not asked for again; a transient failure (UNAVAILABLE,
+    DEADLINE_EXCEEDED) is asked again next time.
+    """
+
+    def __init__(self) -> None:
+        self._types: OrderedDict[tuple[str, str], ValueTypes] = OrderedDict()
+
+    def known(self, run: run_pb2.Run) -> ValueTypes | None:
+        """The types for `run` if known (UNTYPED for a run without a pipeline)."""
+        if not run.pipeline:
+            return UNTYPED
+        types = self._types.get((run.pipeline, run.pipeline_version))
+        if types is not None:
+            self._types.move_to_end((run.pipeline, run.pipeline_version))
+        return types
+
+    def learn(self, run: run_pb2.Run, pipeline: Pipeline | RPCError) -> ValueTypes:
+        """Keeps what GetPipeline of `run`'s pipeline returned (or failed with)."""
+        if isinstance(pipeline, RPCError):
+            if pipeline.code in _TRANSIENT:
+                return UNTYPED
+            logger.debug("no value types for %s: %s", run.pipeline, pipeline)
+            types = UNTYPED
+        else:
+            types = pipeline.value_types
+        self.remember((run.pipeline, run.pipeline_version), types)
+        return types
+
+    def remember(self, key: tuple[str, str], types: ValueTypes) -> None:
+        self._types[key] = types
+        self._types.move_to_end(key)
+        while len(self._types) > _TYPES_KEPT:
+            self._types.popitem(last=False)
+
+
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
 class PipelinesClient:
     """A synchronous PipelineService client. Use it as a context manager, or call close().
 
@@ -264,6 +324,7 @@ class PipelinesClient:
             channel = grpc.intercept_channel(channel, _BearerToken(token))
         self._channel = channel
         self._stub = sync_stub(self._channel)
+        self._types = _TypeCache()
 
     def close(self) -> None:
         """Closes the channel; calls in flight, watches included, end with CANCELLED."""
@@ -288,21 +349,34 @@ class PipelinesClient:
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
 
-    def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
+    def _run(self, message: run_pb2.Run) -> Run:
+        """The message as a Run, its values typed (asking GetPipeline once per version)."""
+        types = self._types.known(message)
+        if types is None:
+            try:
+                pipeline: Pipeline | RPCError = self.get_pipeline(message.pipeline)
+            except RPCError as error:
+                pipeline = error
+            types = self._types.learn(message, pipeline)
+        return Run.of(message, types)
+
+    def list_pipelines(self) -> list[Pipeline]:
         """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
-        pipelines: list[pipeline_pb2.Pipeline] = []
+        pipelines: list[Pipeline] = []
         request = pipeline_service_pb2.ListPipelinesRequest()
         while True:
             response = self._call(self._stub.ListPipelines, request)
-            pipelines.extend(response.pipelines)
+            pipelines.extend(Pipeline.of(p) for p in response.pipelines)
             if not response.next_page_token:
                 return pipelines
             request.page_token = response.next_page_token
 
-    def get_pipeline(self, pipeline: str) -> pipeline_pb2.Pipeline:
+    def get_pipeline(self, pipeline: str) -> Pipeline:
         """One pipeline, "x" or "pipelines/x", with its compiled IR."""
         request = pipeline_service_pb2.GetPipelineRequest(name=pipeline_name(pipeline))
-        return self._call(self._stub.GetPipeline, request)
+        found = Pipeline.of(self._call(self._stub.GetPipeline, request))
+        self._types.remember((found.name, found.version), found.value_types)
+        return found
 
     def create_run(
         self,
@@ -311,7 +385,7 @@ class PipelinesClient:
         labels: Mapping[str, str],
         run_id: str | None = None,
         request_id: str | None = None,
-    ) -> run_pb2.Run:
+    ) -> Run:
         """Starts a run of `pipeline`.
 
         Args:
@@ -321,24 +395,28 @@ class PipelinesClient:
             labels: User labels for filtering.
             run_id: The id of the new run; chosen by the service when None.
             request_id: An idempotency key: repeating the call with it returns the same run.
+
+        Raises:
+            RPCError: INVALID_ARGUMENT with a field violation per bad parameter (wrong
+                type, unknown, missing, or breaking one of the pipeline's rules).
         """
         request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
-        return self._call(self._stub.CreateRun, request)
+        return self._run(self._call(self._stub.CreateRun, request))
 
-    def get_run(self, run: str) -> run_pb2.Run:
+    def get_run(self, run: str) -> Run:
         """The current state of a run, "abc" or "runs/abc"."""
         request = pipeline_service_pb2.GetRunRequest(name=run_name(run))
-        return self._call(self._stub.GetRun, request)
+        return self._run(self._call(self._stub.GetRun, request))
 
     def list_runs(
         self,
         pipeline: str | None = None,
-        states: Iterable[run_pb2.RunState] = (),
+        states: Iterable[RunState | int] = (),
         labels: Mapping[str, str] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int | None = None,
-    ) -> Iterator[run_pb2.Run]:
+    ) -> Iterator[Run]:
         """Runs matching all the given filters, newest first, fetched page by page as consumed.
 
         Args:
@@ -354,24 +432,30 @@ class PipelinesClient:
         )
         while True:
             response = self._call(self._stub.ListRuns, request)
-            yield from response.runs
+            for message in response.runs:
+                yield self._run(message)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
 
-    def cancel_run(self, run: str) -> run_pb2.Run:
-        """Asks the service to stop a run; returns it in CANCELLING (or unchanged if finished)."""
+    def cancel_run(self, run: str) -> Run:
+        """Asks the service to stop a run; returns it in CANCELLING.
+
+        Raises:
+            RPCError: FAILED_PRECONDITION with reason RUN_ALREADY_FINISHED (and the
+                state in `metadata["state"]`) when the run has already ended.
+        """
         request = pipeline_service_pb2.CancelRunRequest(name=run_name(run))
-        return self._call(self._stub.CancelRun, request)
+        return self._run(self._call(self._stub.CancelRun, request))
 
     def retry_run(
         self, run: str, *, run_id: str | None = None, request_id: str | None = None
-    ) -> run_pb2.Run:
+    ) -> Run:
         """Starts a new run of a failed or cancelled run, reusing its succeeded steps."""
         request = pipeline_service_pb2.RetryRunRequest(
             name=run_name(run), run_id=run_id or "", request_id=request_id or ""
         )
-        return self._call(self._stub.RetryRun, request)
+        return self._run(self._call(self._stub.RetryRun, request))
 
     def delete_run(self, run: str) -> None:
         """Deletes a finished run with its events, step logs and artifacts (an admin, or
@@ -380,7 +464,7 @@ class PipelinesClient:
 
     def read_step_logs(
         self, run: str, step: str, *, follow: bool = False, attempt: int = 0
-    ) -> Iterator[pipeline_service_pb2.LogLine]:
+    ) -> Iterator[LogLine]:
         """A step's log lines; with `follow`, until the step finishes (no deadline then)."""
         request = pipeline_service_pb2.ReadStepLogsRequest(
             run=run_name(run), step=step, follow=follow, attempt=attempt
@@ -388,13 +472,14 @@ class PipelinesClient:
         stream = self._stub.ReadStepLogs(request, timeout=None if follow else self.timeout)
         try:
             for response in stream:
-                yield from response.lines
+                for line in response.lines:
+                    yield LogLine.of(line)
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
         finally:
             stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
 
-    def watch_run(self, run: str, after_revision: int = 0) -> Iterator[run_pb2.Run]:
+    def watch_run(self, run: str, after_revision: int = 0) -> Iterator[Run]:
         """Full snapshots of a run as it changes, until it reaches a terminal state.
 
         The first snapshot is the current state or, with `after_revision`, every stored
@@ -407,7 +492,7 @@ class PipelinesClient:
         stream = self._stub.WatchRun(request)
         try:
             for response in stream:
-                yield response.run
+                yield self._run(response.run)
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
         finally:
@@ -420,7 +505,7 @@ class PipelinesClient:
         *,
         resume: ResumePolicy = ResumePolicy(),
         on_resume: Callable[[RPCError, float], None] | None = None,
-    ) -> Iterator[run_pb2.Run]:
+    ) -> Iterator[Run]:
         """Like `watch_run`, but survives dropped streams and server restarts.
 
         When the stream fails with UNAVAILABLE (connection lost, server restarting or
@@ -467,7 +552,7 @@ def _create_run_request(
 
 def _list_runs_request(
     pipeline: str | None,
-    states: Iterable[run_pb2.RunState],
+    states: Iterable[RunState | int],
     labels: Mapping[str, str] | None,
     created_after: datetime | None,
     created_before: datetime | None,
@@ -476,7 +561,7 @@ def _list_runs_request(
     return pipeline_service_pb2.ListRunsRequest(
         page_size=page_size or 0,
         pipeline=pipeline_name(pipeline) if pipeline else "",
-        states=list(states),
+        states=[cast("run_pb2.RunState", int(state)) for state in states],
         labels=dict(labels or {}),
         create_time_after=_timestamp(created_after),
         create_time_before=_timestamp(created_before),
@@ -492,7 +577,7 @@ class _Resumption:
         self.revision = after_revision
         self._failures = 0
 
-    def is_new(self, snapshot: run_pb2.Run) -> bool:
+    def is_new(self, snapshot: Run) -> bool:
         """Whether to yield `snapshot`. The contract already replays each revision once;
         this keeps the promise even against a server that replays from an older cursor."""
         self._failures = 0
@@ -544,6 +629,7 @@ class AsyncPipelinesClient:
             )
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
         self._stub = async_stub(self._channel)
+        self._types = _TypeCache()
 
     async def close(self) -> None:
         """Closes the channel; calls in flight, watches included, end with CANCELLED."""
@@ -583,21 +669,34 @@ class AsyncPipelinesClient:
         finally:
             call.cancel()
 
-    async def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
+    async def _run(self, message: run_pb2.Run) -> Run:
+        """The message as a Run, its values typed (see PipelinesClient._run)."""
+        types = self._types.known(message)
+        if types is None:
+            try:
+                pipeline: Pipeline | RPCError = await self.get_pipeline(message.pipeline)
+            except RPCError as error:
+                pipeline = error
+            types = self._types.learn(message, pipeline)
+        return Run.of(message, types)
+
+    async def list_pipelines(self) -> list[Pipeline]:
         """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
-        pipelines: list[pipeline_pb2.Pipeline] = []
+        pipelines: list[Pipeline] = []
         request = pipeline_service_pb2.ListPipelinesRequest()
         while True:
             response = await self._call(self._stub.ListPipelines, request)
-            pipelines.extend(response.pipelines)
+            pipelines.extend(Pipeline.of(p) for p in response.pipelines)
             if not response.next_page_token:
                 return pipelines
             request.page_token = response.next_page_token
 
-    async def get_pipeline(self, pipeline: str) -> pipeline_pb2.Pipeline:
+    async def get_pipeline(self, pipeline: str) -> Pipeline:
         """One pipeline, "x" or "pipelines/x", with its compiled IR."""
         request = pipeline_service_pb2.GetPipelineRequest(name=pipeline_name(pipeline))
-        return await self._call(self._stub.GetPipeline, request)
+        found = Pipeline.of(await self._call(self._stub.GetPipeline, request))
+        self._types.remember((found.name, found.version), found.value_types)
+        return found
 
     async def create_run(
         self,
@@ -606,50 +705,51 @@ class AsyncPipelinesClient:
         labels: Mapping[str, str],
         run_id: str | None = None,
         request_id: str | None = None,
-    ) -> run_pb2.Run:
+    ) -> Run:
         """Starts a run of `pipeline` (see PipelinesClient.create_run)."""
         request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
-        return await self._call(self._stub.CreateRun, request)
+        return await self._run(await self._call(self._stub.CreateRun, request))
 
-    async def get_run(self, run: str) -> run_pb2.Run:
+    async def get_run(self, run: str) -> Run:
         """The current state of a run, "abc" or "runs/abc"."""
         request = pipeline_service_pb2.GetRunRequest(name=run_name(run))
-        return await self._call(self._stub.GetRun, request)
+        return await self._run(await self._call(self._stub.GetRun, request))
 
     async def list_runs(
         self,
         pipeline: str | None = None,
-        states: Iterable[run_pb2.RunState] = (),
+        states: Iterable[RunState | int] = (),
         labels: Mapping[str, str] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int | None = None,
-    ) -> AsyncIterator[run_pb2.Run]:
+    ) -> AsyncIterator[Run]:
         """Runs matching all the given filters, newest first (see PipelinesClient.list_runs)."""
         request = _list_runs_request(
             pipeline, states, labels, created_after, created_before, page_size
         )
         while True:
             response = await self._call(self._stub.ListRuns, request)
-            for run in response.runs:
-                yield run
+            for message in response.runs:
+                yield await self._run(message)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
 
-    async def cancel_run(self, run: str) -> run_pb2.Run:
-        """Asks the service to stop a run; returns it in CANCELLING (or unchanged if finished)."""
+    async def cancel_run(self, run: str) -> Run:
+        """Asks the service to stop a run; returns it in CANCELLING (see
+        PipelinesClient.cancel_run: FAILED_PRECONDITION once it has ended)."""
         request = pipeline_service_pb2.CancelRunRequest(name=run_name(run))
-        return await self._call(self._stub.CancelRun, request)
+        return await self._run(await self._call(self._stub.CancelRun, request))
 
     async def retry_run(
         self, run: str, *, run_id: str | None = None, request_id: str | None = None
-    ) -> run_pb2.Run:
+    ) -> Run:
         """Starts a new run of a failed or cancelled run, reusing its succeeded steps."""
         request = pipeline_service_pb2.RetryRunRequest(
             name=run_name(run), run_id=run_id or "", request_id=request_id or ""
         )
-        return await self._call(self._stub.RetryRun, request)
+        return await self._run(await self._call(self._stub.RetryRun, request))
 
     async def delete_run(self, run: str) -> None:
         """Deletes a finished run with its events, step logs and artifacts (see
@@ -659,7 +759,7 @@ class AsyncPipelinesClient:
 
     async def read_step_logs(
         self, run: str, step: str, *, follow: bool = False, attempt: int = 0
-    ) -> AsyncIterator[pipeline_service_pb2.LogLine]:
+    ) -> AsyncIterator[LogLine]:
         """A step's log lines; with `follow`, until the step finishes (no deadline then)."""
         request = pipeline_service_pb2.ReadStepLogsRequest(
             run=run_name(run), step=step, follow=follow, attempt=attempt
@@ -667,16 +767,16 @@ class AsyncPipelinesClient:
         timeout = None if follow else self.timeout
         async for response in self._stream(self._stub.ReadStepLogs, request, timeout):
             for line in response.lines:
-                yield line
+                yield LogLine.of(line)
 
-    async def watch_run(self, run: str, after_revision: int = 0) -> AsyncIterator[run_pb2.Run]:
+    async def watch_run(self, run: str, after_revision: int = 0) -> AsyncIterator[Run]:
         """Full snapshots of a run as it changes, until it reaches a terminal state (see
         PipelinesClient.watch_run)."""
         request = pipeline_service_pb2.WatchRunRequest(
             name=run_name(run), after_revision=after_revision
         )
         async for response in self._stream(self._stub.WatchRun, request, None):
-            yield response.run
+            yield await self._run(response.run)
 
     async def watch(
         self,
@@ -685,7 +785,7 @@ class AsyncPipelinesClient:
         *,
         resume: ResumePolicy = ResumePolicy(),
         on_resume: Callable[[RPCError, float], None] | None = None,
-    ) -> AsyncIterator[run_pb2.Run]:
+    ) -> AsyncIterator[Run]:
         """Like `watch_run`, but survives dropped streams and server restarts: each
         revision exactly once, in order (see PipelinesClient.watch).
 

@@ -4,6 +4,10 @@ Reads a CSV with a true transcript and an ASR prediction per row (by default the
 transcription dataset of fetch_tagged_dataset: the annotator's `tag` and the ASR n-best
 `raw.utterances`), normalises both sides the same way, and reports corpus WER and CER
 overall and per language, the worst utterances and the most frequent word errors.
+
+For KFP (and the service's Run API) the scores are also a KFP Metrics artifact, `scores`,
+whose metadata goes to the executor output file the ExecutorInput names
+(`{executorInput: null}` in component.yaml); the Markdown report is a KFP Markdown output.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import jiwer
 
 from skit_components import cli
-from skit_components.outputs import output_path, write_parameter
+from skit_components.outputs import output_path, write_json, write_parameter
 
 logger = logging.getLogger("asr_metrics")
 
@@ -325,6 +329,41 @@ def write_csv(path: Path, columns: tuple[str, ...], records: Iterable[Any]) -> N
             )
 
 
+def scalar_metrics(report: Report) -> dict[str, float]:
+    """The Metrics artifact's values: overall WER and CER, utterances and reference words
+    scored, and WER per language (`wer_<language>`)."""
+    overall = report.overall
+    values = {
+        "wer": round(overall.wer, 6),
+        "cer": round(overall.cer, 6),
+        "utterances": float(overall.utterances),
+        "reference_words": float(overall.reference_words),
+    }
+    values.update({f"wer_{s.language}": round(s.wer, 6) for s in report.scores[1:]})
+    return values
+
+
+def write_executor_output(executor_input: str, metadata: dict[str, dict[str, Any]]) -> None:
+    """Writes the executor output file the ExecutorInput names, with each output artifact's
+    metadata: KFP's launcher (and the local executor) attach it to the artifacts.
+
+    Raises:
+        cli.BadInput: the ExecutorInput is not KFP's JSON.
+    """
+    try:
+        outputs = json.loads(executor_input)["outputs"]
+        target = outputs["outputFile"]
+        declared = outputs.get("artifacts") or {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise cli.BadInput(f"--executor-input is not a KFP ExecutorInput: {exc}") from None
+    artifacts = {}
+    for name, values in metadata.items():
+        listed = (declared.get(name) or {}).get("artifacts") or [{}]
+        artifact = {"name": listed[0].get("name", name), "uri": listed[0].get("uri", "")}
+        artifacts[name] = {"artifacts": [{**artifact, "metadata": values}]}
+    output_path(target).write_text(json.dumps({"artifacts": artifacts}), encoding="utf-8")
+
+
 def _parse_args(argv: list[str] | None) -> Any:
     parser = cli.ArgumentParser(prog="asr_metrics", description=__doc__)
     parser.add_argument("--dataset", type=Path, required=True, help="input: the CSV")
@@ -337,6 +376,10 @@ def _parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--utterances", type=Path, required=True, help="output: CSV")
     parser.add_argument("--wer", type=Path, required=True, help="output")
     parser.add_argument("--cer", type=Path, required=True, help="output")
+    parser.add_argument("--scores", type=Path, help="output: KFP Metrics (JSON)")
+    parser.add_argument(
+        "--executor-input", help="KFP's ExecutorInput JSON: where the scores' metadata goes"
+    )
     return parser.parse_args(argv)
 
 
@@ -360,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.utterances, UTTERANCE_COLUMNS, report.utterances)
         write_parameter(args.wer, round(report.overall.wer, 6))
         write_parameter(args.cer, round(report.overall.cer, 6))
+        scores = scalar_metrics(report)
+        if args.scores:
+            write_json(args.scores, scores)
+        if args.executor_input:
+            write_executor_output(args.executor_input, {"scores": scores})
         logger.info(
             "WER %.4f, CER %.4f over %d utterances; by language: %s; left out: %s",
             report.overall.wer,

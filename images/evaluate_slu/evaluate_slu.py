@@ -4,6 +4,12 @@ production model on the same set, and write the report.
 The report directory holds report.md and report.html (the same content; the HTML embeds
 its images), confusion_matrix.png (and production_confusion_matrix.png when compared),
 and metrics.json, which publish_slu_model reads to decide on promotion.
+
+For KFP (and the service's Run API), the scores are also KFP artifacts: a Metrics output
+(macro/weighted F1, accuracy, and production's macro F1 when compared), a
+ClassificationMetrics output (the confusion matrix) and an HTML output (report.html).
+Their metadata, which is what KFP shows, goes to the executor output file named by the
+ExecutorInput (`{executorInput: null}` in component.yaml).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -126,6 +134,72 @@ def run_evaluation(
         outcome,
     )
     return metrics
+
+
+# --- KFP artifacts --------------------------------------------------------------------------
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The Metrics artifact's values (KFP's log_metric names them)."""
+    model = metrics["model"]
+    values = {
+        "macro_f1": model["macro_f1"],
+        "weighted_f1": model["weighted_f1"],
+        "accuracy": model["accuracy"],
+        "test_examples": float(metrics["test_set"]["examples"]),
+    }
+    if metrics["production"] is not None:
+        values["production_macro_f1"] = metrics["production"]["macro_f1"]
+    return values
+
+
+def confusion_metadata(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The ClassificationMetrics artifact's metadata, in KFP's schema: a square matrix over
+    every intent tagged or predicted (rows true, columns predicted)."""
+    labels = evaluation["confusion_labels"]
+    rows = [list(row) + [0] * (len(labels) - len(row)) for row in evaluation["confusion"]]
+    rows += [[0] * len(labels) for _ in range(len(labels) - len(rows))]
+    return {
+        "confusionMatrix": {
+            "annotationSpecs": [{"displayName": label} for label in labels],
+            "rows": [{"row": row} for row in rows],
+        }
+    }
+
+
+def write_executor_output(executor_input: str, metadata: dict[str, dict[str, Any]]) -> None:
+    """Writes the executor output file the ExecutorInput names, with each output artifact's
+    metadata: KFP's launcher (and the local executor) attach it to the artifacts.
+
+    Raises:
+        cli.BadInput: the ExecutorInput is not KFP's JSON.
+    """
+    try:
+        outputs = json.loads(executor_input)["outputs"]
+        target = outputs["outputFile"]
+        declared = outputs.get("artifacts") or {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise cli.BadInput(f"--executor-input is not a KFP ExecutorInput: {exc}") from None
+    artifacts = {}
+    for name, values in metadata.items():
+        listed = (declared.get(name) or {}).get("artifacts") or [{}]
+        artifact = {"name": listed[0].get("name", name), "uri": listed[0].get("uri", "")}
+        artifacts[name] = {"artifacts": [{**artifact, "metadata": values}]}
+    output_path(target).write_text(json.dumps({"artifacts": artifacts}), encoding="utf-8")
+
+
+def write_kfp_outputs(args: Any, metrics: dict[str, Any]) -> None:
+    """The Metrics, ClassificationMetrics and HTML outputs (each only when asked for)."""
+    scores = scalar_metrics(metrics)
+    matrix = confusion_metadata(metrics["model"])
+    if args.metrics:
+        write_json(args.metrics, scores)
+    if args.confusion_matrix:
+        write_json(args.confusion_matrix, matrix)
+    if args.report_html:
+        shutil.copyfile(args.report / "report.html", output_path(args.report_html))
+    if args.executor_input:
+        write_executor_output(args.executor_input, {"metrics": scores, "confusion_matrix": matrix})
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -364,6 +438,14 @@ def _parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--production-macro-f1", type=Path, required=True, help="output")
     parser.add_argument("--production-version", type=Path, required=True, help="output")
     parser.add_argument("--verdict", type=Path, required=True, help="output")
+    parser.add_argument("--metrics", type=Path, help="output: KFP Metrics (JSON)")
+    parser.add_argument(
+        "--confusion-matrix", type=Path, help="output: KFP ClassificationMetrics (JSON)"
+    )
+    parser.add_argument("--report-html", type=Path, help="output: KFP HTML (report.html)")
+    parser.add_argument(
+        "--executor-input", help="KFP's ExecutorInput JSON: where the artifacts' metadata goes"
+    )
     return parser.parse_args(argv)
 
 
@@ -381,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         write_parameter(args.production_macro_f1, production.get("macro_f1", 0.0))
         write_parameter(args.production_version, production.get("version", ""))
         write_parameter(args.verdict, metrics["verdict"])
+        write_kfp_outputs(args, metrics)
 
     return cli.run("evaluate_slu", body)
 

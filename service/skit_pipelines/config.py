@@ -53,6 +53,9 @@ class ServerConfig:
     postgresql://user@host/db (shared by several replicas)."""
     artifacts_url: str = ""
     """The artifact store: "" for <home>/artifacts, file:///path, or s3://bucket/prefix."""
+    import_roots: tuple[Path, ...] = ()
+    """Directories whose files dsl.importer may import (file:// URIs) on the local executor,
+    besides the artifact store; none by default."""
     step_env: Mapping[str, str] = field(default_factory=dict)
     """Values of the environment variables components declare (database URLs, API keys)."""
     inherited_env: Mapping[str, str] = field(default_factory=dict)
@@ -228,7 +231,8 @@ class ServerConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         """Reads SKIT_HOST, SKIT_PORT, SKIT_HOME, SKIT_PROJECT_ROOT, SKIT_PIPELINES_DIR,
-        SKIT_IMAGES_DIR, SKIT_HEALTH_PORT, SKIT_STORE, SKIT_ARTIFACTS,
+        SKIT_IMAGES_DIR, SKIT_HEALTH_PORT, SKIT_STORE, SKIT_ARTIFACTS, SKIT_IMPORT_ROOTS
+        (directories separated by os.pathsep),
         SKIT_DEMO_DATA, SKIT_MAX_PARALLEL_STEPS, SKIT_MAX_ACTIVE_RUNS, SKIT_STEP_ENV_*, the
         scale-out settings (SKIT_STORE_POOL_SIZE, SKIT_STORE_RETRY_SECONDS,
         SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
@@ -268,6 +272,9 @@ class ServerConfig:
             if "SKIT_INSECURE" in env
             else None,
             artifacts_url=env.get("SKIT_ARTIFACTS"),
+            import_roots=tuple(Path(p) for p in env["SKIT_IMPORT_ROOTS"].split(os.pathsep) if p)
+            if env.get("SKIT_IMPORT_ROOTS")
+            else None,
             demo_data=env["SKIT_DEMO_DATA"] not in ("0", "false", "no")
             if "SKIT_DEMO_DATA" in env
             else None,

@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
-from skit_pipelines import domain
+from skit_pipelines import domain, rules
 from skit_pipelines.errors import InvalidArgument
 
 # The domain enums carry the proto enums' numbers; the generated stubs type enum fields
@@ -91,8 +91,18 @@ def status(error: domain.ErrorInfo | None) -> status_pb2.Status | None:
 
 def artifact(item: domain.Artifact) -> run_pb2.Artifact:
     return run_pb2.Artifact(
-        name=item.name, uri=item.uri, step=item.step, sha256=item.sha256, size_bytes=item.size_bytes
+        name=item.name,
+        uri=item.uri,
+        step=item.step,
+        sha256=item.sha256,
+        size_bytes=item.size_bytes,
+        type=item.type,
+        metadata=struct(item.metadata) if item.metadata else None,
     )
+
+
+def metric(item: domain.Metric) -> run_pb2.Metric:
+    return run_pb2.Metric(name=item.name, value=item.value, artifact=item.artifact)
 
 
 def step(item: domain.Step) -> run_pb2.Step:
@@ -108,6 +118,7 @@ def step(item: domain.Step) -> run_pb2.Step:
         output_artifacts=[artifact(a) for a in item.output_artifacts],
         output_parameters=struct(item.output_parameters),
         error=status(item.error),
+        metrics=[metric(m) for m in item.metrics],
     )
 
 
@@ -150,12 +161,44 @@ def pipeline(item: domain.Pipeline, *, with_spec: bool = False) -> pipeline_pb2.
                 required=p.required,
                 default_value=value(p.default) if p.default is not None else None,
                 description=p.description,
+                rules=[parameter_rule(r) for r in p.rules],
             )
             for p in item.parameters
         ],
     )
     if with_spec:
         message.pipeline_spec.update(dict(item.spec))
+    return message
+
+
+def parameter_rule(item: rules.ParameterRule) -> pipeline_pb2.ParameterRule:
+    message = pipeline_pb2.ParameterRule(description=item.description)
+    if isinstance(item, rules.Each):
+        message.each_item = True
+        inner: rules.ParameterRule = item.rule
+    else:
+        inner = item
+    if isinstance(inner, rules.Date):
+        message.date.SetInParent()
+        message.date.not_before = inner.not_before
+    elif isinstance(inner, rules.TimeZone):
+        message.time_zone.SetInParent()
+    elif isinstance(inner, rules.OneOf):
+        message.enumeration.SetInParent()
+        message.enumeration.values.extend(inner.values)
+    elif isinstance(inner, rules.Range):
+        message.range.SetInParent()
+        if inner.minimum is not None:
+            message.range.minimum = inner.minimum
+        if inner.maximum is not None:
+            message.range.maximum = inner.maximum
+        message.range.integer = inner.integer
+    elif isinstance(inner, rules.Pattern):
+        message.pattern.SetInParent()
+        message.pattern.regex = inner.regex
+    elif isinstance(inner, rules.NonEmpty):
+        message.non_empty.SetInParent()
+    message.allow_empty = getattr(inner, "allow_empty", False)
     return message
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from skit_pipelines.rules import ParameterRule
+
 
 class RunState(enum.IntEnum):
     """Mirrors skit.pipelines.v1.RunState (same numbers)."""
@@ -57,6 +59,26 @@ class Artifact:
     """The step that produced it (set on run outputs)."""
     sha256: str = ""
     size_bytes: int = 0
+    type: str = ""
+    """The KFP artifact type (schema title), e.g. "system.Dataset", "system.Metrics"; ""
+    when unknown (stored before types were kept)."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """What the component or dsl.importer set (`Artifact.metadata` in kfp), as JSON values:
+    a Metrics artifact's logged metrics, a ClassificationMetrics' confusion matrix."""
+
+
+METRICS_TYPE = "system.Metrics"
+"""The artifact type whose metadata holds a step's scalar metrics (`log_metric`)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One scalar metric a step logged on a Metrics output."""
+
+    name: str
+    value: float
+    artifact: str
+    """The Metrics output holding it."""
 
 
 class Code(enum.IntEnum):
@@ -79,6 +101,19 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+
+STEP_FAILED_CODE = Code.ABORTED
+"""The code of a step that failed (its command exited non-zero or was killed, or its
+outputs could not be collected): google.rpc's guide gives ABORTED to an operation that
+stopped and may succeed when retried "at a higher level", which is RetryRun (it reruns
+the failed step and reuses the ones that succeeded). Not UNKNOWN, which reads as a fault
+of the service, nor INTERNAL, which is one."""
+STEP_REJECTED_CODE = Code.FAILED_PRECONDITION
+"""The code of a step that refused its input or configuration (the components' exit code
+2), or that the executor could not start as the pipeline defines it: retrying cannot help
+until the parameters, the configuration or the pipeline change (google.rpc's
+FAILED_PRECONDITION: "do not retry until the system state has been explicitly fixed")."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,18 @@ class Step:
     output_artifacts: tuple[Artifact, ...] = ()
     output_parameters: Mapping[str, Any] = field(default_factory=dict)
     error: ErrorInfo | None = None
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """The numbers in the metadata of its system.Metrics outputs, by output then name."""
+        return tuple(
+            Metric(name=name, value=float(value), artifact=artifact.name)
+            for artifact in sorted(self.output_artifacts, key=lambda a: a.name)
+            if artifact.type == METRICS_TYPE
+            for name, value in sorted(artifact.metadata.items())
+            # log_metric takes numbers; anything else written by hand is not a metric.
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        )
 
 
 @dataclass(frozen=True)
@@ -161,6 +208,8 @@ class PipelineParameter:
     required: bool
     default: Any = None
     description: str = ""
+    rules: tuple[ParameterRule, ...] = ()
+    """What a value must meet besides its type (the pipeline module's `rules`)."""
 
 
 @dataclass(frozen=True)

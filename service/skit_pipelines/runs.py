@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import hashlib
 import json
@@ -248,7 +249,7 @@ class RunController:
         check_parameters(request.parameters, self._limits)
         pipeline = self._catalog.get(pipeline_id)
         parameters = resolve_parameters(pipeline, request.parameters)
-        self._backend.check_runnable(pipeline)
+        self._backend.check_runnable(pipeline, parameters)
         now = self._clock()
         run = Run(
             id=request.run_id or names.new_run_id(pipeline_id),
@@ -313,12 +314,15 @@ class RunController:
                 f" server no longer has (it has {pipeline.version})",
                 reason="PIPELINE_VERSION_GONE",
             )
-        self._backend.check_runnable(pipeline)
-        reused = tuple(
+        self._backend.check_runnable(pipeline, source.parameters)
+        reused = [
             replace(step, state=StepState.CACHED, cached=True)
             for step in source.steps
             if step.state in (StepState.SUCCEEDED, StepState.CACHED)
-        )
+        ]
+        order = self._catalog.step_order(source.pipeline, source.pipeline_version)
+        if order is not None:
+            reused.sort(key=order.key)
         now = self._clock()
         run = Run(
             id=run_id or names.new_run_id(source.pipeline),
@@ -330,7 +334,7 @@ class RunController:
             create_time=now,
             update_time=now,
             revision=1,
-            steps=reused,
+            steps=tuple(reused),
             request_id=request_id,
             retry_of=source.name,
             creator=principal.name,
@@ -402,11 +406,19 @@ class RunController:
         return _encode_token([sortable_time(run.create_time), run.id], request.filter_hash())
 
     async def cancel_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> Run:
+        """Moves a run that has not ended to CANCELLING (a CANCELLING one stays so);
+        FailedPrecondition RUN_ALREADY_FINISHED for one that has ended."""
         run_id = names.parse_name(name, "runs")
         _check_owner(principal, await self._store.get_run(run_id), "cancel")
         run = await self._to_cancelling(run_id)
-        if run.state is RunState.CANCELLING:
-            await self._backend.cancel(run_id)
+        if run.state.terminal:
+            raise FailedPrecondition(
+                f"{run.name} already finished: it is {run.state.name}, so there is nothing to"
+                " cancel",
+                reason="RUN_ALREADY_FINISHED",
+                metadata={"state": run.state.name},
+            )
+        await self._backend.cancel(run_id)
         return run
 
     async def delete_run(self, name: str, *, principal: Principal = ANONYMOUS_ADMIN) -> None:
@@ -628,7 +640,10 @@ class RunController:
                     steps[index] = step
                     break
             else:
+                index = len(steps)
                 steps.append(step)
+            if previous is None or previous.start_time != step.start_time:
+                self._place_step(run, steps, index)
             applied = True
             return replace(run, steps=tuple(steps))
 
@@ -647,6 +662,15 @@ class RunController:
             self._observer.step_changed(run, step, previous)
 
         await self._writes.write(run_id, Change(with_step, stored, key=f"step:{step.name}"))
+
+    def _place_step(self, run: Run, steps: list[Step], index: int) -> None:
+        """Moves steps[index], new or just started, to its place in execution order (the
+        others are in order already): by the DAG, then by start time (see StepOrder)."""
+        order = self._catalog.step_order(run.pipeline, run.pipeline_version)
+        if order is None:  # a pipeline version this server does not have: as reported
+            return
+        step = steps.pop(index)
+        steps.insert(bisect.bisect_right(steps, order.key(step), key=order.key), step)
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]

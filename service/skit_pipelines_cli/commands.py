@@ -14,13 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from google.protobuf.message import Message
-
-from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines.config import ServerConfig
 from skit_pipelines_cli.live import watch
 from skit_pipelines_cli.render import (
     EXIT_OK,
+    Printable,
     describe_pipeline,
     describe_run,
     emit,
@@ -28,7 +26,6 @@ from skit_pipelines_cli.render import (
     needs_ascii,
     pipelines_table,
     print_json,
-    run_state_label,
     runs_table,
 )
 from skit_pipelines_cli.values import UsageError
@@ -77,6 +74,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         insecure=args.insecure,
         store_url=args.store,
         artifacts_url=args.artifacts,
+        import_roots=tuple(args.import_roots) if args.import_roots else None,
         s3_endpoint_url=args.s3_endpoint_url,
         backend=args.backend,
         kfp_host=args.kfp_host,
@@ -158,12 +156,12 @@ def demo_data(args: argparse.Namespace, out: TextIO) -> int:
 def _show(
     args: argparse.Namespace,
     out: TextIO,
-    messages: Message | Sequence[Message],
+    items: Printable | Sequence[Printable],
     text: Callable[[], Sequence[str]],
 ) -> int:
-    """Prints the messages as JSON with --output json, else the text lines."""
+    """Prints the objects as JSON with --output json, else the text lines."""
     if args.output == "json":
-        print_json(messages, out)
+        print_json(items, out)
     else:
         emit(text(), out)
     return EXIT_OK
@@ -236,9 +234,9 @@ def runs_list(client: PipelinesClient, args: argparse.Namespace, out: TextIO) ->
 
 
 def runs_cancel(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
-    """`runs cancel`."""
+    """`runs cancel`: the run, CANCELLING; an error (exit 1) for a run that has ended."""
     run = client.cancel_run(args.name)
-    return _show(args, out, run, lambda: [f"{run.name} {run_state_label(run.state)}"])
+    return _show(args, out, run, lambda: [f"{run.name} {run.state.name}"])
 
 
 def runs_delete(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -269,7 +267,7 @@ def runs_logs(client: PipelinesClient, args: argparse.Namespace, out: TextIO) ->
         if args.output == "json":
             print_json(line, out)
             continue
-        marker = "!" if line.stream == pipeline_service_pb2.LOG_STREAM_STDERR else " "
+        marker = "!" if line.stream == "stderr" else " "
         print(f"{format_time(line.time)} #{line.attempt}{marker} {line.text}", file=out, flush=True)
     return EXIT_OK
 

@@ -11,21 +11,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TextIO, TypeVar
 
-from google.protobuf import json_format
-
-from skit.pipelines.v1 import run_pb2
 from skit_pipelines_cli.render import (
     EXIT_FAILURE,
     EXIT_OK,
-    TERMINAL_RUN_STATES,
     change_lines,
     emit,
     needs_ascii,
     outcome_lines,
+    print_json,
     redraw,
     render_frame,
 )
-from skit_pipelines_client import PipelinesClient, RPCError, run_name
+from skit_pipelines_client import PipelinesClient, RPCError, Run, RunState, run_name
 
 # The live view redraws at least this often (seconds) so elapsed times keep moving.
 _LIVE_REFRESH = 0.5
@@ -110,7 +107,7 @@ def watch(
     name = run_name(name)
     # The live view draws on this thread; the stream is read on another, which also makes
     # the notes, so they travel with the snapshots to be shown in order.
-    ticking: _Ticking[run_pb2.Run] | None = _Ticking(_LIVE_REFRESH) if live else None
+    ticking: _Ticking[Run] | None = _Ticking(_LIVE_REFRESH) if live else None
 
     def on_resume(error: RPCError, delay: float) -> None:
         text = f"lost the stream of {name} ({error.code.name}); resuming in {delay:.1f}s"
@@ -133,22 +130,21 @@ def watch(
             file=sys.stderr,
         )
         raise
-    if last is None or last.state not in TERMINAL_RUN_STATES:
+    if last is None or not last.state.terminal:
         print(f"error: the stream of {name} ended before the run finished", file=sys.stderr)
         return EXIT_FAILURE
     if output != "json":
         emit(outcome_lines(last), out)
-    return EXIT_OK if last.state == run_pb2.RUN_STATE_SUCCEEDED else EXIT_FAILURE
+    return EXIT_OK if last.state is RunState.SUCCEEDED else EXIT_FAILURE
 
 
-def _show_progress(
-    snapshots: Iterator[run_pb2.Run], out: TextIO, *, json_output: bool
-) -> run_pb2.Run | None:
+def _show_progress(snapshots: Iterator[Run], out: TextIO, *, json_output: bool) -> Run | None:
     """Prints each snapshot as it comes; returns the last one."""
-    last: run_pb2.Run | None = None
+    last: Run | None = None
     for run in snapshots:
         if json_output:
-            print(json_format.MessageToJson(run, indent=None), file=out, flush=True)
+            print_json(run, out, indent=None)
+            out.flush()
         else:
             emit(change_lines(last, run), out)
             out.flush()
@@ -156,11 +152,9 @@ def _show_progress(
     return last
 
 
-def _show_live(
-    events: Iterator[run_pb2.Run | _Note | None], view: _LiveView, out: TextIO
-) -> run_pb2.Run | None:
+def _show_live(events: Iterator[Run | _Note | None], view: _LiveView, out: TextIO) -> Run | None:
     """Redraws the last snapshot on every event; returns the last one."""
-    last: run_pb2.Run | None = None
+    last: Run | None = None
     ascii_only = needs_ascii(out)
     out.write("\x1b[?25l")  # hide the cursor while redrawing
     try:

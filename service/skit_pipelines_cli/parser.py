@@ -181,6 +181,15 @@ def _add_scale_out_options(serve: argparse.ArgumentParser) -> None:
         " default a directory under --home)",
     )
     scale_out.add_argument(
+        "--import-root",
+        metavar="DIR",
+        type=Path,
+        action="append",
+        dest="import_roots",
+        help="a directory whose files dsl.importer may import on the local executor;"
+        " repeat for several (SKIT_IMPORT_ROOTS, separated by ':'; default none)",
+    )
+    scale_out.add_argument(
         "--s3-endpoint-url",
         metavar="URL",
         help="S3 endpoint override, e.g. MinIO (SKIT_S3_ENDPOINT_URL; default: the AWS"

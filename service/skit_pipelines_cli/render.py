@@ -1,7 +1,8 @@
-"""Turning messages into text: state labels, times, tables, descriptions of pipelines and
-runs, the live frame, change lines, errors; JSON output; the exit codes.
+"""Turning the client's objects into text: state labels, times, tables, descriptions of
+pipelines and runs, the live frame, change lines, errors; JSON output; the exit codes.
 
-Pure functions from messages to lines, except the few that print them.
+Pure functions from runs and pipelines (skit_pipelines_client's dataclasses, their values
+already typed) to lines, except the few that print them.
 """
 
 from __future__ import annotations
@@ -9,15 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from google.protobuf.message import Message
-
-from skit.pipelines.v1 import pipeline_pb2, run_pb2
-from skit_pipelines_client import RPCError
+from skit_pipelines_client import (
+    Artifact,
+    Pipeline,
+    RPCError,
+    Run,
+    RunState,
+    Step,
+    StepState,
+)
 
 # Exit codes: success; a failed call or a run that did not succeed; bad usage; Ctrl-C.
 EXIT_OK = 0
@@ -25,53 +28,32 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-TERMINAL_RUN_STATES = frozenset(
-    {run_pb2.RUN_STATE_SUCCEEDED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
-)
-
 # The step symbols: Unicode where the output can encode it, else ASCII.
 _UNICODE_SYMBOLS = {
-    run_pb2.STEP_STATE_PENDING: "·",
-    run_pb2.STEP_STATE_RUNNING: "▶",
-    run_pb2.STEP_STATE_SUCCEEDED: "✓",
-    run_pb2.STEP_STATE_FAILED: "✗",
-    run_pb2.STEP_STATE_SKIPPED: "↷",
-    run_pb2.STEP_STATE_CACHED: "✓",
-    run_pb2.STEP_STATE_CANCELLED: "⊘",
+    StepState.PENDING: "·",
+    StepState.RUNNING: "▶",
+    StepState.SUCCEEDED: "✓",
+    StepState.FAILED: "✗",
+    StepState.SKIPPED: "↷",
+    StepState.CACHED: "✓",
+    StepState.CANCELLED: "⊘",
 }
 _ASCII_SYMBOLS = {
-    run_pb2.STEP_STATE_PENDING: ".",
-    run_pb2.STEP_STATE_RUNNING: ">",
-    run_pb2.STEP_STATE_SUCCEEDED: "+",
-    run_pb2.STEP_STATE_FAILED: "x",
-    run_pb2.STEP_STATE_SKIPPED: "-",
-    run_pb2.STEP_STATE_CACHED: "+",
-    run_pb2.STEP_STATE_CANCELLED: "/",
+    StepState.PENDING: ".",
+    StepState.RUNNING: ">",
+    StepState.SUCCEEDED: "+",
+    StepState.FAILED: "x",
+    StepState.SKIPPED: "-",
+    StepState.CACHED: "+",
+    StepState.CANCELLED: "/",
 }
 
 
-def run_state_label(state: int) -> str:
-    """RUN_STATE_RUNNING -> "RUNNING"; unknown numbers (a newer server) print as numbers."""
-    return _enum_label(run_pb2.RunState, state, "RUN_STATE_")
-
-
-def step_state_label(state: int) -> str:
-    """STEP_STATE_CACHED -> "CACHED"."""
-    return _enum_label(run_pb2.StepState, state, "STEP_STATE_")
-
-
-def _enum_label(enum: EnumTypeWrapper, value: int, prefix: str) -> str:
-    try:
-        return enum.Name(value).removeprefix(prefix)
-    except ValueError:
-        return str(value)
-
-
-def format_time(timestamp: timestamp_pb2.Timestamp) -> str:
+def format_time(value: datetime | None) -> str:
     """2026-11-26T10:00:01Z, or "-" when unset."""
-    if not timestamp.seconds and not timestamp.nanos:
+    if value is None:
         return "-"
-    return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_duration(seconds: float) -> str:
@@ -85,16 +67,11 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def _is_set(timestamp: timestamp_pb2.Timestamp) -> bool:
-    return bool(timestamp.seconds or timestamp.nanos)
-
-
-def _span(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp, now: datetime) -> str:
+def _span(start: datetime | None, end: datetime | None, now: datetime) -> str:
     """The time from start to end (or to now, while it lasts); "" before it starts."""
-    if not _is_set(start):
+    if start is None:
         return ""
-    finish = end.ToDatetime(tzinfo=UTC) if _is_set(end) else now
-    return format_duration((finish - start.ToDatetime(tzinfo=UTC)).total_seconds())
+    return format_duration(((end or now) - start).total_seconds())
 
 
 def short_version(version: str) -> str:
@@ -102,24 +79,13 @@ def short_version(version: str) -> str:
     return version.partition(":")[2][:12] if ":" in version else version[:12]
 
 
-def _plain(value: Any) -> Any:
-    # Struct numbers are doubles; whole ones read better without ".0".
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
+def format_value(value: Any) -> str:
+    """A (typed) parameter value as compact JSON: 5, 0.5, "en", [1, 2]."""
+    return json.dumps(value, ensure_ascii=False)
 
 
-def format_value(value: struct_pb2.Value) -> str:
-    """A parameter value as compact JSON: 5, "en", [1, 2]."""
-    return json.dumps(_plain(json_format.MessageToDict(value)), ensure_ascii=False)
-
-
-def _struct_items(struct: struct_pb2.Struct) -> list[str]:
-    return [f"{key}={format_value(struct.fields[key])}" for key in sorted(struct.fields)]
+def _items(values: Any) -> list[str]:
+    return [f"{key}={format_value(values[key])}" for key in sorted(values)]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -131,7 +97,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def pipelines_table(pipelines: Sequence[pipeline_pb2.Pipeline]) -> list[str]:
+def pipelines_table(pipelines: Sequence[Pipeline]) -> list[str]:
     """`pipelines list`: name, short version, parameter count, first line of the description."""
     rows = [
         [
@@ -145,8 +111,8 @@ def pipelines_table(pipelines: Sequence[pipeline_pb2.Pipeline]) -> list[str]:
     return table(["NAME", "VERSION", "PARAMS", "DESCRIPTION"], rows)
 
 
-def describe_pipeline(pipeline: pipeline_pb2.Pipeline) -> list[str]:
-    """`pipelines get`: the pipeline, then its parameters as a table."""
+def describe_pipeline(pipeline: Pipeline) -> list[str]:
+    """`pipelines get`: the pipeline, its parameters as a table, then their rules."""
     lines = [f"name:     {pipeline.name}"]
     if pipeline.display_name:
         lines.append(f"title:    {pipeline.display_name}")
@@ -157,28 +123,36 @@ def describe_pipeline(pipeline: pipeline_pb2.Pipeline) -> list[str]:
     rows = [
         [
             parameter.name,
-            _enum_label(pipeline_pb2.ParameterType, parameter.type, "PARAMETER_TYPE_").lower(),
+            parameter.type.name.lower(),
             "yes" if parameter.required else "no",
-            format_value(parameter.default_value) if parameter.HasField("default_value") else "-",
+            "-" if parameter.default is None else format_value(parameter.default),
             parameter.description.strip().partition("\n")[0],
         ]
         for parameter in pipeline.parameters
     ]
     lines.append("")
-    if rows:
-        lines += table(["PARAMETER", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], rows)
-    else:
+    if not rows:
         lines.append("no parameters")
+        return lines
+    lines += table(["PARAMETER", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], rows)
+    ruled = [
+        [parameter.name, "; ".join(rule.description for rule in parameter.rules)]
+        for parameter in pipeline.parameters
+        if parameter.rules
+    ]
+    if ruled:
+        # CreateRun refuses a value that breaks one of these (INVALID_ARGUMENT).
+        lines += ["", *table(["PARAMETER", "MUST BE"], ruled)]
     return lines
 
 
-def runs_table(runs: Sequence[run_pb2.Run]) -> list[str]:
+def runs_table(runs: Sequence[Run]) -> list[str]:
     """`runs list`: name, pipeline, state, creation time, labels."""
     rows = [
         [
             run.name,
             run.pipeline,
-            run_state_label(run.state),
+            run.state.name,
             format_time(run.create_time),
             ",".join(f"{key}={run.labels[key]}" for key in sorted(run.labels)),
         ]
@@ -187,8 +161,9 @@ def runs_table(runs: Sequence[run_pb2.Run]) -> list[str]:
     return table(["NAME", "PIPELINE", "STATE", "CREATED", "LABELS"], rows)
 
 
-def step_lines(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
-    """One line per step: state symbol, name, state, duration, cached flag, attempt."""
+def step_lines(run: Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
+    """One line per step, in execution order: state symbol, name, state, duration, cached
+    flag, attempt."""
     symbols = _ASCII_SYMBOLS if ascii_only else _UNICODE_SYMBOLS
     width = max((len(step.name) for step in run.steps), default=0)
     lines = []
@@ -198,7 +173,7 @@ def step_lines(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -> 
             flags.append("cached")
         if step.attempt > 1:
             flags.append(f"attempt {step.attempt}")
-        state = step_state_label(step.state).lower()
+        state = step.state.name.lower()
         duration = _span(step.start_time, step.end_time, now)
         line = (
             f"  {symbols.get(step.state, '?')} {step.name:<{width}}  {state:<9}  {duration:>7}"
@@ -208,11 +183,10 @@ def step_lines(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -> 
     return lines
 
 
-def render_frame(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
+def render_frame(run: Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
     """The live view of a run: a header with state and elapsed time, then its steps."""
-    start = run.start_time if _is_set(run.start_time) else run.create_time
-    elapsed = _span(start, run.end_time, now)
-    header = f"{run.name}  {run.pipeline}  {run_state_label(run.state)}  r{run.revision}"
+    elapsed = _span(run.start_time or run.create_time, run.end_time, now)
+    header = f"{run.name}  {run.pipeline}  {run.state.name}  r{run.revision}"
     if elapsed:
         header += f"  elapsed {elapsed}"
     return [header, *step_lines(run, now, ascii_only=ascii_only)]
@@ -229,31 +203,32 @@ def redraw(previous_height: int, lines: Sequence[str], width: int) -> str:
     return up + "\x1b[J" + "".join(f"{line}\n" for line in clipped)
 
 
-def _step_key(step: run_pb2.Step) -> tuple[int, int, bool]:
+def _step_key(step: Step) -> tuple[int, int, bool]:
     return (step.state, step.attempt, step.cached)
 
 
-def _step_change(head: str, step: run_pb2.Step) -> str:
-    line = f"{head} step {step.name} {step_state_label(step.state)}"
-    if step.cached and step.state != run_pb2.STEP_STATE_CACHED:
+def _step_change(head: str, step: Step) -> str:
+    line = f"{head} step {step.name} {step.state.name}"
+    if step.cached and step.state is not StepState.CACHED:
         line += " cached"
     if step.attempt > 1:
         line += f" attempt {step.attempt}"
-    if step.HasField("error") and step.error.message:
+    if step.error is not None and step.error.message:
         line += f": {step.error.message}"
     return line
 
 
-def change_lines(previous: run_pb2.Run | None, current: run_pb2.Run) -> list[str]:
+def change_lines(previous: Run | None, current: Run) -> list[str]:
     """Append-only lines for what changed from `previous` to `current` (None: the first).
 
     Each line is "<update time> <run> r<revision> <run state>", followed for a step by
     "step <name> <step state>". A run-state change is listed before the step changes of
     the same snapshot, except a terminal one, which comes last so a log ends with it.
     """
-    timestamp = current.update_time if _is_set(current.update_time) else current.create_time
-    state = run_state_label(current.state)
-    head = f"{format_time(timestamp)} {current.name} r{current.revision} {state}"
+    head = (
+        f"{format_time(current.update_time or current.create_time)} {current.name}"
+        f" r{current.revision} {current.state.name}"
+    )
     before = {step.name: _step_key(step) for step in previous.steps} if previous else {}
     steps = [
         _step_change(head, step)
@@ -263,53 +238,125 @@ def change_lines(previous: run_pb2.Run | None, current: run_pb2.Run) -> list[str
     if previous is not None and previous.state == current.state:
         return steps
     run_line = head
-    if current.HasField("error") and current.error.message:
+    if current.error is not None and current.error.message:
         run_line += f": {current.error.message}"
-    if current.state in TERMINAL_RUN_STATES:
+    if current.state.terminal:
         return [*steps, run_line]
     return [run_line, *steps]
 
 
-def _status_code_name(code: int) -> str:
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status.name
-    return str(code)
-
-
-def outcome_lines(run: run_pb2.Run) -> list[str]:
+def outcome_lines(run: Run) -> list[str]:
     """What a finished run left behind: its outputs, or why it failed."""
     lines: list[str] = []
-    if run.state == run_pb2.RUN_STATE_SUCCEEDED:
+    if run.state is RunState.SUCCEEDED:
         if run.outputs:
             width = max(len(artifact.name) for artifact in run.outputs)
             lines.append("outputs:")
             lines += [f"  {artifact.name:<{width}}  {artifact.uri}" for artifact in run.outputs]
-        if run.output_parameters.fields:
+        if run.output_parameters:
             lines.append("output parameters:")
-            lines += [f"  {item}" for item in _struct_items(run.output_parameters)]
+            lines += [f"  {item}" for item in _items(run.output_parameters)]
         if not lines:
             lines.append("no outputs")
-    elif run.state == run_pb2.RUN_STATE_FAILED:
-        if run.HasField("error"):
-            lines.append(
-                f"error: {_status_code_name(run.error.code)}: {run.error.message or 'run failed'}"
-            )
-        else:
-            lines.append("error: run failed")
+    elif run.state is RunState.FAILED:
+        error = run.error
+        lines.append(
+            f"error: {error.code.name}: {error.message or 'run failed'}"
+            if error
+            else "error: run failed"
+        )
+        # A step's error the run's already says (a run fails with its failed step's) is
+        # not said again.
+        said = error.message if error else ""
         lines += [
             f"  step {step.name}: {step.error.message}"
             for step in run.steps
-            if step.state == run_pb2.STEP_STATE_FAILED and step.error.message
+            if step.state is StepState.FAILED
+            and step.error is not None
+            and step.error.message
+            and step.error.message not in said
         ]
-    elif run.state == run_pb2.RUN_STATE_CANCELLED:
+    elif run.state is RunState.CANCELLED:
         lines.append("cancelled")
     if run.backend_run_url:
         lines.append(f"backend: {run.backend_run_url}")
     return lines
 
 
-def describe_run(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
+_REPORT_TYPES = {
+    "system.ClassificationMetrics": "classification metrics",
+    "system.SlicedClassificationMetrics": "sliced classification metrics",
+    "system.HTML": "HTML",
+    "system.Markdown": "Markdown",
+}
+"""Artifact types `runs get` lists as reports (KFP's UI renders them as visualizations)."""
+
+
+def _number(value: float) -> str:
+    return format(value, ".6g")
+
+
+def metric_lines(run: Run) -> list[str]:
+    """`runs get`: each step's logged metrics (its Metrics outputs), one line per step."""
+    rows = []
+    for step in run.steps:
+        if not step.metrics:
+            continue
+        several = len({metric.artifact for metric in step.metrics}) > 1
+        values = [
+            f"{metric.artifact + '.' if several else ''}{metric.name}={_number(metric.value)}"
+            for metric in step.metrics
+        ]
+        rows.append((step.name, "  ".join(values)))
+    if not rows:
+        return []
+    width = max(len(name) for name, _ in rows)
+    return ["metrics:", *(f"  {name:<{width}}  {values}" for name, values in rows)]
+
+
+def _report_summary(artifact: Artifact) -> str:
+    """What a report artifact holds, in a few words: "3 classes, accuracy 0.9"."""
+    metadata = artifact.metadata
+    if artifact.type == "system.ClassificationMetrics":
+        parts = []
+        matrix = metadata.get("confusionMatrix") or {}
+        rows = [row.get("row") or [] for row in matrix.get("rows") or []]
+        if rows:
+            total = sum(sum(row) for row in rows)
+            hits = sum(row[i] for i, row in enumerate(rows) if i < len(row))
+            parts.append(f"{len(rows)} classes")
+            if total:
+                parts.append(f"accuracy {_number(hits / total)}")
+        if metadata.get("confidenceMetrics"):
+            parts.append(f"{len(metadata['confidenceMetrics'])} thresholds")
+        return ", ".join(parts)
+    if artifact.type == "system.SlicedClassificationMetrics":
+        return f"{len(metadata.get('evaluationSlices') or [])} slices"
+    return ""
+
+
+def report_lines(run: Run) -> list[str]:
+    """`runs get`: the steps' report artifacts (classification metrics, HTML, Markdown)."""
+    rows: list[tuple[str, str, str]] = []
+    for step in run.steps:
+        for artifact in step.output_artifacts:
+            label = _REPORT_TYPES.get(artifact.type)
+            if label is None:
+                continue
+            summary = _report_summary(artifact)
+            kind = f"{label}: {summary}" if summary else label
+            rows.append((f"{step.name}/{artifact.name}", kind, artifact.uri))
+    if not rows:
+        return []
+    name_width = max(len(row[0]) for row in rows)
+    kind_width = max(len(row[1]) for row in rows)
+    return [
+        "reports:",
+        *(f"  {name:<{name_width}}  {kind:<{kind_width}}  {uri}" for name, kind, uri in rows),
+    ]
+
+
+def describe_run(run: Run, now: datetime, *, ascii_only: bool = False) -> list[str]:
     """`runs get`: the run's fields, its steps, and its outcome once finished."""
     pipeline = run.pipeline
     if run.pipeline_version:
@@ -317,7 +364,7 @@ def describe_run(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -
     lines = [
         f"name:        {run.name}",
         f"pipeline:    {pipeline}",
-        f"state:       {run_state_label(run.state)} (r{run.revision})",
+        f"state:       {run.state.name} (r{run.revision})",
         f"created:     {format_time(run.create_time)}",
         f"started:     {format_time(run.start_time)}",
         f"ended:       {format_time(run.end_time)}",
@@ -325,8 +372,8 @@ def describe_run(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -
     if run.labels:
         labels = ", ".join(f"{key}={run.labels[key]}" for key in sorted(run.labels))
         lines.append(f"labels:      {labels}")
-    if run.parameters.fields:
-        lines.append(f"parameters:  {', '.join(_struct_items(run.parameters))}")
+    if run.parameters:
+        lines.append(f"parameters:  {', '.join(_items(run.parameters))}")
     if run.request_id:
         lines.append(f"request id:  {run.request_id}")
     if run.retry_of:
@@ -335,13 +382,18 @@ def describe_run(run: run_pb2.Run, now: datetime, *, ascii_only: bool = False) -
         lines.append(f"backend:     {run.backend} {run.backend_run_id}".rstrip())
     if run.steps:
         lines += ["steps:", *step_lines(run, now, ascii_only=ascii_only)]
-    if run.state in TERMINAL_RUN_STATES:
+    lines += metric_lines(run)
+    lines += report_lines(run)
+    if run.state.terminal:
         lines += outcome_lines(run)
     return lines
 
 
 def error_lines(error: RPCError, server: str) -> list[str]:
-    """A failed call as one line, then the BadRequest field violations and ErrorInfo metadata."""
+    """A failed call as one line, then the BadRequest field violations and ErrorInfo
+    metadata, each once: the service's message often says them already ("invalid
+    parameters for X: run.parameters.a: ...; run.parameters.b: ..."), and what it says is
+    not repeated below it."""
     code = error.code.name
     if code == "UNAVAILABLE" and not error.reason:
         # No ErrorInfo: the transport failed before reaching the service.
@@ -352,9 +404,25 @@ def error_lines(error: RPCError, server: str) -> list[str]:
     if code == "DEADLINE_EXCEEDED" and not error.reason:
         return [f"error: the service at {server} did not answer in time ({code}); see --timeout"]
     label = code if error.reason in ("", code) else f"{code}: {error.reason}"
-    lines = [f"error: {error.message or code.lower()} ({label})"]
-    lines += [f"  {violation.field}: {violation.description}" for violation in error.violations]
-    lines += [f"  {key}: {error.metadata[key]}" for key in sorted(error.metadata)]
+    message = error.message or code.lower()
+    violations = [f"{v.field}: {v.description}" for v in error.violations]
+    if violations and violations[0] in message:
+        # The message lists the violations after a headline: keep the headline, and the
+        # violations one per line below it.
+        message = message[: message.index(violations[0])].rstrip(": ;") or message
+    else:
+        violations = [
+            text
+            for text, violation in zip(violations, error.violations, strict=True)
+            if violation.description not in message
+        ]
+    lines = [f"error: {message} ({label})"]
+    lines += [f"  {text}" for text in violations]
+    lines += [
+        f"  {key}: {error.metadata[key]}"
+        for key in sorted(error.metadata)
+        if error.metadata[key] not in message
+    ]
     return lines
 
 
@@ -364,12 +432,19 @@ def emit(lines: Sequence[str], out: TextIO) -> None:
         print(line, file=out)
 
 
-def print_json(messages: Message | Sequence[Message], out: TextIO) -> None:
-    """Prints a message as a JSON object, or messages as a JSON array."""
-    if isinstance(messages, Message):
-        print(json_format.MessageToJson(messages), file=out)
-    else:
-        print(json.dumps([json_format.MessageToDict(m) for m in messages], indent=2), file=out)
+class Printable(Protocol):
+    """A client object that has a JSON form (Run, Pipeline, LogLine)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def print_json(
+    items: Printable | Sequence[Printable], out: TextIO, *, indent: int | None = 2
+) -> None:
+    """Prints an object as a JSON object, or objects as a JSON array: the API's JSON (as
+    grpcurl prints it), with values typed (20, not 20.0, for an integer)."""
+    data: Any = items.to_json() if not isinstance(items, Sequence) else [i.to_json() for i in items]
+    print(json.dumps(data, indent=indent, ensure_ascii=False), file=out)
 
 
 def needs_ascii(stream: TextIO) -> bool:

@@ -28,7 +28,7 @@ from kfp import compiler, dsl
 from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
 from skit_pipelines.backends.kubeflow_platform import parse_step_secrets
 from skit_pipelines.catalog import Catalog, ir_version, pipeline_from_spec
-from skit_pipelines.domain import Pipeline, Run, RunState, StepState
+from skit_pipelines.domain import Code, Pipeline, Run, RunState, StepState
 from skit_pipelines.errors import FailedPrecondition
 from skit_pipelines.imagelock import load_lock, pin_images
 from skit_pipelines.runs import CreateRunInput, RunController
@@ -370,9 +370,12 @@ async def test_a_failed_kfp_run_fails_naming_the_failed_step(
     assert failed.state is RunState.FAILED and failed.error is not None
     assert failed.error.reason == "KFP_RUN_FAILED"
     assert "failed: echo;" in failed.error.message
+    # A step failure, coded as the local executor codes one: never UNKNOWN.
+    assert failed.error.code == Code.ABORTED
     steps = {s.name: s for s in failed.steps}
     assert steps["echo"].state is StepState.FAILED
     assert steps["echo"].error is not None and steps["echo"].error.message == "echo failed"
+    assert steps["echo"].error.code == Code.ABORTED
     # Argo runs the independent branches on; nothing is left unfinished.
     assert all(s.state.terminal for s in failed.steps)
 

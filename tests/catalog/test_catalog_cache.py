@@ -24,7 +24,7 @@ def _refuse_to_compile(path: Path) -> None:
 def test_an_unchanged_project_is_read_back_without_compiling(sources, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     compiled = Catalog.load(sources / "pipelines", cache)
-    monkeypatch.setattr(catalog, "compile_module", _refuse_to_compile)
+    monkeypatch.setattr(catalog, "compile_pipeline", _refuse_to_compile)
 
     again = Catalog.load(sources / "pipelines", cache)
 
@@ -39,9 +39,9 @@ def test_a_changed_source_is_compiled_again(sources, tmp_path, monkeypatch, chan
     Catalog.load(sources / "pipelines", cache)
     (sources / changed).write_text((sources / changed).read_text() + "\n# changed\n")
     calls: list[str] = []
-    compile_module = catalog.compile_module
+    compile_pipeline = catalog.compile_pipeline
     monkeypatch.setattr(
-        catalog, "compile_module", lambda path: calls.append(path.name) or compile_module(path)
+        catalog, "compile_pipeline", lambda path: calls.append(path.name) or compile_pipeline(path)
     )
 
     Catalog.load(sources / "pipelines", cache)

@@ -43,6 +43,12 @@ def pipelines() -> list[pipeline_pb2.Pipeline]:
                     type=pipeline_pb2.PARAMETER_TYPE_INTEGER,
                     required=True,
                     description="How many calls to sample.",
+                    rules=[
+                        pipeline_pb2.ParameterRule(
+                            description="from 1 to 1000",
+                            range=pipeline_pb2.RangeRule(minimum=1, maximum=1000),
+                        )
+                    ],
                 ),
                 pipeline_pb2.PipelineParameter(
                     name="lang",
@@ -62,7 +68,13 @@ def pipelines() -> list[pipeline_pb2.Pipeline]:
                     type=pipeline_pb2.PARAMETER_TYPE_INTEGER,
                     default_value=struct_pb2.Value(number_value=3),
                     description="Training epochs.",
-                )
+                ),
+                pipeline_pb2.PipelineParameter(
+                    name="learning_rate",
+                    type=pipeline_pb2.PARAMETER_TYPE_DOUBLE,
+                    default_value=struct_pb2.Value(number_value=1),
+                    description="Step size.",
+                ),
             ],
         ),
     ]
@@ -73,12 +85,13 @@ def run(
     state: int = run_pb2.RUN_STATE_RUNNING,
     revision: int = 1,
     steps: Sequence[tuple[str, int] | run_pb2.Step] = (),
+    pipeline: str = "pipelines/transcribe-calls",
     **fields: Any,
 ) -> run_pb2.Run:
     """A run snapshot; steps are Step messages or (name, StepState) pairs."""
     return run_pb2.Run(
         name=f"runs/{run_id}",
-        pipeline="pipelines/transcribe-calls",
+        pipeline=pipeline,
         state=state,
         revision=revision,
         create_time=timestamp(0),
@@ -97,10 +110,13 @@ def abort(
     message: str,
     reason: str,
     violations: Sequence[tuple[str, str]] = (),
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Aborts the way the real service does: google.rpc.Status with ErrorInfo and BadRequest."""
     status = status_pb2.Status(code=code, message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+    )
     if violations:
         status.details.add().Pack(
             error_details_pb2.BadRequest(
@@ -161,12 +177,17 @@ class FakePipelineService(pipeline_service_pb2_grpc.PipelineServiceServicer):
         if calls is not None and not (
             calls.HasField("number_value") and calls.number_value.is_integer()
         ):
+            # The service's message lists the violations the BadRequest holds too.
             abort(
                 context,
                 code_pb2.INVALID_ARGUMENT,
-                "run.parameters.calls must be an integer",
-                "INVALID_PARAMETER",
-                [("run.parameters.calls", "must be an integer, got 2.5")],
+                f"invalid parameters for {request.run.pipeline}: run.parameters.calls: must"
+                " be an integer, got 2.5; run.parameters.colour: unknown parameter",
+                "INVALID_PARAMETERS",
+                [
+                    ("run.parameters.calls", "must be an integer, got 2.5"),
+                    ("run.parameters.colour", "unknown parameter"),
+                ],
             )
         created = run_pb2.Run(
             name=f"runs/{request.run_id or 'transcribe-calls-1'}",
@@ -198,8 +219,22 @@ class FakePipelineService(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
     def CancelRun(self, request, context):
         self.requests.append(request)
+        run = self.runs[request.name]
+        if run.state in (
+            run_pb2.RUN_STATE_SUCCEEDED,
+            run_pb2.RUN_STATE_FAILED,
+            run_pb2.RUN_STATE_CANCELLED,
+        ):
+            state = run_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_")
+            abort(
+                context,
+                code_pb2.FAILED_PRECONDITION,
+                f"{request.name} already finished: it is {state}, so there is nothing to cancel",
+                "RUN_ALREADY_FINISHED",
+                metadata={"state": state},
+            )
         cancelled = run_pb2.Run()
-        cancelled.CopyFrom(self.runs[request.name])
+        cancelled.CopyFrom(run)
         cancelled.state = run_pb2.RUN_STATE_CANCELLING
         return cancelled
 

@@ -45,7 +45,7 @@ def test_pipelines_list_shows_a_row_per_pipeline_across_pages(server, fake, caps
         "of",
         "calls.",
     ]
-    assert lines[2].split()[:3] == ["pipelines/train-intent", "999999999999", "1"]
+    assert lines[2].split()[:3] == ["pipelines/train-intent", "999999999999", "2"]
     assert len(lines) == 3
     # The fake serves one pipeline per page: the second page was asked for.
     tokens = [r.page_token for r in fake.received(pipeline_service_pb2.ListPipelinesRequest)]
@@ -66,6 +66,8 @@ def test_pipelines_get_shows_the_parameters_table(server, fake, capsys):
         "calls", "integer", "yes", "-", "How", "many", "calls", "to", "sample."
     ]  # fmt: skip
     assert lines[header + 2].split() == ["lang", "string", "no", '"en"', "Language", "code."]
+    rules = lines.index("PARAMETER  MUST BE")
+    assert lines[rules + 1 :] == ["calls      from 1 to 1000"]
     assert "Then writes them to S3." in out
     assert "version:  " + "sha256:3f2a9c1b4d5e" in out
 
@@ -164,15 +166,17 @@ def test_assignment_without_equals_is_a_usage_error(server, fake, flag, capsys):
     assert fake.requests == []
 
 
-def test_invalid_argument_prints_message_and_field_violations(server, capsys):
+def test_invalid_argument_prints_each_field_violation_once(server, capsys):
     code = run_cli(server, "runs", "create", "transcribe-calls", "--param", "calls=2.5")
 
     assert code == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        "error: run.parameters.calls must be an integer (INVALID_ARGUMENT: INVALID_PARAMETER)",
+        "error: invalid parameters for pipelines/transcribe-calls"
+        " (INVALID_ARGUMENT: INVALID_PARAMETERS)",
         "  run.parameters.calls: must be an integer, got 2.5",
+        "  run.parameters.colour: unknown parameter",
     ]
 
 
@@ -297,6 +301,22 @@ def test_runs_cancel_prints_the_new_state(server, fake, make_run, capsys):
     assert run_cli(server, "runs", "cancel", "runs/abc") == 0
 
     assert capsys.readouterr().out == "runs/abc CANCELLING\n"
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_runs_cancel_of_a_finished_run_says_so_in_one_line_and_exits_1(
+    server, fake, make_run, capsys, output
+):
+    fake.runs["runs/abc"] = make_run(state=run_pb2.RUN_STATE_SUCCEEDED)
+
+    assert run_cli(server, "--output", output, "runs", "cancel", "abc") == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "error: runs/abc already finished: it is SUCCEEDED, so there is nothing to cancel"
+        " (FAILED_PRECONDITION: RUN_ALREADY_FINISHED)"
+    ]
 
 
 def test_runs_delete_deletes_a_finished_run(server, fake, make_run, capsys):
@@ -591,9 +611,38 @@ def test_json_output_of_a_run(server, fake, make_run, capsys):
 def test_json_output_of_a_list_given_after_the_command(server, capsys):
     assert run_cli(server, "pipelines", "list", "--output", "json") == 0
 
-    document = json.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    document = json.loads(text)
     assert [p["name"] for p in document] == ["pipelines/transcribe-calls", "pipelines/train-intent"]
     assert document[0]["parameters"][1]["defaultValue"] == "en"
+    epochs, learning_rate = document[1]["parameters"]
+    assert (json.dumps(epochs["defaultValue"]), json.dumps(learning_rate["defaultValue"])) == (
+        "3",
+        "1.0",
+    )
+    assert document[0]["parameters"][0]["rules"][0]["range"] == {"minimum": 1, "maximum": 1000}
+    assert '"minimum": 1,' in text
+
+
+def test_json_and_text_show_values_as_their_parameters_type_them(server, fake, make_run, capsys):
+    parameters = struct_pb2.Struct()
+    parameters.update({"calls": 20, "lang": "en", "extra": [1, 2.5]})
+    fake.runs["runs/abc"] = make_run(parameters=parameters)
+    train = struct_pb2.Struct()
+    train.update({"epochs": 3, "learning_rate": 1})
+    fake.runs["runs/xyz"] = make_run("xyz", pipeline="pipelines/train-intent", parameters=train)
+
+    assert run_cli(server, "--output", "json", "runs", "get", "abc") == 0
+    assert run_cli(server, "--output", "json", "runs", "get", "xyz") == 0
+    assert run_cli(server, "runs", "get", "xyz") == 0
+
+    first, second, text = capsys.readouterr().out.split("\n}\n")
+    # A Struct's keys come in no fixed order: look for each value as written, not its place.
+    assert re.search(r'"calls": 20\b(?!\.)', first)
+    assert '"extra": [\n      1,\n      2.5\n    ]' in first
+    assert json.loads(second + "}")["parameters"] == {"epochs": 3, "learning_rate": 1.0}
+    assert '"learning_rate": 1.0' in second
+    assert "parameters:  epochs=3, learning_rate=1.0" in text
 
 
 def test_json_watch_prints_one_snapshot_per_line(server, fake, succeeding, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines_cli import main as cli
@@ -33,10 +34,11 @@ def test_errors_carry_code_reason_domain_and_violations(client):
 
     error = raised.value
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.reason == "INVALID_PARAMETER"
+    assert error.reason == "INVALID_PARAMETERS"
     assert error.domain == "pipelines.skit.ai"
     assert error.violations == (
         FieldViolation("run.parameters.calls", "must be an integer, got 2.5"),
+        FieldViolation("run.parameters.colour", "unknown parameter"),
     )
     assert not error.retryable
 
@@ -91,3 +93,46 @@ def test_watch_run_yields_runs(client, fake, make_run):
 
     assert [run.revision for run in client.watch_run("runs/abc")] == [1, 2]
     assert fake.received(pipeline_service_pb2.WatchRunRequest)[0].name == "runs/abc"
+
+
+def test_runs_are_typed_with_one_get_pipeline_per_pipeline_version(client, fake, make_run):
+    parameters = struct_pb2.Struct()
+    parameters.update({"calls": 20, "lang": "en"})
+    for i in range(3):
+        fake.runs[f"runs/r{i}"] = make_run(f"r{i}", parameters=parameters, pipeline_version="v1")
+
+    runs = [client.get_run(f"r{i}") for i in range(3)] + list(client.list_runs())
+
+    assert all(run.parameters == {"calls": 20, "lang": "en"} for run in runs)
+    assert all(type(run.parameters["calls"]) is int for run in runs)
+    assert str(runs[0].state) == "RUNNING" and runs[0].state == run_pb2.RUN_STATE_RUNNING
+    asked = fake.received(pipeline_service_pb2.GetPipelineRequest)
+    assert [r.name for r in asked] == ["pipelines/transcribe-calls"]
+
+
+def test_a_pipeline_the_server_cannot_give_reads_untyped_and_is_asked_once(client, fake, make_run):
+    parameters = struct_pb2.Struct()
+    parameters.update({"calls": 20, "ratio": 0.5})
+    fake.runs["runs/old"] = make_run("old", pipeline="pipelines/gone", parameters=parameters)
+
+    first = client.get_run("old")
+    again = client.get_run("old")
+
+    # No types: a whole number reads as JSON has it, an int.
+    assert first.parameters == again.parameters == {"calls": 20, "ratio": 0.5}
+    assert type(first.parameters["calls"]) is int
+    assert len(fake.received(pipeline_service_pb2.GetPipelineRequest)) == 1
+
+
+def test_cancel_of_a_finished_run_raises_failed_precondition(client, fake, make_run):
+    fake.runs["runs/done"] = make_run("done", state=run_pb2.RUN_STATE_CANCELLED)
+
+    with pytest.raises(RPCError) as raised:
+        client.cancel_run("done")
+
+    error = raised.value
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "RUN_ALREADY_FINISHED",
+    )
+    assert error.metadata == {"state": "CANCELLED"}

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
 
 from skit.pipelines.v1 import run_pb2
 from skit_pipelines_cli import render, values
-from skit_pipelines_client import FieldViolation, RPCError
+from skit_pipelines_client import FieldViolation, RPCError, Run, RunState
 
 NOW = datetime(2026, 11, 26, 10, 1, 0, tzinfo=UTC)  # 60 s after the fake runs were created
 RUNNING = run_pb2.STEP_STATE_RUNNING
+
+
+@pytest.fixture
+def make_run(make_run: Any) -> Any:
+    """conftest's snapshot builder, as the client returns runs."""
+    return lambda *args, **fields: Run.of(make_run(*args, **fields))
 
 
 @pytest.mark.parametrize(
@@ -127,7 +135,7 @@ def test_a_terminal_state_comes_after_the_step_changes(make_run):
 
 
 @pytest.fixture
-def running(make_run, at) -> run_pb2.Run:
+def running(make_run, at) -> Run:
     return make_run(
         revision=7,
         start_time=at(10),
@@ -157,10 +165,11 @@ def test_frame_has_a_header_and_a_line_per_step(running):
 
 
 def test_frame_of_a_finished_run_stops_the_clock(running, at):
-    running.state = run_pb2.RUN_STATE_SUCCEEDED
-    running.end_time.CopyFrom(at(40))
+    finished = dataclasses.replace(
+        running, state=RunState.SUCCEEDED, end_time=at(40).ToDatetime(tzinfo=UTC)
+    )
 
-    assert render.render_frame(running, NOW)[0].endswith("SUCCEEDED  r7  elapsed 30.0s")
+    assert render.render_frame(finished, NOW)[0].endswith("SUCCEEDED  r7  elapsed 30.0s")
 
 
 def test_ascii_frame_has_no_other_characters(running):
@@ -218,3 +227,65 @@ def test_error_lines_do_not_repeat_a_reason_equal_to_the_code():
     error = RPCError(grpc.StatusCode.INVALID_ARGUMENT, "bad", reason="INVALID_ARGUMENT")
 
     assert render.error_lines(error, "h:1") == ["error: bad (INVALID_ARGUMENT)"]
+
+
+def test_error_lines_say_a_violation_the_message_already_says_once():
+    # InvalidArgument(message, field=...): the one violation's description is the message.
+    error = RPCError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_size must not be negative",
+        reason="INVALID_ARGUMENT",
+        violations=[FieldViolation("page_size", "page_size must not be negative")],
+    )
+
+    assert render.error_lines(error, "h:1") == [
+        "error: page_size must not be negative (INVALID_ARGUMENT)"
+    ]
+
+
+def test_error_lines_list_violations_below_the_headline_the_message_starts_with():
+    error = RPCError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid parameters for pipelines/x: run.parameters.a: must be a string, got 5;"
+        " run.parameters.b: required parameter is missing",
+        reason="INVALID_PARAMETERS",
+        violations=[
+            FieldViolation("run.parameters.a", "must be a string, got 5"),
+            FieldViolation("run.parameters.b", "required parameter is missing"),
+        ],
+    )
+
+    assert render.error_lines(error, "h:1") == [
+        "error: invalid parameters for pipelines/x (INVALID_ARGUMENT: INVALID_PARAMETERS)",
+        "  run.parameters.a: must be a string, got 5",
+        "  run.parameters.b: required parameter is missing",
+    ]
+
+
+def test_error_lines_leave_out_metadata_the_message_says():
+    error = RPCError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "runs/abc already finished: it is SUCCEEDED, so there is nothing to cancel",
+        reason="RUN_ALREADY_FINISHED",
+        metadata={"state": "SUCCEEDED"},
+    )
+
+    assert len(render.error_lines(error, "h:1")) == 1
+
+
+def test_outcome_of_a_failure_does_not_repeat_the_step_error_the_run_error_holds(make_run):
+    failed = make_run(
+        state=run_pb2.RUN_STATE_FAILED,
+        steps=[
+            run_pb2.Step(
+                name="fetch-calls",
+                state=run_pb2.STEP_STATE_FAILED,
+                error={"code": 9, "message": "fetch_calls: bad --start-date"},
+            )
+        ],
+        error={"code": 9, "message": "step fetch-calls failed: fetch_calls: bad --start-date"},
+    )
+
+    assert render.outcome_lines(failed) == [
+        "error: FAILED_PRECONDITION: step fetch-calls failed: fetch_calls: bad --start-date"
+    ]

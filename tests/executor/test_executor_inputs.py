@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from skit_pipelines.domain import Artifact, ErrorInfo
+from skit_pipelines.executor._command import system_values
 from skit_pipelines.executor._inputs import (
     FinalStatusSource,
     InputError,
@@ -24,6 +25,8 @@ from skit_pipelines.executor._outcome import Outcome, TaskState
 from skit_pipelines.executor._values import ParameterTypeError
 
 DATA = Artifact(name="data", uri="file:///store/data", sha256="abc")
+
+WHERE = "{{$.pipeline_job_name}}/{{$.pipeline_task_name}}"
 
 
 def task(spec: dict[str, Any]) -> Any:
@@ -45,6 +48,7 @@ def test_inputs_from_the_dag_upstream_constants_and_selectors() -> None:
                         "parameterExpressionSelector": 'parseJson(string_value)["k"]',
                     },
                     "greeting": {"runtimeValue": {"constant": "hi {{$.inputs.parameters['a']}}"}},
+                    "where": {"runtimeValue": {"constant": WHERE}},
                 },
                 "artifacts": {
                     "d": {"taskOutputArtifact": {"producerTask": "up", "outputArtifactKey": "x"}},
@@ -55,9 +59,14 @@ def test_inputs_from_the_dag_upstream_constants_and_selectors() -> None:
     )
     upstream = {"up": Outcome(TaskState.SUCCEEDED, {"out": '{"k": 5}'}, {"x": (DATA,)})}
     inputs = resolve_inputs(
-        consumer, Scope({"pipelinechannel--a": "x"}, {}), upstream, final_status_of={}
+        consumer,
+        Scope({"pipelinechannel--a": "x"}, {}),
+        upstream,
+        final_status_of={},
+        system=system_values("run-1", "consumer"),
     )
-    assert inputs.parameters == {"a": "x", "b": 5, "greeting": "hi x"}
+    # Constants' placeholders resolve as KFP's driver resolves them: inputs and system ones.
+    assert inputs.parameters == {"a": "x", "b": 5, "greeting": "hi x", "where": "run-1/consumer"}
     assert inputs.artifacts == {"d": (DATA,)}, "an absent artifact is left out"
 
 
@@ -65,7 +74,7 @@ def test_a_final_status_input_reports_the_producer() -> None:
     handler = task({"inputs": {"parameters": {"s": {"taskFinalStatus": {"producerTask": "t"}}}}})
     error = ErrorInfo(code=2, message="step t failed: boom", reason="STEP_FAILED")
     source = FinalStatusSource("run-1", "t", Outcome.failed(error), None)
-    inputs = resolve_inputs(handler, Scope({}, {}), {"t": source.outcome}, {"t": source})
+    inputs = resolve_inputs(handler, Scope({}, {}), {"t": source.outcome}, {"t": source}, {})
     assert inputs.parameters["s"] == {
         "state": "FAILED",
         "pipelineJobResourceName": "run-1",

@@ -88,10 +88,10 @@ def test_components_executors_and_containers() -> None:
     component = ir.component(emit)
     container = ir.container(component)
     assert container is not None and container.image == "skit-pipelines/t-tool:0.1.0"
-    assert ir.runs_container(emit)
+    assert ir.reports_step(emit)
     consume = ir.root.dag.tasks["consume"]
     assert ir.container(ir.component(consume)) is None, "a DAG is not a container"
-    assert not ir.runs_container(consume)
+    assert not ir.reports_step(consume)
     assert component_name(emit) == "emit"
     assert task_name("key", emit) == "alpha"
     assert type_name(component.output_definitions.parameters["out"].parameter_type) == (

@@ -5,12 +5,24 @@ from __future__ import annotations
 import grpc
 
 from skit_pipelines.domain import Artifact
-from skit_pipelines.executor._outcome import Outcome, TaskState, step_error, timeout_error
+from skit_pipelines.executor._outcome import (
+    Outcome,
+    TaskState,
+    rejected_error,
+    step_error,
+    timeout_error,
+)
 
 
 def test_errors_carry_google_rpc_codes_and_stable_reasons() -> None:
+    # A step failure is never UNKNOWN (which reads as a fault of the service): ABORTED
+    # when RetryRun may help, FAILED_PRECONDITION when only a change of input may.
     assert (step_error("boom").code, step_error("boom").reason) == (
-        grpc.StatusCode.UNKNOWN.value[0],
+        grpc.StatusCode.ABORTED.value[0],
+        "STEP_FAILED",
+    )
+    assert (rejected_error("bad date").code, rejected_error("bad date").reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
         "STEP_FAILED",
     )
     assert (timeout_error("slow").code, timeout_error("slow").reason) == (

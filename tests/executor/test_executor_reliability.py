@@ -22,7 +22,7 @@ from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.domain import Artifact, Step, StepState
+from skit_pipelines.domain import Artifact, Code, Step, StepState
 from skit_pipelines.errors import InvalidArgument
 from skit_pipelines.executor import ExecutorConfig, LocalExecutor, PipelineFailed, _process
 from skit_pipelines.executor._logs import AttemptLog
@@ -227,7 +227,7 @@ async def test_the_run_fails_only_when_the_retries_are_exhausted(tmp_path: Path)
 
     assert counter.read_text() == "3"
     error = failure.value.error
-    assert (error.code, error.reason) == (2, "STEP_FAILED")
+    assert (error.code, error.reason) == (Code.ABORTED, "STEP_FAILED")
     assert error.message == "step flaky failed after 3 attempts: flaky: attempt 3 failed"
     step = recorder.final()["flaky"]
     assert (step.state, step.attempt) == (StepState.FAILED, 3)
@@ -743,3 +743,20 @@ async def test_a_step_process_is_spawned_and_reaped_off_the_event_loop(
         ("stderr", "err"),
         ("stdout", "out"),
     ]
+
+
+async def test_a_step_and_what_it_spawns_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    log = AttemptLog(tmp_path / "attempt-1.log")
+    process = await StepProcess.start(
+        # The step's own niceness, then that of a process it spawns.
+        ["sh", "-c", "cut -d' ' -f19 /proc/self/stat; sh -c \"cut -d' ' -f19 /proc/self/stat\""],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        log=log,
+        grace_seconds=0.5,
+    )
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    log.close()
+    lines = [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()]
+    expected = min(os.getpriority(os.PRIO_PROCESS, 0) + _process.STEP_NICENESS, 19)
+    assert [int(line["line"]) for line in lines] == [expected, expected]

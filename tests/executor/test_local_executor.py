@@ -16,7 +16,7 @@ import yaml
 from kfp import compiler, components, dsl
 
 from skit_pipelines.artifacts import LocalArtifactStore
-from skit_pipelines.domain import Step, StepState
+from skit_pipelines.domain import Code, Step, StepState
 from skit_pipelines.executor import (
     ExecutorConfig,
     InMemoryStepCache,
@@ -434,7 +434,7 @@ async def test_failure_reports_the_stderr_reason_and_skips_what_follows(tmp_path
         )
 
     error = failure.value.error
-    assert (error.code, error.reason) == (2, "STEP_FAILED")
+    assert (error.code, error.reason) == (Code.ABORTED, "STEP_FAILED")
     assert error.message == "step fail failed: RuntimeError: bad input row 7"
     steps = recorder.final()
     assert steps["fail"].state is StepState.FAILED

@@ -15,7 +15,7 @@ import pytest
 from skit_demo import ensure_demo_data
 from skit_pipelines.artifacts import LocalArtifactStore
 from skit_pipelines.backends.local import LocalBackend, StoreStepCache
-from skit_pipelines.catalog import Catalog, compile_module, pipeline_from_spec
+from skit_pipelines.catalog import Catalog, compile_pipeline, pipeline_from_spec
 from skit_pipelines.domain import Run
 from skit_pipelines.executor import ExecutorConfig, LocalExecutor
 from skit_pipelines.runs import CreateRunInput, RunController
@@ -28,7 +28,8 @@ RUN_TIMEOUT_SECONDS = 180
 @pytest.fixture(scope="module")
 def catalog(request: pytest.FixtureRequest) -> Catalog:
     module = ROOT / "pipelines" / f"{request.module.PIPELINE}.py"
-    pipeline = pipeline_from_spec(compile_module(module))
+    compiled = compile_pipeline(module)
+    pipeline = pipeline_from_spec(compiled.spec, compiled.rules)
     return Catalog({pipeline.id: pipeline})
 
 

@@ -47,6 +47,13 @@ async def test_defaults_score_every_transcription_project(run_pipeline):
     assert "## Worst 20 utterances" in text and "## Most frequent word errors" in text
     # Annotators marked some audio unintelligible: left out, and said so.
     assert "Left out:" in text
+    # The scores as a KFP Metrics artifact, in the Run API as typed metrics.
+    (scored,) = [s for s in run.steps if s.name == "asr-metrics"]
+    logged = {m.name: m.value for m in scored.metrics}
+    assert logged["wer"] == wer and logged["cer"] == cer
+    assert logged["utterances"] == len(utterances)
+    assert {k for k in logged if k.startswith("wer_")} == {"wer_en", "wer_hi", "wer_ta", "wer_te"}
+    assert report.type == "system.Markdown"
 
 
 async def test_one_project_and_a_shorter_worst_list(run_pipeline):

@@ -52,6 +52,16 @@ async def test_defaults_evaluate_production_on_every_tagged_utterance(run_pipeli
     # test_percent 100: every tagged utterance of the store is in the evaluation.
     assert found["test_set"]["examples"] > 1000
     assert set(found["model"]["per_language"]) == {"en", "hi", "ta", "te"}
+    # The scores as KFP artifacts, in the Run API: typed metrics and a confusion matrix.
+    (evaluated,) = [s for s in run.steps if s.name == "evaluate-slu"]
+    logged = {m.name: m.value for m in evaluated.metrics}
+    assert logged["macro_f1"] == out["macro_f1"] and "production_macro_f1" not in logged
+    assert logged["test_examples"] == found["test_set"]["examples"]
+    artifacts = {a.name: a for a in evaluated.output_artifacts}
+    matrix = artifacts["confusion_matrix"].metadata["confusionMatrix"]
+    assert artifacts["confusion_matrix"].type == "system.ClassificationMetrics"
+    assert [r["row"] for r in matrix["rows"]] == found["model"]["confusion"]
+    assert artifacts["report_html"].type == "system.HTML"
 
 
 async def test_a_given_version_is_compared_with_production(run_pipeline, demo_env, tmp_path):

@@ -330,8 +330,42 @@ async def test_cancel_moves_through_cancelling_to_cancelled(service) -> None:
     await service.backend.sinks[run_id].run_cancelled(run_id)
     done = await service.stub.GetRun(pb.GetRunRequest(name=run.name))
     assert done.state == run_pb2.RUN_STATE_CANCELLED and done.HasField("end_time")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.CancelRun(pb.CancelRunRequest(name=run.name))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = details(caught.value)
+    assert info.reason == "RUN_ALREADY_FINISHED" and info.metadata["state"] == "CANCELLED"
+    assert "already finished" in caught.value.details()
+    assert service.backend.cancelled == [run_id]
+
+
+async def test_cancelling_a_cancelling_run_again_keeps_it_cancelling(service) -> None:
+    service.backend.cancel_completes = False
+    run = await service.stub.CreateRun(create_request())
+    await service.stub.CancelRun(pb.CancelRunRequest(name=run.name))
     again = await service.stub.CancelRun(pb.CancelRunRequest(name=run.name))
-    assert again.state == run_pb2.RUN_STATE_CANCELLED and service.backend.cancelled == [run_id]
+    assert again.state == run_pb2.RUN_STATE_CANCELLING
+
+
+@pytest.mark.parametrize("outcome", ["SUCCEEDED", "FAILED"])
+async def test_cancelling_a_finished_run_fails_with_run_already_finished(
+    service, outcome: str
+) -> None:
+    run = await service.stub.CreateRun(create_request())
+    run_id = run.name.removeprefix("runs/")
+    sink = service.backend.sinks[run_id]
+    if outcome == "SUCCEEDED":
+        await sink.run_succeeded(run_id, [], {})
+    else:
+        await sink.run_failed(run_id, ErrorInfo(code=10, message="step x failed"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.CancelRun(pb.CancelRunRequest(name=run.name))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, fields = details(caught.value)
+    assert (info.reason, info.metadata["state"], fields) == ("RUN_ALREADY_FINISHED", outcome, [])
+    assert service.backend.cancelled == []
+    done = await service.stub.GetRun(pb.GetRunRequest(name=run.name))
+    assert done.state == run_pb2.RunState.Value(f"RUN_STATE_{outcome}")
 
 
 async def test_internal_errors_hide_details(service, monkeypatch) -> None:

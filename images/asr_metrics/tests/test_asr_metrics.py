@@ -206,3 +206,40 @@ def test_runs_as_a_module_in_its_image_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert float((tmp_path / "wer").read_text()) == pytest.approx(1 / 3)
+
+
+def test_writes_the_scores_as_kfp_metrics(tmp_path: Path) -> None:
+    """The Metrics output: a JSON file, and its metadata in the executor output file the
+    ExecutorInput names (what KFP's launcher and the local executor read)."""
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow({"data_id": "t1", **utterance("call me tomorrow", "call me tomorow")})
+        writer.writerow({"data_id": "t2", **utterance("ठीक है", "ठीक है", language="hi")})
+    out = tmp_path / "out"
+    executor_input = {
+        "outputs": {
+            "artifacts": {"scores": {"artifacts": [{"name": "scores", "uri": str(out / "s")}]}},
+            "outputFile": str(out / "executor_output.json"),
+        }
+    }
+    names = ("report", "metrics", "utterances", "wer", "cer")
+    code = asr_metrics.main(
+        ["--dataset", str(source)]
+        + [arg for name in names for arg in (f"--{name}", str(out / name))]
+        + [f"--scores={out / 's'}", f"--executor-input={json.dumps(executor_input)}"]
+    )
+    assert code == 0
+    written = json.loads((out / "executor_output.json").read_text())
+    scores = written["artifacts"]["scores"]["artifacts"][0]
+    assert scores["uri"] == str(out / "s")
+    assert scores["metadata"] == {
+        "wer": float((out / "wer").read_text()),
+        "cer": float((out / "cer").read_text()),
+        "utterances": 2.0,
+        "reference_words": 5.0,
+        "wer_en": round(1 / 3, 6),
+        "wer_hi": 0.0,
+    }
+    assert json.loads((out / "s").read_text()) == scores["metadata"]

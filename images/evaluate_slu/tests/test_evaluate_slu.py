@@ -213,3 +213,52 @@ def test_runs_as_a_module_in_its_image_folder(setup, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert (out / "verdict").read_text() == "better"
+
+
+def test_writes_kfp_metrics_classification_metrics_and_html(run, setup, tmp_path):
+    """The KFP outputs: files with the values, and their metadata in the executor output
+    file the ExecutorInput names (what KFP's launcher and the local executor read)."""
+    kfp = tmp_path / "kfp"
+    executor_input = {
+        "outputs": {
+            "artifacts": {
+                name: {"artifacts": [{"name": name, "uri": str(kfp / name)}]}
+                for name in ("metrics", "confusion_matrix", "report_html")
+            },
+            "outputFile": str(kfp / "executor_output.json"),
+        }
+    }
+    code, report, outputs = run(
+        setup["test"],
+        tmp_path / "good",
+        f"--metrics={kfp / 'metrics'}",
+        f"--confusion-matrix={kfp / 'confusion_matrix'}",
+        f"--report-html={kfp / 'report_html'}",
+        f"--executor-input={json.dumps(executor_input)}",
+    )
+    assert code == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    written = json.loads((kfp / "executor_output.json").read_text())["artifacts"]
+    scores = written["metrics"]["artifacts"][0]
+    assert scores["uri"] == str(kfp / "metrics")
+    assert scores["metadata"] == {
+        "macro_f1": metrics["model"]["macro_f1"],
+        "weighted_f1": metrics["model"]["weighted_f1"],
+        "accuracy": metrics["model"]["accuracy"],
+        "test_examples": float(metrics["test_set"]["examples"]),
+        "production_macro_f1": metrics["production"]["macro_f1"],
+    }
+    assert json.loads((kfp / "metrics").read_text()) == scores["metadata"]
+    matrix = written["confusion_matrix"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    labels = [spec["displayName"] for spec in matrix["annotationSpecs"]]
+    assert labels == metrics["model"]["confusion_labels"]
+    assert [row["row"] for row in matrix["rows"]] == metrics["model"]["confusion"]
+    assert sum(map(sum, metrics["model"]["confusion"])) == metrics["test_set"]["examples"]
+    assert (kfp / "report_html").read_text() == (report / "report.html").read_text()
+    assert outputs["verdict"] == "better"
+
+
+def test_a_bad_executor_input_is_bad_input(run, setup, tmp_path, capsys):
+    code, _, _ = run(setup["test"], tmp_path / "good", "--executor-input={}")
+    assert code == 2
+    assert "--executor-input is not a KFP ExecutorInput" in one_line(capsys.readouterr().err)

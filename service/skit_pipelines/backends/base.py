@@ -65,11 +65,16 @@ class Backend(ABC):
             raise RuntimeError(f"the {self.name} backend was used before start()")
         return self._sink
 
-    def check_runnable(self, pipeline: Pipeline) -> None:
+    def check_runnable(
+        self, pipeline: Pipeline, parameters: Mapping[str, Any] | None = None
+    ) -> None:
         """Raises FailedPrecondition when this backend cannot run `pipeline` as it is (the
-        Kubeflow backend: an image was never released). CreateRun and RetryRun call it
-        before the run is stored, so the caller gets the error rather than a FAILED run."""
-        return  # the local executor runs whatever the catalog compiled
+        Kubeflow backend: an image was never released; the local one: a package a Python
+        component needs is not installed), or InvalidArgument when it cannot run it with
+        the run's resolved `parameters` (the local one: an importer URI it may not read).
+        CreateRun and RetryRun call it before the run is stored, so the caller gets the
+        error rather than a FAILED run; None checks the pipeline alone."""
+        return
 
     async def resume_cancelling(self, run: Run, pipeline: Pipeline | None) -> None:
         """Ends a run found CANCELLING at start-up: the process cancelling it stopped.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.domain import LogLine, Pipeline, Run
@@ -25,14 +26,22 @@ class DeferredBackend(Backend):
         build: Builds the backend, on the event loop; quick once `imports` are imported.
         imports: Modules `build` needs, imported in a thread so the event loop goes on
             answering meanwhile.
+        check: The built backend's `check_runnable`, light enough to run before it is
+            built (the local backend's LocalRunChecks.check).
     """
 
     def __init__(
-        self, name: str, build: Callable[[], Backend], *, imports: Sequence[str] = ()
+        self,
+        name: str,
+        build: Callable[[], Backend],
+        *,
+        imports: Sequence[str] = (),
+        check: Callable[[Pipeline, Mapping[str, Any] | None], None] | None = None,
     ) -> None:
         self.name = name
         self._build = build
         self._imports = tuple(imports)
+        self._check = check
         self._loading: asyncio.Task[Backend] | None = None
 
     def load(self) -> asyncio.Future[Backend]:
@@ -58,11 +67,15 @@ class DeferredBackend(Backend):
             return 0
         return loading.result().active_runs()
 
-    def check_runnable(self, pipeline: Pipeline) -> None:
-        # Synchronous, so it cannot wait: the backends deferred (local) refuse nothing here.
+    def check_runnable(
+        self, pipeline: Pipeline, parameters: Mapping[str, Any] | None = None
+    ) -> None:
+        # Synchronous, so it cannot wait for the backend: `check` stands in until it is built.
         loading = self._loading
         if loading is not None and loading.done() and loading.exception() is None:
-            loading.result().check_runnable(pipeline)
+            loading.result().check_runnable(pipeline, parameters)
+        elif self._check is not None:
+            self._check(pipeline, parameters)
 
     async def resume_cancelling(self, run: Run, pipeline: Pipeline | None) -> None:
         await (await self._backend()).resume_cancelling(run, pipeline)

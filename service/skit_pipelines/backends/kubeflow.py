@@ -68,6 +68,7 @@ from skit_pipelines.backends.kubeflow_tasks import (
 )
 from skit_pipelines.catalog import ir_version
 from skit_pipelines.domain import (
+    STEP_FAILED_CODE,
     Code,
     ErrorInfo,
     LogLine,
@@ -378,7 +379,10 @@ class KubeflowBackend(Backend):
     def active_runs(self) -> int:
         return len(self._tracked)
 
-    def check_runnable(self, pipeline: Pipeline) -> None:
+    def check_runnable(
+        self, pipeline: Pipeline, parameters: Mapping[str, Any] | None = None
+    ) -> None:
+        # KFP installs packages_to_install and reads importer URIs itself.
         self.pinned(pipeline)
 
     def pinned(self, pipeline: Pipeline) -> Pipeline:
@@ -1013,8 +1017,11 @@ def _run_error(remote: kfp_server_api.V2beta1Run, failed: list[str]) -> ErrorInf
     message = (error.message if error else "") or "the Kubeflow run failed"
     if failed and not (error and error.message):
         message += f" (failed: {', '.join(failed)}; their logs say why)"
+    # Without KFP's own code, a named failed step makes it a step failure, coded as the
+    # local executor codes one (domain.STEP_FAILED_CODE); with neither, it is unknown.
+    fallback = STEP_FAILED_CODE if failed else Code.UNKNOWN
     return ErrorInfo(
-        code=(error.code if error else Code.OK) or Code.UNKNOWN,
+        code=(error.code if error else Code.OK) or fallback,
         message=message,
         reason="KFP_RUN_FAILED",
     )

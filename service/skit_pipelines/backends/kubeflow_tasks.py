@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from skit_pipelines.domain import Code, ErrorInfo, Step, StepState
+from skit_pipelines.domain import STEP_FAILED_CODE, ErrorInfo, Step, StepState
 
 ROOT = "root"
 """The Argo task running the pipeline's root DAG."""
@@ -488,8 +488,9 @@ def _container_step(
         state, cached, executor_node = StepState.CACHED, True, ""
     error = None
     if state is StepState.FAILED:
-        # KFP task details carry no error of their own: the run's error names it.
-        error = ErrorInfo(code=Code.UNKNOWN, message=f"{name} failed", reason="STEP_FAILED")
+        # KFP task details carry no error of their own: the run's error names it. The
+        # code is the local executor's for a failed step (domain.STEP_FAILED_CODE).
+        error = ErrorInfo(code=STEP_FAILED_CODE, message=f"{name} failed", reason="STEP_FAILED")
     step = Step(
         name=name,
         component=task.component,

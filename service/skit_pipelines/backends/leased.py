@@ -97,8 +97,10 @@ class LeasedBackend(Backend):
                 self._keep_leases(), name="run-leases"
             )
 
-    def check_runnable(self, pipeline: Pipeline) -> None:
-        self._inner.check_runnable(pipeline)
+    def check_runnable(
+        self, pipeline: Pipeline, parameters: Mapping[str, Any] | None = None
+    ) -> None:
+        self._inner.check_runnable(pipeline, parameters)
 
     async def submit(self, run: Run, pipeline: Pipeline) -> None:
         if not await self._leases.acquire(run.id):

@@ -6,14 +6,16 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import asdict
+from typing import Any
 
 from skit_pipelines import jsonlog
 from skit_pipelines.backends.base import Backend, RunSink
-from skit_pipelines.domain import Artifact, Code, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
+from skit_pipelines.backends.local_checks import LocalRunChecks
+from skit_pipelines.domain import Code, ErrorInfo, LogLine, Pipeline, Run, Step, StepState
 from skit_pipelines.errors import NotFound, Unavailable
 from skit_pipelines.executor import CachedOutputs, LocalExecutor, PipelineFailed, read_step_logs
 from skit_pipelines.store.base import RunStore
+from skit_pipelines.store.codec import artifact_from_dict, artifact_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class StoreStepCache:
         if value is None:
             return None
         return CachedOutputs(
-            output_artifacts=tuple(Artifact(**a) for a in value["artifacts"]),
+            output_artifacts=tuple(artifact_from_dict(a) for a in value["artifacts"]),
             output_parameters=value["parameters"],
         )
 
@@ -52,7 +54,7 @@ class StoreStepCache:
         self._store.cache_put(
             key,
             {
-                "artifacts": [asdict(a) for a in outputs.output_artifacts],
+                "artifacts": [artifact_to_dict(a) for a in outputs.output_artifacts],
                 "parameters": dict(outputs.output_parameters),
             },
         )
@@ -67,6 +69,8 @@ class LocalBackend(Backend):
     Args:
         trace_context: A step's trace context by run id and step name, as environment
             variables for its process (Telemetry.step_trace_env).
+        checks: What CreateRun checks (packages, importer URIs); by default built from
+            the executor's import policy.
     """
 
     name = "local"
@@ -77,8 +81,10 @@ class LocalBackend(Backend):
         *,
         max_active_runs: int = 8,
         trace_context: Callable[[str, str], Mapping[str, str]] | None = None,
+        checks: LocalRunChecks | None = None,
     ) -> None:
         self._executor = executor
+        self._checks = checks or LocalRunChecks(executor.import_policy)
         self._trace_context = trace_context
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -87,6 +93,11 @@ class LocalBackend(Backend):
 
     def active_runs(self) -> int:
         return len(self._tasks)
+
+    def check_runnable(
+        self, pipeline: Pipeline, parameters: Mapping[str, Any] | None = None
+    ) -> None:
+        self._checks.check(pipeline, parameters)
 
     async def submit(self, run: Run, pipeline: Pipeline) -> None:
         if run.id in self._tasks:

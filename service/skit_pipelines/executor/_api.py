@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from skit_pipelines.artifact_imports import ImportPolicy
 from skit_pipelines.domain import Artifact, ErrorInfo, Step
 
 
@@ -38,6 +39,9 @@ class ExecutorConfig:
     """The service's environment as steps inherit it: only PATH, HOME and LANG are taken
     (passing all of os.environ is safe); a missing one gets a fixed default (os.defpath,
     "/", "C.UTF-8"). The executor never reads os.environ itself."""
+
+    import_policy: ImportPolicy = field(default_factory=ImportPolicy)
+    """Which URIs dsl.importer may import; the default allows none."""
 
     @property
     def resolved_logs_root(self) -> Path:

@@ -1,9 +1,9 @@
 """Substitutes KFP container placeholders in a step's command and args.
 
 Handles the string placeholders kfp 2 emits (`{{$.inputs.parameters['x']}}`, artifact
-`.path`/`.uri`/`.metadata`, `{{$.outputs.parameters['x'].output_file}}`, `{{$}}`, the
-pipeline/task name placeholders), embedded anywhere in an argument, and the JSON-encoded
-`{"IfPresent": ...}` and `{"Concat": [...]}` structures compiled from classic
+`.path`/`.uri`/`.metadata`/`.metadata['key']`, `{{$.outputs.parameters['x'].output_file}}`,
+`{{$}}`, the pipeline/task name placeholders), embedded anywhere in an argument, and the
+JSON-encoded `{"IfPresent": ...}` and `{"Concat": [...]}` structures compiled from classic
 component.yaml `if`/`concat`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
@@ -23,9 +23,29 @@ from skit_pipelines.executor._values import to_text
 
 _PLACEHOLDER = re.compile(
     r"\{\{\$(?:\.(?P<io>inputs|outputs)\.(?P<kind>parameters|artifacts)\['(?P<name>[^']*)'\]"
-    r"(?:\.(?P<attr>\w+))?|\.(?P<system>[\w.]+))?\}\}"
+    r"(?:\.(?P<attr>\w+)(?:\['(?P<key>[^']*)'\])?)?|\.(?P<system>[\w.]+))?\}\}"
 )
 _STRUCT_PREFIXES = ('{"IfPresent"', '{"Concat"')
+
+
+_SYSTEM = re.compile(r"\{\{\$\.(pipeline_[a-z_]+)\}\}")
+
+
+def system_values(run_id: str, task_name: str) -> dict[str, str]:
+    """What the `{{$.pipeline_job_name}}`-style placeholders (dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    and its kin) stand for in one task of one run."""
+    return {
+        "pipeline_job_name": run_id,
+        "pipeline_job_resource_name": run_id,
+        "pipeline_job_uuid": run_id,
+        "pipeline_task_name": task_name,
+        "pipeline_task_uuid": f"{run_id}/{task_name}",
+    }
+
+
+def substitute_system(text: str, system: Mapping[str, str]) -> str:
+    """The text with the system placeholders it has replaced (unknown ones kept)."""
+    return _SYSTEM.sub(lambda m: system.get(m.group(1), m.group(0)), text)
 
 
 class PlaceholderError(ValueError):
@@ -40,6 +60,9 @@ class LocalArtifact:
     path: str
     uri: str
     schema_title: str = "system.Artifact"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """What the artifact carries (an input's, as its producer or importer set it); what
+    `.metadata` placeholders and kfp's `Artifact.metadata` read."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,8 @@ def _runtime_artifact(message: RuntimeArtifact, artifact: LocalArtifact) -> None
     message.name = artifact.name
     message.type.schema_title = artifact.schema_title
     message.uri = artifact.path
+    if artifact.metadata:
+        message.metadata.update(dict(artifact.metadata))
 
 
 def uses_executor_output(templates: Sequence[str]) -> bool:
@@ -145,8 +170,18 @@ def _resolve_struct(
     raise PlaceholderError(f"unsupported placeholder structure {json.dumps(node)}")
 
 
+def _metadata(artifact: LocalArtifact, key: str | None) -> str:
+    """`.metadata` as JSON, `.metadata['key']` as the value's command-line text ("" when
+    the artifact has no such key, as for an output, whose metadata the step writes)."""
+    if key is None:
+        return json.dumps(artifact.metadata, sort_keys=True)
+    return to_text(artifact.metadata.get(key))
+
+
 def _replace(match: re.Match[str], context: CommandContext, cache: list[str]) -> str:
-    io, kind, name, attr, system = match.group("io", "kind", "name", "attr", "system")
+    io, kind, name, attr, key, system = match.group("io", "kind", "name", "attr", "key", "system")
+    if key is not None and attr != "metadata":
+        raise PlaceholderError(f"unsupported placeholder {match.group(0)}")
     if io is None and system is None:
         if not cache:
             cache.append(json.dumps(_as_launcher_json(context.executor_input()), sort_keys=True))
@@ -172,13 +207,13 @@ def _replace(match: re.Match[str], context: CommandContext, cache: list[str]) ->
         if attr == "uri":
             return artifacts[0].uri
         if attr == "metadata":
-            return "{}"
+            return _metadata(artifacts[0], key)
     if io == "outputs" and kind == "artifacts" and name in context.output_artifacts:
         artifact = context.output_artifacts[name]
         if attr in ("path", "uri"):
             return artifact.path
         if attr == "metadata":
-            return "{}"
+            return _metadata(artifact, key)
     if (
         io == "outputs"
         and kind == "parameters"

@@ -14,6 +14,8 @@ from kfp.pipeline_spec.pipeline_spec_pb2 import ComponentSpec, PipelineTaskSpec
 from skit_pipelines.domain import StepState
 from skit_pipelines.executor._cache import NotReusable, check_outputs
 from skit_pipelines.executor._cel import ExpressionError, evaluate_condition
+from skit_pipelines.executor._command import system_values
+from skit_pipelines.executor._importer import ImporterTask
 from skit_pipelines.executor._inputs import (
     FinalStatusSource,
     InputError,
@@ -34,7 +36,7 @@ from skit_pipelines.executor._ir import (
     task_name,
     upstream,
 )
-from skit_pipelines.executor._outcome import Outcome, Parameters, TaskState, step_error
+from skit_pipelines.executor._outcome import Outcome, Parameters, TaskState, rejected_error
 from skit_pipelines.executor._run import RunState, now
 from skit_pipelines.executor._runner import ContainerTask, StepRunner
 from skit_pipelines.executor._values import ParameterTypeError
@@ -78,9 +80,9 @@ class DagWalker:
                 call.fresh,
             )
         except (ParameterTypeError, InputError) as exc:
-            return Outcome.failed(run.fail(call.label, step_error(str(exc))))
+            return Outcome.failed(run.fail(call.label, rejected_error(str(exc))))
         for key, task in tasks:
-            if run.ir.runs_container(task):
+            if run.ir.reports_step(task):
                 name = call.prefix + task_name(key, task)
                 if not call.fresh and name in run.reuse:
                     run.awaiting_reuse[name] = run.reuse[name]
@@ -111,7 +113,7 @@ class DagWalker:
         unknown = deps - futures.keys()
         if unknown:
             return Outcome.failed(
-                run.fail(name, step_error(f"unknown upstream tasks {sorted(unknown)}"))
+                run.fail(name, rejected_error(f"unknown upstream tasks {sorted(unknown)}"))
             )
         if deps:
             await asyncio.wait([futures[d] for d in deps])
@@ -120,7 +122,7 @@ class DagWalker:
         try:
             component = run.ir.component(task)
         except IRError as exc:
-            return Outcome.failed(run.fail(name, step_error(str(exc))))
+            return Outcome.failed(run.fail(name, rejected_error(str(exc))))
         if name in run.awaiting_reuse:
             # Before the failure check: a step that completed stays completed even when
             # something else in this run has failed since.
@@ -139,7 +141,9 @@ class DagWalker:
                 d: FinalStatusSource(run.id, prefix + d, outcome, run.failure)
                 for d, outcome in upstream_outcomes.items()
             }
-            inputs = resolve_inputs(task, scope, upstream_outcomes, statuses)
+            inputs = resolve_inputs(
+                task, scope, upstream_outcomes, statuses, system_values(run.id, name)
+            )
             condition = task.trigger_policy.condition
             if condition and not evaluate_condition(condition, inputs.parameters):
                 await self._skip(name, task, component)
@@ -151,13 +155,21 @@ class DagWalker:
                 return await self._run_loop(name, task, component, inputs, fresh)
             return await self._run_dag(_DagCall(component, f"{name}/", name, inputs, fresh))
         container = run.ir.container(component)
-        if container is None:
-            label = component.executor_label
-            return Outcome.failed(
-                run.fail(name, step_error(f"executor {label!r} is not a container (unsupported)"))
+        if container is not None:
+            return await self._runner.run(
+                run, ContainerTask(name, task, component, container, inputs, always)
             )
-        return await self._runner.run(
-            run, ContainerTask(name, task, component, container, inputs, always)
+        importer = run.ir.importer(component)
+        if importer is not None:
+            return await self._runner.run_importer(
+                run, ImporterTask(name, task, component, importer, inputs, always)
+            )
+        label = component.executor_label
+        return Outcome.failed(
+            run.fail(
+                name,
+                rejected_error(f"executor {label!r} is neither a container nor an importer"),
+            )
         )
 
     async def _run_loop(
@@ -172,7 +184,7 @@ class DagWalker:
         try:
             iterations = loop_iterations(task, inputs)
         except (InputError, ParameterTypeError, ValueError) as exc:
-            return Outcome.failed(run.fail(name, step_error(f"bad loop items: {exc}")))
+            return Outcome.failed(run.fail(name, rejected_error(f"bad loop items: {exc}")))
         limit = task.iterator_policy.parallelism_limit
         gate = asyncio.Semaphore(limit) if limit > 0 else None
 
@@ -202,7 +214,7 @@ class DagWalker:
                 child_component = run.ir.find_component(child)
                 if child_component is not None:
                     await self._skip(f"{name}/{task_name(key, child)}", child, child_component)
-        elif run.ir.container(component) is not None:
+        elif run.ir.is_step(component):
             step = run.step_of(name, task)
             await run.report(replace(step, state=StepState.SKIPPED, end_time=now()))
 
@@ -210,9 +222,9 @@ class DagWalker:
         self, name: str, task: PipelineTaskSpec, component: ComponentSpec, reason: str
     ) -> Outcome:
         run = self._run
-        if run.ir.container(component) is None:
-            return Outcome.failed(run.fail(name, step_error(reason)))
-        return await run.step_failed(run.step_of(name, task), step_error(reason))
+        if not run.ir.is_step(component):
+            return Outcome.failed(run.fail(name, rejected_error(reason)))
+        return await run.step_failed(run.step_of(name, task), rejected_error(reason))
 
     async def _reuse(self, name: str, component: ComponentSpec) -> Outcome | None:
         """Reports a step completed earlier and returns its outputs; None to run it instead."""

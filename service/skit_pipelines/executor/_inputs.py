@@ -16,6 +16,7 @@ from kfp.pipeline_spec.pipeline_spec_pb2 import (
 
 from skit_pipelines.domain import Artifact, ErrorInfo
 from skit_pipelines.executor._cel import select
+from skit_pipelines.executor._command import substitute_system
 from skit_pipelines.executor._ir import names, ordered, to_python, type_name
 from skit_pipelines.executor._outcome import Artifacts, Outcome, Parameters, TaskState
 from skit_pipelines.executor._values import coerce, to_text
@@ -97,11 +98,14 @@ def resolve_inputs(
     scope: Scope,
     upstream: Mapping[str, Outcome],
     final_status_of: Mapping[str, FinalStatusSource],
+    system: Mapping[str, str],
 ) -> TaskInputs:
     """The task's input values from its DAG's inputs and its upstream tasks' outputs.
 
     `final_status_of` holds, by producer task key, what each `taskFinalStatus` input
-    reports. Raises InputError, ExpressionError (a selector) or ParameterTypeError.
+    reports; `system` what the task's `{{$.pipeline_job_name}}`-style placeholders stand
+    for in a constant (as KFP's driver resolves them). Raises InputError, ExpressionError
+    (a selector) or ParameterTypeError.
     """
     parameters: dict[str, Any] = {}
     templated: list[str] = []
@@ -126,8 +130,9 @@ def resolve_inputs(
         parameters[name] = value
     # f-strings compile to constants that embed the task's other inputs.
     for name in templated:
-        parameters[name] = _SELF_REFERENCE.sub(
-            lambda m: to_text(parameters.get(m.group(1))), parameters[name]
+        parameters[name] = substitute_system(
+            _SELF_REFERENCE.sub(lambda m: to_text(parameters.get(m.group(1))), parameters[name]),
+            system,
         )
     artifacts: dict[str, tuple[Artifact, ...]] = {}
     for name, artifact_source in ordered(task.inputs.artifacts):

@@ -85,10 +85,24 @@ class PipelineIR:
             return None
         return executor.container
 
-    def runs_container(self, task: PipelineTaskSpec) -> bool:
-        """Whether the task is a container step (a step the observer hears about)."""
+    def importer(self, component: ComponentSpec) -> PipelineDeploymentConfig.ImporterSpec | None:
+        """The component's ImporterSpec (dsl.importer), or None for anything else."""
+        if is_dag(component):
+            return None
+        executor = self.executors.get(str(component.executor_label))
+        if executor is None or executor.WhichOneof("spec") != "importer":
+            return None
+        return executor.importer
+
+    def is_step(self, component: ComponentSpec) -> bool:
+        """Whether the component runs as a step: a container or an importer."""
+        return self.container(component) is not None or self.importer(component) is not None
+
+    def reports_step(self, task: PipelineTaskSpec) -> bool:
+        """Whether the task is a step (a container or an importer: what the observer hears
+        about)."""
         component = self.find_component(task)
-        return component is not None and self.container(component) is not None
+        return component is not None and self.is_step(component)
 
 
 def ordered(proto_map: Mapping[str, V]) -> list[tuple[str, V]]:

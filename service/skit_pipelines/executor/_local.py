@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from skit_pipelines.artifact_imports import ImportPolicy
 from skit_pipelines.artifacts import ArtifactStore
 from skit_pipelines.domain import Code, ErrorInfo, Step, StepState
 from skit_pipelines.executor._api import (
@@ -55,6 +56,11 @@ class LocalExecutor:
         processes = ProcessLedger(config.work_root / "processes")
         processes.reap_orphans()
         self._runner = StepRunner(config, artifacts, cache, processes)
+
+    @property
+    def import_policy(self) -> ImportPolicy:
+        """Which URIs dsl.importer may import (what CreateRun checks too)."""
+        return self._config.import_policy
 
     @property
     def logs_root(self) -> Path:

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from skit_pipelines.domain import Artifact, Code, ErrorInfo
+from skit_pipelines.domain import (
+    STEP_FAILED_CODE,
+    STEP_REJECTED_CODE,
+    Artifact,
+    Code,
+    ErrorInfo,
+)
 
 STEP_FAILED = "STEP_FAILED"
 """ErrorInfo.reason of a step that failed (its command, its inputs or its outputs)."""
@@ -23,8 +29,18 @@ Artifacts = Mapping[str, tuple[Artifact, ...]]
 
 
 def step_error(message: str) -> ErrorInfo:
-    """Why a step failed, for anything but a timeout."""
-    return ErrorInfo(code=Code.UNKNOWN, message=message, reason=STEP_FAILED)
+    """Why a step failed while or after running: its command exited non-zero (but for the
+    bad-input exit code), was killed, or left outputs that cannot be collected. ABORTED
+    (domain.STEP_FAILED_CODE): RetryRun may well succeed."""
+    return ErrorInfo(code=STEP_FAILED_CODE, message=message, reason=STEP_FAILED)
+
+
+def rejected_error(message: str) -> ErrorInfo:
+    """Why a step failed that cannot succeed as the run stands: it refused its input or
+    configuration (exit code 2), or the executor cannot run it as the pipeline defines it
+    (an input or placeholder that does not resolve, no image folder, a package not
+    installed, an import refused). FAILED_PRECONDITION (domain.STEP_REJECTED_CODE)."""
+    return ErrorInfo(code=STEP_REJECTED_CODE, message=message, reason=STEP_FAILED)
 
 
 def timeout_error(message: str) -> ErrorInfo:

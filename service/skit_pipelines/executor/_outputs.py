@@ -5,9 +5,13 @@ executor's layout). Everything here blocks: call it in a thread."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 from kfp.pipeline_spec.pipeline_spec_pb2 import ComponentSpec
 
@@ -24,6 +28,12 @@ from skit_pipelines.executor._outcome import (
     step_error,
 )
 from skit_pipelines.executor._values import ParameterTypeError, coerce, parse_output
+from skit_pipelines.python_components import LIGHTWEIGHT_MODULE_FILE
+
+METADATA_TYPES = frozenset(
+    {"system.Metrics", "system.ClassificationMetrics", "system.SlicedClassificationMetrics"}
+)
+"""Artifact types whose content is their metadata (kfp's Metrics.log_metric and its kin)."""
 
 
 def run_artifacts_prefix(run_id: str) -> str:
@@ -50,6 +60,11 @@ class StepDir:
     @property
     def executor_output(self) -> Path:
         return self.path / "executor_output.json"
+
+    @property
+    def program(self) -> Path:
+        """A lightweight Python component's module (kfp's bootstrap writes it likewise)."""
+        return self.path / "program" / LIGHTWEIGHT_MODULE_FILE
 
     def output_artifact(self, name: str) -> Path:
         return self.path / "artifacts" / name
@@ -94,7 +109,9 @@ def localize(
             scratch = step_dir.path / "inputs" / name / str(index)
             scratch.mkdir(parents=True, exist_ok=True)
             path = store.open_local(artifact.uri, scratch)
-            local[name].append(LocalArtifact(name, str(path), artifact.uri, schema))
+            local[name].append(
+                LocalArtifact(name, str(path), artifact.uri, schema, artifact.metadata)
+            )
     return local
 
 
@@ -115,6 +132,34 @@ def collect(
         shutil.rmtree(step_dir.path, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class _ExecutorOutput:
+    """What a step wrote to its executor output file (kfp's ExecutorOutput as JSON)."""
+
+    parameters: Mapping[str, Any]
+    artifacts: Mapping[str, Mapping[str, Any]]
+    """By output name: the first RuntimeArtifact written for it ({name, uri, metadata})."""
+
+
+def _read_executor_output(path: Path) -> _ExecutorOutput | AttemptFailed:
+    if not path.is_file():
+        return _ExecutorOutput({}, {})
+    try:
+        written = json.loads(path.read_text())
+        parameters = written.get("parameterValues") or {}
+        artifacts = {
+            str(name): (listed.get("artifacts") or [{}])[0]
+            for name, listed in (written.get("artifacts") or {}).items()
+        }
+        if not isinstance(parameters, dict) or not all(
+            isinstance(a, dict) for a in artifacts.values()
+        ):
+            raise ValueError("unexpected structure")
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return _failed("wrote an executor output file that is not an ExecutorOutput JSON")
+    return _ExecutorOutput(parameters, artifacts)
+
+
 def _collect(
     store: ArtifactStore,
     run_id: str,
@@ -123,35 +168,55 @@ def _collect(
     component: ComponentSpec,
     read_executor_output: bool,
 ) -> AttemptResult:
-    written: dict[str, object] = {}
-    if read_executor_output and step_dir.executor_output.is_file():
-        try:
-            written = json.loads(step_dir.executor_output.read_text()).get("parameterValues") or {}
-        except (ValueError, AttributeError):
-            return _failed("wrote an executor output file that is not an ExecutorOutput JSON")
+    written = _ExecutorOutput({}, {})
+    if read_executor_output:
+        read = _read_executor_output(step_dir.executor_output)
+        if isinstance(read, AttemptFailed):
+            return read
+        written = read
     values: dict[str, object] = {}
     for name, definition in ordered(component.output_definitions.parameters):
         kind = type_name(definition.parameter_type)
         try:
             values[name] = parse_output(step_dir.output_parameter(name).read_text(), kind)
         except FileNotFoundError:
-            if name not in written:
+            if name not in written.parameters:
                 return _failed(f"exited 0 but did not write output parameter {name!r}")
             try:
-                values[name] = coerce(written[name], kind)
+                values[name] = coerce(written.parameters[name], kind)
             except ParameterTypeError as exc:
                 return _failed(f"output parameter {name!r}: {exc}")
         except ValueError as exc:
             return _failed(f"output parameter {name!r} is not a valid {kind}: {exc}")
-    declared = names(component.output_definitions.artifacts)
-    missing = [n for n in declared if not step_dir.output_artifact(n).exists()]
+    found: list[tuple[str, Path, str, dict[str, Any]]] = []
+    missing: list[str] = []
+    for name, definition in ordered(component.output_definitions.artifacts):
+        entry = written.artifacts.get(name, {})
+        written_metadata = entry.get("metadata")
+        metadata = json_safe(written_metadata) if isinstance(written_metadata, dict) else {}
+        kind = schema_title(definition)
+        source = step_dir.output_artifact(name)
+        uri = str(entry.get("uri") or "")
+        if uri and uri != str(source):
+            elsewhere = _written_elsewhere(store, uri, step_dir, name)
+            if isinstance(elsewhere, AttemptFailed):
+                return elsewhere
+            source = elsewhere
+        if not source.exists() and kind in METADATA_TYPES:
+            # log_metric and its kin set metadata and write no file: the metadata is the
+            # content, kept as JSON so the artifact can be stored, hashed and downloaded.
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if not source.exists():
+            missing.append(name)
+        found.append((name, source, kind, metadata))
     if missing:
         return _failed(
             f"exited 0 but did not create output artifact {', '.join(map(repr, missing))}"
         )
     stored: list[Artifact] = []
-    for name in declared:
-        result = store.put(step_dir.output_artifact(name), artifact_key(run_id, step_name, name))
+    for name, source, kind, metadata in found:
+        result = store.put(source, artifact_key(run_id, step_name, name))
         stored.append(
             Artifact(
                 name=name,
@@ -159,9 +224,64 @@ def _collect(
                 step=step_name,
                 sha256=result.sha256,
                 size_bytes=result.size_bytes,
+                type=kind,
+                metadata=metadata,
             )
         )
     return StepOutputs(values, tuple(stored))
+
+
+def _written_elsewhere(
+    store: ArtifactStore, uri: str, step_dir: StepDir, name: str
+) -> Path | AttemptFailed:
+    """Where an output artifact is whose executor output names another URI than the path
+    it was given: a path in the step's directory, or an artifact already in the store (a
+    copy, taken in below the step's directory)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") and not parsed.netloc:
+        path = Path(unquote(parsed.path)).resolve()
+        if path.is_relative_to(step_dir.path.resolve()):
+            return path
+    try:
+        return take_in(store, uri, step_dir.path / "taken" / name)
+    except (PipelinesError, OSError) as exc:
+        return _failed(
+            f"output artifact {name!r} names {uri}, which is neither in the step's directory"
+            f" nor readable in the artifact store: {exc}"
+        )
+
+
+def take_in(store: ArtifactStore, uri: str, scratch: Path) -> Path:
+    """A copy below `scratch` of the stored artifact at `uri`: what `put` stores next moves
+    it away, and the original stays where it is. Raises InvalidArgument when the store does
+    not hold `uri`, OSError when it cannot be read."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = store.open_local(uri, scratch)
+    if path.resolve().is_relative_to(scratch.resolve()):
+        return path  # downloaded: a copy already
+    return copy_into(path, scratch)
+
+
+def copy_into(path: Path, scratch: Path) -> Path:
+    """Copies a file or directory into `scratch` (FileNotFoundError when it is gone)."""
+    target = scratch / (path.name or "artifact")
+    if path.is_dir():
+        shutil.copytree(path, target)
+    else:
+        shutil.copy2(path, target)
+    return target
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON value the store and protobuf both take: NaN and infinities as protojson
+    writes them ("NaN", "Infinity", "-Infinity"), keys as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _failed(reason: str) -> AttemptFailed:

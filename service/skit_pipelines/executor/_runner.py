@@ -7,11 +7,15 @@ the ledger of step processes, the step cache; and per attempt, the log and the p
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.metadata
 import logging
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from kfp.pipeline_spec.pipeline_spec_pb2 import (
     ComponentSpec,
@@ -29,9 +33,11 @@ from skit_pipelines.executor._command import (
     LocalArtifact,
     PlaceholderError,
     resolve,
+    system_values,
     uses_executor_output,
 )
 from skit_pipelines.executor._environment import StepEnvironment
+from skit_pipelines.executor._importer import ImporterTask, import_artifact
 from skit_pipelines.executor._inputs import InputError, TaskInputs, with_defaults
 from skit_pipelines.executor._logs import AttemptLog, last_attempt, step_log_path
 from skit_pipelines.executor._orphans import ProcessLedger
@@ -41,6 +47,7 @@ from skit_pipelines.executor._outcome import (
     Outcome,
     StepOutputs,
     TaskState,
+    rejected_error,
     step_error,
     timeout_error,
 )
@@ -50,10 +57,21 @@ from skit_pipelines.executor._retry import RetryPolicy
 from skit_pipelines.executor._run import RunState, now
 from skit_pipelines.executor._values import ParameterTypeError
 from skit_pipelines.images import ImageFolder, resolve_image
+from skit_pipelines.python_components import (
+    KFP_EXECUTOR_MODULE,
+    PythonComponent,
+    recognise,
+    unsatisfied,
+)
 
 logger = logging.getLogger(__name__)
 
 _PYTHON = re.compile(r"python(?:3(?:\.\d+)?)?")
+EXIT_BAD_INPUT = 2
+"""The components' exit code for bad input or configuration (skit_components.cli), which
+is also how Python and argparse end on a bad command line: retrying will not help."""
+_KFP_RUNTIME = {"_KFP_RUNTIME": "true"}
+"""What kfp's lightweight bootstrap sets: kfp imports only what a component needs."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +92,14 @@ class _Work:
     """What every attempt of a container step runs."""
 
     folder: ImageFolder
+    """Where the step runs: its image folder, or for a lightweight Python component a
+    stand-in for its own scratch directory (no folder, nothing declared)."""
     task: ContainerTask
     templates: list[str]
     inputs: TaskInputs
     timeout_seconds: float | None
+    python: PythonComponent | None = None
+    """A KFP Python component: run with the project's interpreter, without its bootstrap."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,30 @@ class _Attempt:
 
 def _format_seconds(seconds: float) -> str:
     return f"{seconds:g}s"
+
+
+@functools.cache
+def _kfp_version() -> str:
+    return importlib.metadata.version("kfp")
+
+
+def _lightweight_folder(image: str, step_dir: Path) -> ImageFolder:
+    """A lightweight Python component has no image folder: it runs in its own scratch
+    directory, declares no variables (the same rule as any component: a step receives
+    only what its folder declares), and its code is in the IR, so kfp's version (which
+    runs it) stands for the image's."""
+    return ImageFolder(name=image, path=step_dir, version=f"kfp-{_kfp_version()}", declared_env=())
+
+
+def _missing_packages(python: PythonComponent) -> str:
+    """Why the component cannot run here, or "" when its packages are installed."""
+    missing = unsatisfied(python.requirements)
+    if not missing:
+        return ""
+    return (
+        "packages_to_install not satisfied by the service's environment, which steps run"
+        f" in (nothing is installed at run time): {', '.join(map(str, missing))}"
+    )
 
 
 class StepRunner:
@@ -122,17 +168,28 @@ class StepRunner:
     async def run(self, run: RunState, work_item: ContainerTask) -> Outcome:
         """Runs the step (or restores it from the cache) and reports it to the end."""
         step = run.step_of(work_item.name, work_item.task)
+        container = work_item.container
+        python = recognise(container.command, container.args)
         try:
-            # Reads component.yaml (the first time) and stats the folder: off the loop,
-            # which may be delivering the revision reported just before.
-            folder = await asyncio.to_thread(
-                resolve_image, str(work_item.container.image), self._config.images_root
-            )
+            if python is not None and python.lightweight:
+                folder = _lightweight_folder(str(container.image), run.work_dir / step.name)
+            else:
+                # Reads component.yaml (the first time) and stats the folder: off the
+                # loop, which may be delivering the revision reported just before.
+                folder = await asyncio.to_thread(
+                    resolve_image, str(container.image), self._config.images_root
+                )
             parameters = with_defaults(
                 work_item.component, work_item.inputs.parameters, required=True
             )
         except (PipelinesError, ParameterTypeError, InputError) as exc:
-            return await run.step_failed(step, step_error(str(exc)))
+            return await run.step_failed(step, rejected_error(str(exc)))
+        if python is not None:
+            # CreateRun refused this already; the environment may have changed since
+            # (a resumed run, a RetryRun after an upgrade).
+            missing = await asyncio.to_thread(_missing_packages, python)
+            if missing:
+                return await run.step_failed(step, rejected_error(missing))
         artifacts = work_item.inputs.artifacts
         run.consumed.update(a.uri for found in artifacts.values() for a in found)
         templates = [*work_item.container.command, *work_item.container.args]
@@ -162,6 +219,7 @@ class StepRunner:
             templates=templates,
             inputs=TaskInputs(parameters, artifacts),
             timeout_seconds=folder.timeout_seconds or self._config.default_step_timeout_seconds,
+            python=python,
         )
         outcome = await self._run_attempts(run, step, work, RetryPolicy.of(work_item.task))
         if cache is not None and outcome.state is TaskState.SUCCEEDED:
@@ -175,6 +233,45 @@ class StepRunner:
                 ),
             )
         return outcome
+
+    async def run_importer(self, run: RunState, item: ImporterTask) -> Outcome:
+        """Imports the importer's URI as the step's artifact and reports it to the end.
+
+        Never cached: the file may change under the same URI, and importing is a copy.
+        Steps using the artifact are cached by its content hash as usual.
+        """
+        step = run.step_of(item.name, item.task)
+        async with self._step_slots():
+            if run.failure is not None and not item.always:
+                await run.report(replace(step, state=StepState.SKIPPED, end_time=now()))
+                return Outcome(TaskState.SKIPPED)
+            running = replace(step, state=StepState.RUNNING, start_time=now(), error=None)
+            await run.report(running)
+            scratch = run.work_dir / step.name
+            try:
+                result = await asyncio.to_thread(
+                    import_artifact,
+                    self._artifacts,
+                    self._config.import_policy,
+                    run_id=run.id,
+                    step_name=step.name,
+                    item=item,
+                    scratch=scratch,
+                )
+            finally:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
+        if isinstance(result, AttemptFailed):
+            return await run.step_failed(running, result.error)
+        run.produced.append(result)
+        await run.report(
+            replace(
+                running,
+                state=StepState.SUCCEEDED,
+                end_time=now(),
+                output_artifacts=(result,),
+            )
+        )
+        return Outcome.succeeded({}, (result,))
 
     async def restore(
         self, run: RunState, step_name: str, artifacts: Sequence[Artifact]
@@ -277,20 +374,17 @@ class StepRunner:
             output_artifacts=step_dir.output_artifacts(component),
             output_parameter_files=step_dir.output_parameter_files(component),
             executor_output_file=str(step_dir.executor_output),
-            system={
-                "pipeline_job_name": run.id,
-                "pipeline_job_resource_name": run.id,
-                "pipeline_job_uuid": run.id,
-                "pipeline_task_name": step.name,
-                "pipeline_task_uuid": f"{run.id}/{step.name}",
-            },
+            system=system_values(run.id, step.name),
         )
         try:
-            argv = resolve(work.templates, context)
+            if work.python is None:
+                argv = resolve(work.templates, context)
+            else:
+                argv = self._python_argv(work.python, step_dir, context)
         except PlaceholderError as exc:
-            return _Attempt(step, AttemptFailed(step_error(str(exc))))
+            return _Attempt(step, AttemptFailed(rejected_error(str(exc))))
         if not argv:
-            return _Attempt(step, AttemptFailed(step_error("the container has no command")))
+            return _Attempt(step, AttemptFailed(rejected_error("the container has no command")))
         if _PYTHON.fullmatch(argv[0]):
             argv[0] = self._config.python
         log_path = step_log_path(self._config.resolved_logs_root, run.id, step.name, attempt)
@@ -300,6 +394,8 @@ class StepRunner:
             return _Attempt(step, AttemptFailed(step_error(f"cannot create its log file: {exc}")))
         trace = run.trace_context(step.name) if run.trace_context is not None else {}
         env = self._environment.for_step(work.folder, work.task.container, step_dir.tmp, trace)
+        if work.python is not None and work.python.lightweight:
+            env.update(_KFP_RUNTIME)
         try:
             process = await StepProcess.start(
                 argv,
@@ -345,7 +441,8 @@ class StepRunner:
             self._processes.forget(process.pid)
         if returncode != 0:
             reason = process.last_error_line or exit_reason(returncode)
-            return _Attempt(running, AttemptFailed(step_error(reason)))
+            error = rejected_error(reason) if returncode == EXIT_BAD_INPUT else step_error(reason)
+            return _Attempt(running, AttemptFailed(error))
         collected = await asyncio.to_thread(
             collect,
             self._artifacts,
@@ -357,11 +454,25 @@ class StepRunner:
         )
         return _Attempt(running, collected)
 
+    def _python_argv(
+        self, python: PythonComponent, step_dir: StepDir, context: CommandContext
+    ) -> list[str]:
+        """kfp's executor, run as the component's bootstrap would after pip: with the
+        module `_prepare` wrote for a lightweight component."""
+        argv = [self._config.python, "-m", KFP_EXECUTOR_MODULE]
+        if python.lightweight:
+            argv += ["--component_module_path", str(step_dir.program)]
+        return argv + resolve(python.args, context)
+
     def _prepare(
         self, step_dir: StepDir, work: _Work, *, fresh: bool
     ) -> dict[str, list[LocalArtifact]] | AttemptFailed:
-        """The step's directories and local input artifacts. Blocking."""
+        """The step's directories, a lightweight component's module, and local input
+        artifacts. Blocking."""
         step_dir.prepare(work.task.component, fresh=fresh)
+        if work.python is not None and work.python.source is not None:
+            step_dir.program.parent.mkdir(parents=True, exist_ok=True)
+            step_dir.program.write_text(work.python.source)
         if not work.inputs.artifacts:
             return {}
         try:

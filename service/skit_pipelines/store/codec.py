@@ -27,14 +27,34 @@ def _parse_error(data: dict[str, Any] | None) -> ErrorInfo | None:
     return ErrorInfo(**data) if data else None
 
 
-def _artifact(artifact: Artifact) -> dict[str, Any]:
-    return {
+def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "name": artifact.name,
         "uri": artifact.uri,
         "step": artifact.step,
         "sha256": artifact.sha256,
         "size_bytes": artifact.size_bytes,
     }
+    # Only when set: most artifacts have neither, and snapshots stay as they were.
+    if artifact.type:
+        data["type"] = artifact.type
+    if artifact.metadata:
+        data["metadata"] = dict(artifact.metadata)
+    return data
+
+
+def artifact_from_dict(data: dict[str, Any]) -> Artifact:
+    """An artifact as `artifact_to_dict` encoded it; snapshots stored before artifacts had a type
+    and metadata decode with neither."""
+    return Artifact(
+        name=data["name"],
+        uri=data["uri"],
+        step=data.get("step", ""),
+        sha256=data.get("sha256", ""),
+        size_bytes=data.get("size_bytes", 0),
+        type=data.get("type", ""),
+        metadata=data.get("metadata") or {},
+    )
 
 
 def step_to_dict(step: Step) -> dict[str, Any]:
@@ -47,7 +67,7 @@ def step_to_dict(step: Step) -> dict[str, Any]:
         "cached": step.cached,
         "start_time": _time(step.start_time),
         "end_time": _time(step.end_time),
-        "output_artifacts": [_artifact(a) for a in step.output_artifacts],
+        "output_artifacts": [artifact_to_dict(a) for a in step.output_artifacts],
         "output_parameters": dict(step.output_parameters),
         "error": _error(step.error),
     }
@@ -63,7 +83,7 @@ def step_from_dict(data: dict[str, Any]) -> Step:
         cached=data["cached"],
         start_time=_parse_time(data["start_time"]),
         end_time=_parse_time(data["end_time"]),
-        output_artifacts=tuple(Artifact(**a) for a in data["output_artifacts"]),
+        output_artifacts=tuple(artifact_from_dict(a) for a in data["output_artifacts"]),
         output_parameters=data["output_parameters"],
         error=_parse_error(data["error"]),
     )
@@ -83,7 +103,7 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "end_time": _time(run.end_time),
         "revision": run.revision,
         "steps": [step_to_dict(s) for s in run.steps],
-        "outputs": [_artifact(a) for a in run.outputs],
+        "outputs": [artifact_to_dict(a) for a in run.outputs],
         "output_parameters": dict(run.output_parameters),
         "error": _error(run.error),
         "request_id": run.request_id,
@@ -109,7 +129,7 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         end_time=_parse_time(data["end_time"]),
         revision=data["revision"],
         steps=tuple(step_from_dict(s) for s in data["steps"]),
-        outputs=tuple(Artifact(**a) for a in data["outputs"]),
+        outputs=tuple(artifact_from_dict(a) for a in data["outputs"]),
         output_parameters=data["output_parameters"],
         error=_parse_error(data["error"]),
         request_id=data["request_id"],

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n skit/pipelines/v1/pipeline.proto\x12\x11skit.pipelines.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xbe\x01\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x38\n\nparameters\x18\x05 \x03(\x0b\x32$.skit.pipelines.v1.PipelineParameter\x12.\n\rpipeline_spec\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa7\x01\n\x11PipelineParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .skit.pipelines.v1.ParameterType\x12\x10\n\x08required\x18\x03 \x01(\x08\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t*\xd1\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_DOUBLE\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04\x12\x17\n\x13PARAMETER_TYPE_LIST\x10\x05\x12\x19\n\x15PARAMETER_TYPE_STRUCT\x10\x06\x42`\n\x14\x61i.skit.pipelines.v1P\x01ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n skit/pipelines/v1/pipeline.proto\x12\x11skit.pipelines.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xbe\x01\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x38\n\nparameters\x18\x05 \x03(\x0b\x32$.skit.pipelines.v1.PipelineParameter\x12.\n\rpipeline_spec\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd8\x01\n\x11PipelineParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .skit.pipelines.v1.ParameterType\x12\x10\n\x08required\x18\x03 \x01(\x08\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12/\n\x05rules\x18\x06 \x03(\x0b\x32 .skit.pipelines.v1.ParameterRule\"\x8a\x03\n\rParameterRule\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\teach_item\x18\x02 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x03 \x01(\x08\x12+\n\x04\x64\x61te\x18\x04 \x01(\x0b\x32\x1b.skit.pipelines.v1.DateRuleH\x00\x12\x34\n\ttime_zone\x18\x05 \x01(\x0b\x32\x1f.skit.pipelines.v1.TimeZoneRuleH\x00\x12\x39\n\x0b\x65numeration\x18\x06 \x01(\x0b\x32\".skit.pipelines.v1.EnumerationRuleH\x00\x12-\n\x05range\x18\x07 \x01(\x0b\x32\x1c.skit.pipelines.v1.RangeRuleH\x00\x12\x31\n\x07pattern\x18\x08 \x01(\x0b\x32\x1e.skit.pipelines.v1.PatternRuleH\x00\x12\x34\n\tnon_empty\x18\t \x01(\x0b\x32\x1f.skit.pipelines.v1.NonEmptyRuleH\x00\x42\x06\n\x04kind\"\x1e\n\x08\x44\x61teRule\x12\x12\n\nnot_before\x18\x01 \x01(\t\"\x0e\n\x0cTimeZoneRule\"!\n\x0f\x45numerationRule\x12\x0e\n\x06values\x18\x01 \x03(\t\"`\n\tRangeRule\x12\x14\n\x07minimum\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07integer\x18\x03 \x01(\x08\x42\n\n\x08_minimumB\n\n\x08_maximum\"\x1c\n\x0bPatternRule\x12\r\n\x05regex\x18\x01 \x01(\t\"\x0e\n\x0cNonEmptyRule*\xd1\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_DOUBLE\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04\x12\x17\n\x13PARAMETER_TYPE_LIST\x10\x05\x12\x19\n\x15PARAMETER_TYPE_STRUCT\x10\x06\x42`\n\x14\x61i.skit.pipelines.v1P\x01ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skit.pipelines.v1.pipeline_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024ai.skit.pipelines.v1P\001ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1'
-  _globals['_PARAMETERTYPE']._serialized_start=449
-  _globals['_PARAMETERTYPE']._serialized_end=658
+  _globals['_PARAMETERTYPE']._serialized_start=1122
+  _globals['_PARAMETERTYPE']._serialized_end=1331
   _globals['_PIPELINE']._serialized_start=86
   _globals['_PIPELINE']._serialized_end=276
   _globals['_PIPELINEPARAMETER']._serialized_start=279
-  _globals['_PIPELINEPARAMETER']._serialized_end=446
+  _globals['_PIPELINEPARAMETER']._serialized_end=495
+  _globals['_PARAMETERRULE']._serialized_start=498
+  _globals['_PARAMETERRULE']._serialized_end=892
+  _globals['_DATERULE']._serialized_start=894
+  _globals['_DATERULE']._serialized_end=924
+  _globals['_TIMEZONERULE']._serialized_start=926
+  _globals['_TIMEZONERULE']._serialized_end=940
+  _globals['_ENUMERATIONRULE']._serialized_start=942
+  _globals['_ENUMERATIONRULE']._serialized_end=975
+  _globals['_RANGERULE']._serialized_start=977
+  _globals['_RANGERULE']._serialized_end=1073
+  _globals['_PATTERNRULE']._serialized_start=1075
+  _globals['_PATTERNRULE']._serialized_end=1103
+  _globals['_NONEMPTYRULE']._serialized_start=1105
+  _globals['_NONEMPTYRULE']._serialized_end=1119
 # @@protoc_insertion_point(module_scope)

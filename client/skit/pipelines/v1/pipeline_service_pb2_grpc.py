@@ -121,7 +121,11 @@ class PipelineServiceServicer:
         same request returns the original run; with a different request it fails with
         ALREADY_EXISTS naming the existing run. request_id is scoped to the caller.
         Parameters and labels are limited in number and size (the server's settings;
-        see README.md): beyond a limit, INVALID_ARGUMENT names the field.
+        see README.md): beyond a limit, INVALID_ARGUMENT names the field. Each parameter
+        must have its PipelineParameter's type and meet its rules: INVALID_ARGUMENT (reason
+        INVALID_PARAMETERS) with a field violation per bad value, unknown or missing
+        parameter, naming run.parameters.<name>. NOT_FOUND (PIPELINE_NOT_FOUND) for an
+        unknown pipeline, its message suggesting the closest known one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +147,9 @@ class PipelineServiceServicer:
 
     def CancelRun(self, request, context):
         """Cancels a run: it moves to CANCELLING at once and to CANCELLED once its steps
-        have stopped. Cancelling a finished run returns it unchanged.
+        have stopped; cancelling a CANCELLING run again returns it. A run that has already
+        finished (SUCCEEDED, FAILED or CANCELLED) is FAILED_PRECONDITION with reason
+        RUN_ALREADY_FINISHED and its state in the ErrorInfo's metadata ("state").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -102,7 +102,7 @@ class Run(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[RunState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ..., request_id: _Optional[str] = ..., retry_of: _Optional[str] = ..., creator: _Optional[str] = ..., backend: _Optional[str] = ..., backend_run_id: _Optional[str] = ..., backend_run_url: _Optional[str] = ..., output_parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("name", "component", "image", "state", "attempt", "cached", "start_time", "end_time", "output_artifacts", "output_parameters", "error")
+    __slots__ = ("name", "component", "image", "state", "attempt", "cached", "start_time", "end_time", "output_artifacts", "output_parameters", "error", "metrics")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMPONENT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class Step(_message.Message):
     OUTPUT_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     name: str
     component: str
     image: str
@@ -125,18 +126,33 @@ class Step(_message.Message):
     output_artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
     output_parameters: _struct_pb2.Struct
     error: _status_pb2.Status
-    def __init__(self, name: _Optional[str] = ..., component: _Optional[str] = ..., image: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., attempt: _Optional[int] = ..., cached: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output_artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, name: _Optional[str] = ..., component: _Optional[str] = ..., image: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., attempt: _Optional[int] = ..., cached: _Optional[bool] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output_artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., output_parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("name", "value", "artifact")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    artifact: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., artifact: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("name", "uri", "step", "sha256", "size_bytes")
+    __slots__ = ("name", "uri", "step", "sha256", "size_bytes", "type", "metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     uri: str
     step: str
     sha256: str
     size_bytes: int
-    def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ..., step: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    type: str
+    metadata: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ..., step: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., type: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,62 @@
+"""The stored JSON of runs: artifacts keep their type and metadata, and snapshots stored
+before artifacts had them still decode."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from skit_pipelines.domain import Artifact, Metric, Run, RunState, Step, StepState
+from skit_pipelines.store import codec
+
+AT = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+
+
+def run_with(*artifacts: Artifact) -> Run:
+    return Run(
+        id="r",
+        pipeline="p",
+        pipeline_version="sha256:0",
+        parameters={},
+        labels={},
+        state=RunState.SUCCEEDED,
+        create_time=AT,
+        update_time=AT,
+        revision=3,
+        steps=(Step(name="s", state=StepState.SUCCEEDED, output_artifacts=artifacts),),
+        outputs=artifacts,
+    )
+
+
+def test_artifact_type_and_metadata_round_trip() -> None:
+    metrics = Artifact(
+        name="metrics",
+        uri="file:///a/m",
+        step="s",
+        sha256="ab",
+        size_bytes=27,
+        type="system.Metrics",
+        metadata={"accuracy": 0.5, "n": 3, "nested": {"k": ["v"]}},
+    )
+    run = run_with(metrics)
+
+    decoded = codec.run_from_dict(json.loads(codec.dumps(codec.run_to_dict(run))))
+
+    assert decoded == run
+    assert decoded.steps[0].metrics == (
+        Metric("accuracy", 0.5, "metrics"),
+        Metric("n", 3.0, "metrics"),
+    )
+
+
+def test_snapshots_stored_before_types_and_metadata_decode() -> None:
+    plain = Artifact(name="data", uri="file:///a/d", step="s", sha256="cd", size_bytes=4)
+    stored = codec.run_to_dict(run_with(plain))
+    # As written before artifacts had a type and metadata: neither key is there.
+    assert set(stored["outputs"][0]) == {"name", "uri", "step", "sha256", "size_bytes"}
+
+    decoded = codec.run_from_dict(json.loads(codec.dumps(stored)))
+
+    assert decoded.outputs == (plain,)
+    assert (decoded.outputs[0].type, decoded.outputs[0].metadata) == ("", {})
+    assert decoded.steps[0].metrics == ()
