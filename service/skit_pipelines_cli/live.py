@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TextIO, TypeVar
 
+from skit_pipelines_cli.exits import EXIT_FAILURE, EXIT_OK
 from skit_pipelines_cli.render import (
-    EXIT_FAILURE,
-    EXIT_OK,
     change_lines,
     emit,
     needs_ascii,

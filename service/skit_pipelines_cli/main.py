@@ -4,27 +4,22 @@ Exit codes: 0 success, 1 a failed call or a run that did not succeed, 2 bad usag
 130 interrupted (Ctrl-C).
 
 The package is split by job: `parser` (the command line), `values` (parsing its values),
-`commands` (one function per command), `render` (messages to text) and `live` (following
-a run).
+`local` (the commands that need no service: serve, tokens, demo data), `commands` (one
+function per client command), `render` (messages to text), `live` (following a run) and
+`exits` (the exit codes).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from skit_pipelines.errors import PipelinesError
-from skit_pipelines_cli.commands import dispatch
+from skit_pipelines_cli.exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from skit_pipelines_cli.local import LocalCommand
 from skit_pipelines_cli.parser import build_parser
-from skit_pipelines_cli.render import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    emit,
-    error_lines,
-)
 from skit_pipelines_cli.values import UsageError
-from skit_pipelines_client import RPCError
 
 __all__ = ["build_parser", "main"]
 
@@ -37,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
-        return dispatch(args, sys.stdout)
-    except RPCError as error:
-        emit(error_lines(error, args.server), sys.stderr)
-        return EXIT_FAILURE
+        if hasattr(args, "local"):
+            local: LocalCommand = args.local
+            return local(args, sys.stdout)
+        return _remote(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -58,5 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _remote(args: argparse.Namespace) -> int:
+    # Imported only for the commands that call the service: `serve` starts without the
+    # client and its renderers.
+    from skit_pipelines_cli.commands import dispatch
+    from skit_pipelines_cli.render import emit, error_lines
+    from skit_pipelines_client import RPCError
+
+    try:
+        return dispatch(args, sys.stdout)
+    except RPCError as error:
+        emit(error_lines(error, args.server), sys.stderr)
+        return EXIT_FAILURE

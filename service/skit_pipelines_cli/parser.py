@@ -1,7 +1,8 @@
 """The command line: one small function per command group, building the argparse parser.
 
-Each command's parser names its handler in `commands`: `local` for those that need no
-service (serve, tokens, demo-data), `remote` for those that call it.
+Each command's parser names its handler: `local`, a function of the `local` module, for
+those that need no service (serve, tokens, demo-data); `remote`, the name of a function in
+`commands`, for those that call it (so that `serve` never imports the client).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from skit_pipelines_cli import commands
+from skit_pipelines_cli import local
 from skit_pipelines_cli.values import (
     parse_count,
     parse_label,
@@ -110,7 +111,7 @@ def _add_serve(subcommands: _Subcommands) -> None:
     _add_scale_out_options(serve)
     _add_limit_options(serve)
     _add_observability_options(serve)
-    serve.set_defaults(local=commands.serve)
+    serve.set_defaults(local=local.serve)
 
 
 _LIMIT_OPTIONS = (
@@ -283,7 +284,7 @@ def _add_tokens(subcommands: _Subcommands) -> None:
         " admin: everything",
     )
     tokens_add.add_argument("--tokens-file", type=Path, required=True)
-    tokens_add.set_defaults(local=commands.tokens_add)
+    tokens_add.set_defaults(local=local.tokens_add)
 
 
 def _add_demo_data(subcommands: _Subcommands) -> None:
@@ -305,7 +306,7 @@ def _add_demo_data(subcommands: _Subcommands) -> None:
         "--annotations-db-url",
         help="annotation store (default sqlite:///<home>/demo/annotations.db)",
     )
-    demo.set_defaults(local=commands.demo_data)
+    demo.set_defaults(local=local.demo_data)
 
 
 def _add_pipelines(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -314,12 +315,12 @@ def _add_pipelines(subcommands: _Subcommands, common: argparse.ArgumentParser) -
         "pipelines", help="list and inspect pipelines"
     ).add_subparsers(dest="pipelines_command", required=True, metavar="COMMAND")
     pipelines_list = pipelines.add_parser("list", parents=[common], help="list the pipelines")
-    pipelines_list.set_defaults(remote=commands.pipelines_list)
+    pipelines_list.set_defaults(remote="pipelines_list")
     pipelines_get = pipelines.add_parser(
         "get", parents=[common], help="show a pipeline and its parameters"
     )
     pipelines_get.add_argument("name", help='"x" or "pipelines/x"')
-    pipelines_get.set_defaults(remote=commands.pipelines_get)
+    pipelines_get.set_defaults(remote="pipelines_get")
 
 
 def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -331,18 +332,18 @@ def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
     _add_runs_create(runs, common)
     get = runs.add_parser("get", parents=[common], help="show a run")
     get.add_argument("name", help='"abc" or "runs/abc"')
-    get.set_defaults(remote=commands.runs_get)
+    get.set_defaults(remote="runs_get")
     _add_runs_list(runs, common)
     cancel = runs.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("name", help='"abc" or "runs/abc"')
-    cancel.set_defaults(remote=commands.runs_cancel)
+    cancel.set_defaults(remote="runs_cancel")
     delete = runs.add_parser(
         "delete",
         parents=[common],
         help="delete a finished run with its events, step logs and artifacts",
     )
     delete.add_argument("name", help='"abc" or "runs/abc"')
-    delete.set_defaults(remote=commands.runs_delete)
+    delete.set_defaults(remote="runs_delete")
     _add_runs_retry(runs, common)
     _add_runs_logs(runs, common)
     _add_runs_watch(runs, common)
@@ -387,7 +388,7 @@ def _add_runs_create(runs: _Subcommands, common: argparse.ArgumentParser) -> Non
     create.add_argument(
         "--watch", action="store_true", help="watch the run; exit 0 only if it succeeds"
     )
-    create.set_defaults(remote=commands.runs_create)
+    create.set_defaults(remote="runs_create")
 
 
 def _add_runs_list(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -425,7 +426,7 @@ def _add_runs_list(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N runs (default 50; 0 for all)",
     )
-    list_runs.set_defaults(remote=commands.runs_list)
+    list_runs.set_defaults(remote="runs_list")
 
 
 def _add_runs_retry(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -438,7 +439,7 @@ def _add_runs_retry(runs: _Subcommands, common: argparse.ArgumentParser) -> None
     retry.add_argument("--run-id", help="id of the new run (default: chosen by the server)")
     retry.add_argument("--request-id", help="idempotency key: a retry with the same id is a no-op")
     retry.add_argument("--watch", action="store_true", help="follow the new run until it ends")
-    retry.set_defaults(remote=commands.runs_retry)
+    retry.set_defaults(remote="runs_retry")
 
 
 def _add_runs_logs(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -451,7 +452,7 @@ def _add_runs_logs(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
     logs.add_argument(
         "--attempt", type=parse_count, default=0, metavar="N", help="only attempt N (default: all)"
     )
-    logs.set_defaults(remote=commands.runs_logs)
+    logs.set_defaults(remote="runs_logs")
 
 
 def _add_runs_watch(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -470,7 +471,7 @@ def _add_runs_watch(runs: _Subcommands, common: argparse.ArgumentParser) -> None
         metavar="N",
         help="resume after revision N instead of starting from the current state",
     )
-    watch.set_defaults(remote=commands.runs_watch)
+    watch.set_defaults(remote="runs_watch")
 
 
 def _add_connection_options(

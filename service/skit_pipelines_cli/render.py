@@ -22,12 +22,6 @@ from skit_pipelines_client import (
     StepState,
 )
 
-# Exit codes: success; a failed call or a run that did not succeed; bad usage; Ctrl-C.
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
 # The step symbols: Unicode where the output can encode it, else ASCII.
 _UNICODE_SYMBOLS = {
     StepState.PENDING: "·",

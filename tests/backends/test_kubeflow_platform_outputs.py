@@ -157,7 +157,7 @@ def test_the_log_archive_is_configured_by_env_and_flag(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from skit_pipelines.config import ServerConfig
-    from skit_pipelines_cli import commands
+    from skit_pipelines_cli import local
     from skit_pipelines_cli.main import build_parser
 
     config = ServerConfig.from_env(
@@ -171,7 +171,7 @@ def test_the_log_archive_is_configured_by_env_and_flag(
     served: list[ServerConfig] = []
     monkeypatch.setattr("skit_pipelines.server.serve", served.append)
     args = build_parser({}).parse_args(["serve", "--kfp-logs-url", "s3://logs"])
-    commands.serve(args, None)  # type: ignore[arg-type]  # serve writes nothing
+    local.serve(args, None)  # type: ignore[arg-type]  # serve writes nothing
     assert served[0].kfp_logs_url == "s3://logs"
 
 
