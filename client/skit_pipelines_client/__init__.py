@@ -25,6 +25,7 @@ from skit_pipelines_client.resources import (
     StepState,
     ValueTypes,
 )
+from skit_pipelines_client.schedules import Schedule, schedule_name
 
 __all__ = [
     "Artifact",
@@ -41,6 +42,7 @@ __all__ = [
     "ResumePolicy",
     "Run",
     "RunState",
+    "Schedule",
     "Status",
     "Step",
     "StepState",
@@ -48,4 +50,5 @@ __all__ = [
     "ValueTypes",
     "pipeline_name",
     "run_name",
+    "schedule_name",
 ]

@@ -13,7 +13,13 @@ import grpc
 import grpc.aio
 from google.protobuf import empty_pb2
 
-from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
+from skit.pipelines.v1 import (
+    pipeline_pb2,
+    pipeline_service_pb2,
+    pipeline_service_pb2_grpc,
+    run_pb2,
+    schedule_pb2,
+)
 
 
 class SyncStub(Protocol):
@@ -33,6 +39,30 @@ class SyncStub(Protocol):
     CancelRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.CancelRunRequest, run_pb2.Run]
     RetryRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
     DeleteRun: grpc.UnaryUnaryMultiCallable[pipeline_service_pb2.DeleteRunRequest, empty_pb2.Empty]
+    CreateSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.CreateScheduleRequest, schedule_pb2.Schedule
+    ]
+    UpdateSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.UpdateScheduleRequest, schedule_pb2.Schedule
+    ]
+    GetSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetScheduleRequest, schedule_pb2.Schedule
+    ]
+    ListSchedules: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListSchedulesRequest, pipeline_service_pb2.ListSchedulesResponse
+    ]
+    PauseSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.PauseScheduleRequest, schedule_pb2.Schedule
+    ]
+    ResumeSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ResumeScheduleRequest, schedule_pb2.Schedule
+    ]
+    DeleteSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.DeleteScheduleRequest, empty_pb2.Empty
+    ]
+    BackfillSchedule: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.BackfillScheduleRequest, pipeline_service_pb2.BackfillScheduleResponse
+    ]
     WatchRun: grpc.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
     ]
@@ -59,6 +89,30 @@ class AsyncStub(Protocol):
     RetryRun: grpc.aio.UnaryUnaryMultiCallable[pipeline_service_pb2.RetryRunRequest, run_pb2.Run]
     DeleteRun: grpc.aio.UnaryUnaryMultiCallable[
         pipeline_service_pb2.DeleteRunRequest, empty_pb2.Empty
+    ]
+    CreateSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.CreateScheduleRequest, schedule_pb2.Schedule
+    ]
+    UpdateSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.UpdateScheduleRequest, schedule_pb2.Schedule
+    ]
+    GetSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetScheduleRequest, schedule_pb2.Schedule
+    ]
+    ListSchedules: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListSchedulesRequest, pipeline_service_pb2.ListSchedulesResponse
+    ]
+    PauseSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.PauseScheduleRequest, schedule_pb2.Schedule
+    ]
+    ResumeSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ResumeScheduleRequest, schedule_pb2.Schedule
+    ]
+    DeleteSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.DeleteScheduleRequest, empty_pb2.Empty
+    ]
+    BackfillSchedule: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.BackfillScheduleRequest, pipeline_service_pb2.BackfillScheduleResponse
     ]
     WatchRun: grpc.aio.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse

@@ -40,6 +40,13 @@ from skit_pipelines_client.resources import (
     RunState,
     ValueTypes,
 )
+from skit_pipelines_client.schedules import (
+    Schedule,
+    backfill_request,
+    create_schedule_request,
+    schedule_name,
+    update_schedule_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +392,8 @@ class PipelinesClient:
         labels: Mapping[str, str],
         run_id: str | None = None,
         request_id: str | None = None,
+        *,
+        disable_cache: bool = False,
     ) -> Run:
         """Starts a run of `pipeline`.
 
@@ -395,12 +404,17 @@ class PipelinesClient:
             labels: User labels for filtering.
             run_id: The id of the new run; chosen by the service when None.
             request_id: An idempotency key: repeating the call with it returns the same run.
+            disable_cache: Turn the step cache off for this run, as the KFP SDK's
+                `enable_caching=False`: every step runs, none reuses an earlier result
+                (on the local executor, what succeeds is still cached for later runs).
 
         Raises:
             RPCError: INVALID_ARGUMENT with a field violation per bad parameter (wrong
                 type, unknown, missing, or breaking one of the pipeline's rules).
         """
-        request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
+        request = _create_run_request(
+            pipeline, parameters, labels, run_id, request_id, disable_cache
+        )
         return self._run(self._call(self._stub.CreateRun, request))
 
     def get_run(self, run: str) -> Run:
@@ -535,6 +549,70 @@ class PipelinesClient:
                     on_resume(error, delay)
                 time.sleep(delay)
 
+    # Schedules
+
+    def create_schedule(
+        self, pipeline: str, parameters: Mapping[str, Any], **options: Any
+    ) -> Schedule:
+        """Creates a schedule of `pipeline`: pass cron= (and time_zone=) or
+        interval_seconds=; the other options are create_schedule_request's (labels,
+        start_time, end_time, max_concurrency, overlap_policy "SKIP"/"CANCEL_OLDEST",
+        catchup_policy "SKIP"/"RUN_LATEST"/"RUN_ALL", catchup_window, disable_cache,
+        schedule_id, request_id). The result lists its next ticks (upcoming_tick_times).
+
+        Raises:
+            RPCError: INVALID_ARGUMENT naming the field for an invalid cron expression, an
+                unknown time zone, an interval of 0 or less, or bad parameters.
+        """
+        request = create_schedule_request(pipeline, parameters, **options)
+        return Schedule.of(self._call(self._stub.CreateSchedule, request))
+
+    def get_schedule(self, schedule: str) -> Schedule:
+        """One schedule, "x" or "schedules/x"."""
+        request = pipeline_service_pb2.GetScheduleRequest(name=schedule_name(schedule))
+        return Schedule.of(self._call(self._stub.GetSchedule, request))
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        schedules: list[Schedule] = []
+        request = pipeline_service_pb2.ListSchedulesRequest()
+        while True:
+            response = self._call(self._stub.ListSchedules, request)
+            schedules.extend(Schedule.of(s) for s in response.schedules)
+            if not response.next_page_token:
+                return schedules
+            request.page_token = response.next_page_token
+
+    def update_schedule(self, schedule: str, fields: list[str], **options: Any) -> Schedule:
+        """Changes the `fields` of a schedule (e.g. ["trigger", "max_concurrency"]) to the
+        values in `options` (create_schedule's keyword options)."""
+        request = update_schedule_request(schedule, fields, **options)
+        return Schedule.of(self._call(self._stub.UpdateSchedule, request))
+
+    def pause_schedule(self, schedule: str, reason: str = "") -> Schedule:
+        request = pipeline_service_pb2.PauseScheduleRequest(
+            name=schedule_name(schedule), reason=reason
+        )
+        return Schedule.of(self._call(self._stub.PauseSchedule, request))
+
+    def resume_schedule(self, schedule: str) -> Schedule:
+        request = pipeline_service_pb2.ResumeScheduleRequest(name=schedule_name(schedule))
+        return Schedule.of(self._call(self._stub.ResumeSchedule, request))
+
+    def delete_schedule(self, schedule: str) -> None:
+        request = pipeline_service_pb2.DeleteScheduleRequest(name=schedule_name(schedule))
+        self._call(self._stub.DeleteSchedule, request)
+
+    def backfill_schedule(
+        self, schedule: str, start_time: datetime, end_time: datetime
+    ) -> list[Run]:
+        """The runs of every tick in [start_time, end_time): made now, or the tick's run
+        made earlier (no tick makes two)."""
+        response = self._call(
+            self._stub.BackfillSchedule, backfill_request(schedule, start_time, end_time)
+        )
+        return [self._run(run) for run in response.runs]
+
 
 def _create_run_request(
     pipeline: str,
@@ -542,8 +620,11 @@ def _create_run_request(
     labels: Mapping[str, str],
     run_id: str | None,
     request_id: str | None,
+    disable_cache: bool,
 ) -> pipeline_service_pb2.CreateRunRequest:
-    run = run_pb2.Run(pipeline=pipeline_name(pipeline), labels=dict(labels))
+    run = run_pb2.Run(
+        pipeline=pipeline_name(pipeline), labels=dict(labels), disable_cache=disable_cache
+    )
     run.parameters.update(dict(parameters))
     return pipeline_service_pb2.CreateRunRequest(
         run=run, run_id=run_id or "", request_id=request_id or ""
@@ -705,9 +786,13 @@ class AsyncPipelinesClient:
         labels: Mapping[str, str],
         run_id: str | None = None,
         request_id: str | None = None,
+        *,
+        disable_cache: bool = False,
     ) -> Run:
         """Starts a run of `pipeline` (see PipelinesClient.create_run)."""
-        request = _create_run_request(pipeline, parameters, labels, run_id, request_id)
+        request = _create_run_request(
+            pipeline, parameters, labels, run_id, request_id, disable_cache
+        )
         return await self._run(await self._call(self._stub.CreateRun, request))
 
     async def get_run(self, run: str) -> Run:
@@ -804,3 +889,67 @@ class AsyncPipelinesClient:
                 if on_resume is not None:
                     on_resume(error, delay)
                 await asyncio.sleep(delay)
+
+    # Schedules
+
+    async def create_schedule(
+        self, pipeline: str, parameters: Mapping[str, Any], **options: Any
+    ) -> Schedule:
+        """Creates a schedule of `pipeline`: pass cron= (and time_zone=) or
+        interval_seconds=; the other options are create_schedule_request's (labels,
+        start_time, end_time, max_concurrency, overlap_policy "SKIP"/"CANCEL_OLDEST",
+        catchup_policy "SKIP"/"RUN_LATEST"/"RUN_ALL", catchup_window, disable_cache,
+        schedule_id, request_id). The result lists its next ticks (upcoming_tick_times).
+
+        Raises:
+            RPCError: INVALID_ARGUMENT naming the field for an invalid cron expression, an
+                unknown time zone, an interval of 0 or less, or bad parameters.
+        """
+        request = create_schedule_request(pipeline, parameters, **options)
+        return Schedule.of(await self._call(self._stub.CreateSchedule, request))
+
+    async def get_schedule(self, schedule: str) -> Schedule:
+        """One schedule, "x" or "schedules/x"."""
+        request = pipeline_service_pb2.GetScheduleRequest(name=schedule_name(schedule))
+        return Schedule.of(await self._call(self._stub.GetSchedule, request))
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        schedules: list[Schedule] = []
+        request = pipeline_service_pb2.ListSchedulesRequest()
+        while True:
+            response = await self._call(self._stub.ListSchedules, request)
+            schedules.extend(Schedule.of(s) for s in response.schedules)
+            if not response.next_page_token:
+                return schedules
+            request.page_token = response.next_page_token
+
+    async def update_schedule(self, schedule: str, fields: list[str], **options: Any) -> Schedule:
+        """Changes the `fields` of a schedule (e.g. ["trigger", "max_concurrency"]) to the
+        values in `options` (create_schedule's keyword options)."""
+        request = update_schedule_request(schedule, fields, **options)
+        return Schedule.of(await self._call(self._stub.UpdateSchedule, request))
+
+    async def pause_schedule(self, schedule: str, reason: str = "") -> Schedule:
+        request = pipeline_service_pb2.PauseScheduleRequest(
+            name=schedule_name(schedule), reason=reason
+        )
+        return Schedule.of(await self._call(self._stub.PauseSchedule, request))
+
+    async def resume_schedule(self, schedule: str) -> Schedule:
+        request = pipeline_service_pb2.ResumeScheduleRequest(name=schedule_name(schedule))
+        return Schedule.of(await self._call(self._stub.ResumeSchedule, request))
+
+    async def delete_schedule(self, schedule: str) -> None:
+        request = pipeline_service_pb2.DeleteScheduleRequest(name=schedule_name(schedule))
+        await self._call(self._stub.DeleteSchedule, request)
+
+    async def backfill_schedule(
+        self, schedule: str, start_time: datetime, end_time: datetime
+    ) -> list[Run]:
+        """The runs of every tick in [start_time, end_time): made now, or the tick's run
+        made earlier (no tick makes two)."""
+        response = await self._call(
+            self._stub.BackfillSchedule, backfill_request(schedule, start_time, end_time)
+        )
+        return [await self._run(run) for run in response.runs]

@@ -329,6 +329,8 @@ class Run:
     backend: str
     backend_run_id: str
     backend_run_url: str
+    disable_cache: bool
+    """The run looks no step up in the step cache: every step runs."""
     raw: run_pb2.Run = field(repr=False, compare=False)
 
     @property
@@ -360,6 +362,7 @@ class Run:
             backend=message.backend,
             backend_run_id=message.backend_run_id,
             backend_run_url=message.backend_run_url,
+            disable_cache=message.disable_cache,
             raw=message,
         )
 

@@ -48,9 +48,17 @@ _METHOD_ROLES: Mapping[str, Role] = {
     "CancelRun": Role.RUNNER,
     "RetryRun": Role.RUNNER,
     "DeleteRun": Role.RUNNER,
+    "GetSchedule": Role.VIEWER,
+    "ListSchedules": Role.VIEWER,
+    "CreateSchedule": Role.RUNNER,
+    "UpdateSchedule": Role.RUNNER,
+    "PauseSchedule": Role.RUNNER,
+    "ResumeSchedule": Role.RUNNER,
+    "DeleteSchedule": Role.RUNNER,
+    "BackfillSchedule": Role.RUNNER,
 }
-"""The least role for each method; runners act only on their own runs (checked by the
-controller, which knows who created a run)."""
+"""The least role for each method; runners act only on their own runs and schedules
+(checked by the controllers, which know who created them)."""
 
 
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(

@@ -145,6 +145,7 @@ def run(item: domain.Run) -> run_pb2.Run:
         backend_run_id=item.backend_run_id,
         backend_run_url=item.backend_run_url,
         output_parameters=struct(item.output_parameters),
+        disable_cache=item.disable_cache,
     )
 
 

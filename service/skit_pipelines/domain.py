@@ -183,6 +183,9 @@ class Run:
     backend: str = ""
     backend_run_id: str = ""
     backend_run_url: str = ""
+    disable_cache: bool = False
+    """No step is looked up in the step cache (every step runs); set at CreateRun,
+    inherited by RetryRun."""
 
     @property
     def name(self) -> str:

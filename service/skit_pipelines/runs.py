@@ -99,14 +99,20 @@ class CreateRunInput:
     run_id: str = ""
     request_id: str = ""
     creator: str = ""
+    disable_cache: bool = False
+    """No step of the run is looked up in the step cache (Run.disable_cache)."""
 
     def request_hash(self) -> str:
-        body = {
+        body: dict[str, Any] = {
             "pipeline": self.pipeline,
             "parameters": self.parameters,
             "labels": self.labels,
             "run_id": self.run_id,
         }
+        # Only when set: a request_id stored before the field existed, replayed with the
+        # same body, still matches its hash.
+        if self.disable_cache:
+            body["disable_cache"] = True
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -264,6 +270,7 @@ class RunController:
             request_id=request.request_id,
             creator=request.creator,
             backend=self._backend.name,
+            disable_cache=request.disable_cache,
         )
         return await self._insert_and_submit(run, pipeline, request.request_hash())
 
@@ -293,7 +300,8 @@ class RunController:
         request_id: str = "",
         principal: Principal = ANONYMOUS_ADMIN,
     ) -> Run:
-        """A new run of a failed or cancelled run, reusing the steps that succeeded."""
+        """A new run of a failed or cancelled run, reusing the steps that succeeded; it
+        keeps the run's parameters, labels and cache setting."""
         self._check_accepting()
         source = await self._store.get_run(names.parse_name(name, "runs"))
         _check_owner(principal, source, "retry")
@@ -339,6 +347,9 @@ class RunController:
             retry_of=source.name,
             creator=principal.name,
             backend=self._backend.name,
+            # The steps it reruns run as the source's did; the ones it reuses are the
+            # source's own (above), whatever the cache setting.
+            disable_cache=source.disable_cache,
         )
         request_hash = hashlib.sha256(f"retry\0{source.name}\0{run_id}".encode()).hexdigest()
         return await self._insert_and_submit(run, pipeline, request_hash)

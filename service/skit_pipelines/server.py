@@ -34,6 +34,7 @@ from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
 from skit_pipelines.retention import RetentionSweeper
 from skit_pipelines.runs import RunController
+from skit_pipelines.schedules import ScheduleController, Scheduler
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
 from skit_pipelines.store.sqlite import SqliteRunStore
@@ -99,6 +100,8 @@ class Application:
     """The plaintext health port (config.health_port), if any."""
     retention: RetentionSweeper | None = None
     """Deletes old finished runs in the background (config.retention_days), if on."""
+    scheduler: Scheduler | None = None
+    """Makes the runs of schedules' ticks (one replica at a time on PostgreSQL)."""
 
     @property
     def address(self) -> str:
@@ -109,6 +112,8 @@ class Application:
         await self.controller.resume()
         if self.retention is not None:
             self.retention.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         await self.server.start()
         if self.health_only is not None:
             await self.health_only.server.start()
@@ -134,6 +139,8 @@ class Application:
             await self.health_only.server.stop(None)
         if self.retention is not None:
             await self.retention.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.backend.shutdown()
         await self.store.close()
         await self.telemetry.shutdown()
@@ -177,7 +184,11 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 async def create_grpc_server(
-    controller: RunController, config: ServerConfig, telemetry: Telemetry | None = None
+    controller: RunController,
+    config: ServerConfig,
+    telemetry: Telemetry | None = None,
+    *,
+    schedules: ScheduleController | None = None,
 ) -> tuple[grpc.aio.Server, int, AsyncHealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one)."""
@@ -187,7 +198,9 @@ async def create_grpc_server(
         interceptors.append(AuthInterceptor(TokenFile.load(config.tokens_file)))
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
     add_to_server(
-        PipelineServicer(controller, max_message_bytes=config.max_message_bytes),
+        PipelineServicer(
+            controller, max_message_bytes=config.max_message_bytes, schedules=schedules
+        ),
         server,
         max_request_bytes=config.max_request_bytes,
     )
@@ -485,7 +498,13 @@ async def build_application(
     if config.retention_days is not None:
         retention = RetentionSweeper(controller, store, timedelta(days=config.retention_days))
 
-    server, port, health_servicer = await create_grpc_server(controller, config, telemetry)
+    scheduler = Scheduler(controller)
+    schedules = ScheduleController(
+        controller, catalog, limits=config.request_limits, on_change=scheduler.wake
+    )
+    server, port, health_servicer = await create_grpc_server(
+        controller, config, telemetry, schedules=schedules
+    )
     health_only = create_health_server(health_servicer, config)
     return Application(
         config=config,
@@ -498,6 +517,7 @@ async def build_application(
         telemetry=telemetry,
         health_only=health_only,
         retention=retention,
+        scheduler=scheduler,
     )
 
 

@@ -17,8 +17,14 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, pipeline_service_pb2_grpc, run_pb2
-from skit_pipelines import convert, request_fields
+from skit.pipelines.v1 import (
+    pipeline_pb2,
+    pipeline_service_pb2,
+    pipeline_service_pb2_grpc,
+    run_pb2,
+    schedule_pb2,
+)
+from skit_pipelines import convert, request_fields, schedule_convert
 from skit_pipelines.auth import current_principal
 from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
@@ -34,6 +40,7 @@ from skit_pipelines.errors import (
 )
 from skit_pipelines.grpc_types import ServicerContext, abort_with_status
 from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
+from skit_pipelines.schedules import ScheduleController
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,12 @@ def error_status(exc: BaseException) -> status_pb2.Status:
         metadata["existing"] = exc.resource_name
         details.append(
             _pack(
-                error_details_pb2.ResourceInfo(resource_type="Run", resource_name=exc.resource_name)
+                error_details_pb2.ResourceInfo(
+                    resource_type="Schedule"
+                    if exc.resource_name.startswith("schedules/")
+                    else "Run",
+                    resource_name=exc.resource_name,
+                )
             )
         )
     details.insert(
@@ -300,9 +312,14 @@ class _Converted:
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     def __init__(
-        self, controller: RunController, *, max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        controller: RunController,
+        *,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        schedules: ScheduleController | None = None,
     ) -> None:
         self._controller = controller
+        self._schedules = schedules
         self._max_message_bytes = max_message_bytes
         # Every watcher of a run is sent the same revisions: convert and serialize each
         # one once, not once per stream. The creation time is in the key: a deleted run's
@@ -351,6 +368,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
                 run_id=request.run_id,
                 request_id=request.request_id,
                 creator=current_principal().name,
+                disable_cache=request.run.disable_cache,
             )
         )
         return convert.run(run)
@@ -466,6 +484,103 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             yield pipeline_service_pb2.ReadStepLogsResponse(
                 lines=[convert.log_line(line) for line in batch]
             )
+
+    # Schedules (schedules.py)
+
+    def _schedule_controller(self) -> ScheduleController:
+        if self._schedules is None:
+            raise FailedPrecondition(
+                "this server runs no scheduler", reason="SCHEDULES_UNAVAILABLE"
+            )
+        return self._schedules
+
+    @_unary
+    async def CreateSchedule(
+        self, request: pipeline_service_pb2.CreateScheduleRequest, context: ServicerContext
+    ) -> schedule_pb2.Schedule:
+        schedule = await self._schedule_controller().create_schedule(
+            schedule_convert.spec(request.schedule),
+            schedule_id=request.schedule_id,
+            request_id=request.request_id,
+            principal=current_principal(),
+        )
+        return schedule_convert.schedule(schedule)
+
+    @_unary
+    async def GetSchedule(
+        self, request: pipeline_service_pb2.GetScheduleRequest, context: ServicerContext
+    ) -> schedule_pb2.Schedule:
+        schedule = await self._schedule_controller().get_schedule(request.name)
+        return schedule_convert.schedule(schedule)
+
+    @_unary
+    async def ListSchedules(
+        self, request: pipeline_service_pb2.ListSchedulesRequest, context: ServicerContext
+    ) -> pipeline_service_pb2.ListSchedulesResponse:
+        schedules, next_token = await self._schedule_controller().list_schedules(
+            request.page_size, request.page_token
+        )
+        return pipeline_service_pb2.ListSchedulesResponse(
+            schedules=[schedule_convert.schedule(s) for s in schedules],
+            next_page_token=next_token,
+        )
+
+    @_unary
+    async def UpdateSchedule(
+        self, request: pipeline_service_pb2.UpdateScheduleRequest, context: ServicerContext
+    ) -> schedule_pb2.Schedule:
+        schedule = await self._schedule_controller().update_schedule(
+            request.schedule.name,
+            schedule_convert.spec(request.schedule),
+            list(request.update_mask.paths),
+            principal=current_principal(),
+        )
+        return schedule_convert.schedule(schedule)
+
+    @_unary
+    async def PauseSchedule(
+        self, request: pipeline_service_pb2.PauseScheduleRequest, context: ServicerContext
+    ) -> schedule_pb2.Schedule:
+        schedule = await self._schedule_controller().pause_schedule(
+            request.name, request.reason, principal=current_principal()
+        )
+        return schedule_convert.schedule(schedule)
+
+    @_unary
+    async def ResumeSchedule(
+        self, request: pipeline_service_pb2.ResumeScheduleRequest, context: ServicerContext
+    ) -> schedule_pb2.Schedule:
+        schedule = await self._schedule_controller().resume_schedule(
+            request.name, principal=current_principal()
+        )
+        return schedule_convert.schedule(schedule)
+
+    @_unary
+    async def DeleteSchedule(
+        self, request: pipeline_service_pb2.DeleteScheduleRequest, context: ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._schedule_controller().delete_schedule(
+            request.name, principal=current_principal()
+        )
+        return empty_pb2.Empty()
+
+    @_unary
+    async def BackfillSchedule(
+        self, request: pipeline_service_pb2.BackfillScheduleRequest, context: ServicerContext
+    ) -> pipeline_service_pb2.BackfillScheduleResponse:
+        runs = await self._schedule_controller().backfill_schedule(
+            request.name,
+            convert.from_timestamp(request.start_time, field="start_time")
+            if request.HasField("start_time")
+            else None,
+            convert.from_timestamp(request.end_time, field="end_time")
+            if request.HasField("end_time")
+            else None,
+            principal=current_principal(),
+        )
+        return pipeline_service_pb2.BackfillScheduleResponse(
+            runs=[convert.run(run) for run in runs]
+        )
 
 
 async def batched(

@@ -27,6 +27,16 @@ from skit_pipelines_cli.render import (
     print_json,
     runs_table,
 )
+from skit_pipelines_cli.schedule_commands import (  # noqa: F401  (dispatched by name)
+    schedules_backfill,
+    schedules_create,
+    schedules_delete,
+    schedules_get,
+    schedules_list,
+    schedules_pause,
+    schedules_resume,
+    schedules_update,
+)
 from skit_pipelines_cli.values import UsageError
 from skit_pipelines_client import PipelinesClient, TlsOptions, run_name
 
@@ -98,6 +108,7 @@ def runs_create(client: PipelinesClient, args: argparse.Namespace, out: TextIO) 
         dict(args.labels),
         run_id=args.run_id,
         request_id=args.request_id,
+        disable_cache=args.disable_cache,
     )
     if args.output == "json" and not args.watch:
         print_json(run, out)

@@ -49,6 +49,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_demo_data(subcommands)
     _add_pipelines(subcommands, common)
     _add_runs(subcommands, common)
+    _add_schedules(subcommands, common)
     return parser
 
 
@@ -349,6 +350,101 @@ def _add_runs(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
     _add_runs_watch(runs, common)
 
 
+def _add_schedules(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """`schedules` create, get, list, pause, resume, delete and backfill."""
+    schedules = subcommands.add_parser(
+        "schedules", help="run pipelines on a cron or an interval"
+    ).add_subparsers(dest="schedules_command", required=True, metavar="COMMAND")
+    create = schedules.add_parser(
+        "create",
+        parents=[common],
+        help="create a schedule and print its next 5 ticks",
+        description="Create a schedule: --cron (with --time-zone) or --every SECONDS.",
+    )
+    create.add_argument("pipeline", help='"x" or "pipelines/x"')
+    trigger = create.add_mutually_exclusive_group(required=True)
+    trigger.add_argument("--cron", help="five fields, e.g. '30 2 * * *'")
+    trigger.add_argument("--every", type=int, metavar="SECONDS", help="a fixed interval")
+    create.add_argument("--time-zone", help="IANA, e.g. Europe/Berlin (default UTC)")
+    create.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of every run (repeatable)",
+    )
+    create.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of every run (repeatable)",
+    )
+    create.add_argument("--start-time", type=parse_time, help="no tick before")
+    create.add_argument("--end-time", type=parse_time, help="no tick at or after")
+    create.add_argument("--max-concurrency", type=int, default=0, help="active runs (default 1)")
+    create.add_argument(
+        "--overlap",
+        choices=("skip", "cancel_oldest"),
+        default="",
+        help="at max concurrency: skip the tick (default) or cancel the oldest run",
+    )
+    create.add_argument(
+        "--catchup",
+        choices=("skip", "run_latest", "run_all"),
+        default="",
+        help="ticks missed while the server was down (default skip)",
+    )
+    create.add_argument("--schedule-id", help="the id (default: chosen by the service)")
+    create.add_argument("--request-id", help="idempotency key")
+    create.set_defaults(remote="schedules_create")
+    for command, what in (
+        ("get", "show a schedule, its last and next tick"),
+        ("resume", "resume a paused schedule from now"),
+        ("delete", "delete a schedule (its runs stay)"),
+    ):
+        sub = schedules.add_parser(command, parents=[common], help=what)
+        sub.add_argument("name", help='"x" or "schedules/x"')
+        sub.set_defaults(remote=f"schedules_{command}")
+    schedules.add_parser("list", parents=[common], help="list the schedules").set_defaults(
+        remote="schedules_list"
+    )
+    update = schedules.add_parser(
+        "update", parents=[common], help="change a schedule's trigger or policies"
+    )
+    update.add_argument("name", help='"x" or "schedules/x"')
+    new_trigger = update.add_mutually_exclusive_group()
+    new_trigger.add_argument("--cron", help="a new cron expression (ticks from now)")
+    new_trigger.add_argument("--every", type=int, metavar="SECONDS", help="a new interval")
+    update.add_argument("--time-zone", help="with --cron: IANA, e.g. Europe/Berlin")
+    update.add_argument("--max-concurrency", type=int, help="active runs at most")
+    update.add_argument(
+        "--overlap", dest="overlap_policy", choices=("skip", "cancel_oldest"), help="at the limit"
+    )
+    update.add_argument(
+        "--catchup",
+        dest="catchup_policy",
+        choices=("skip", "run_latest", "run_all"),
+        help="missed ticks",
+    )
+    update.set_defaults(remote="schedules_update")
+    pause = schedules.add_parser("pause", parents=[common], help="pause a schedule")
+    pause.add_argument("name", help='"x" or "schedules/x"')
+    pause.add_argument("--reason", default="", help="why (shown on the schedule)")
+    pause.set_defaults(remote="schedules_pause")
+    backfill = schedules.add_parser(
+        "backfill", parents=[common], help="run every tick of a time range now"
+    )
+    backfill.add_argument("name", help='"x" or "schedules/x"')
+    backfill.add_argument("--start", type=parse_time, required=True, help="first tick included")
+    backfill.add_argument("--end", type=parse_time, required=True, help="ticks before this")
+    backfill.set_defaults(remote="schedules_backfill")
+
+
 def _add_runs_create(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
     create = runs.add_parser(
         "create",
@@ -384,6 +480,13 @@ def _add_runs_create(runs: _Subcommands, common: argparse.ArgumentParser) -> Non
     create.add_argument("--run-id", help="the new run's id (default: chosen by the service)")
     create.add_argument(
         "--request-id", help="idempotency key: repeating the command returns the same run"
+    )
+    create.add_argument(
+        "--no-cache",
+        dest="disable_cache",
+        action="store_true",
+        help="turn the step cache off for this run: every step runs, none reuses an earlier"
+        " run's result",
     )
     create.add_argument(
         "--watch", action="store_true", help="watch the run; exit 0 only if it succeeds"

@@ -372,6 +372,8 @@ def describe_run(run: Run, now: datetime, *, ascii_only: bool = False) -> list[s
         lines.append(f"request id:  {run.request_id}")
     if run.retry_of:
         lines.append(f"retry of:    {run.retry_of}")
+    if run.disable_cache:
+        lines.append("cache:       off")
     if run.backend:
         lines.append(f"backend:     {run.backend} {run.backend_run_id}".rstrip())
     if run.steps:

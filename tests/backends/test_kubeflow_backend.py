@@ -22,8 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2
 from kfp import compiler, dsl
+from kfp.client import client as kfp_sdk_client
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from skit_pipelines.backends.kubeflow import KubeflowBackend, KubeflowSettings, version_name
 from skit_pipelines.backends.kubeflow_platform import parse_step_secrets
@@ -280,6 +283,60 @@ async def test_submit_uploads_each_ir_once_and_creates_a_typed_run(
     kfp_id = remote[first.id].run_id
     assert (stored.backend, stored.backend_run_id) == ("kubeflow", kfp_id)
     assert stored.backend_run_url == f"{UI}/#/runs/details/{kfp_id}"
+
+
+def task_caching(spec: dict[str, Any]) -> dict[tuple[str, str], bool]:
+    """Every task's cachingOptions.enableCache, by (DAG, task): the root's and those of
+    the conditions' and loops' DAGs (whose own tasks kfp compiles without caching)."""
+    dags = {"root": spec["root"]["dag"]}
+    dags.update((name, c["dag"]) for name, c in spec["components"].items() if "dag" in c)
+    return {
+        (dag_name, task_name): task.get("cachingOptions", {}).get("enableCache", False)
+        for dag_name, dag in dags.items()
+        for task_name, task in dag["tasks"].items()
+    }
+
+
+async def test_a_run_with_the_cache_off_uploads_its_ir_with_every_tasks_caching_off(
+    replicas: Any, kfp: KfpServer, branchy_pipeline: Pipeline, lock: Path
+) -> None:
+    a = await replicas("a")
+    cached = await a.controller.create_run(create(branchy_pipeline))
+    uncached = await a.controller.create_run(replace(create(branchy_pipeline), disable_cache=True))
+    again = await a.controller.create_run(replace(create(branchy_pipeline), disable_cache=True))
+
+    assert failed_posts(kfp) == []
+    remote = {r.display_name: r for r in kfp.runs()}
+    version_of = {
+        run.id: remote[run.id].pipeline_version_reference.pipeline_version_id
+        for run in (cached, uncached, again)
+    }
+    # A version of its own, uploaded once for every run with the cache off.
+    assert version_of[uncached.id] == version_of[again.id] != version_of[cached.id]
+    assert len(kfp.calls("POST", "/pipelines/upload_version")) == 2
+    pinned = pin_images(branchy_pipeline.spec, load_lock(lock))
+    assert yaml.safe_load(kfp.package(version_of[cached.id])) == pinned
+    uploaded = yaml.safe_load(kfp.package(version_of[uncached.id]))
+    on = task_caching(pinned)
+    assert on[("root", "echo")] and on[("comp-condition-1", "echo-2")]
+    assert task_caching(uploaded) == dict.fromkeys(on, False)
+    assert task_caching(kfp.pipeline_spec(version_of[uncached.id])) == dict.fromkeys(on, False)
+    # The root's tasks as the KFP SDK's create_run(..., enable_caching=False) submits them.
+    sdk = json_format.ParseDict(pinned, pipeline_spec_pb2.PipelineSpec())
+    kfp_sdk_client._override_caching_options(sdk, False)
+    ours = json_format.ParseDict(uploaded, pipeline_spec_pb2.PipelineSpec())
+    assert dict(ours.root.dag.tasks) == dict(sdk.root.dag.tasks)
+    # Nothing but the caching options changed.
+    for spec in (uploaded, pinned):
+        for component in [spec["root"], *spec["components"].values()]:
+            for task in component.get("dag", {}).get("tasks", {}).values():
+                task.pop("cachingOptions", None)
+    assert uploaded == pinned
+    stored = await a.store.get_run(uncached.id)
+    assert stored.disable_cache and not (await a.store.get_run(cached.id)).disable_cache
+    assert remote[uncached.id].runtime_config.parameters == (
+        remote[cached.id].runtime_config.parameters
+    )
 
 
 # Progress

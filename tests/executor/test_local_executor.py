@@ -552,6 +552,45 @@ async def test_a_cached_step_is_restored_without_running(tmp_path: Path) -> None
     assert third.final()["counted"].state is StepState.SUCCEEDED
 
 
+async def test_a_run_with_the_cache_off_runs_every_step_and_still_fills_the_cache(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "spawns.log"
+
+    @dsl.container_component
+    def counted(text: str, out: dsl.Output[dsl.Dataset]):
+        return dsl.ContainerSpec(
+            image=IMAGE, command=TOOL, args=["count", str(log), out.path, text]
+        )
+
+    @dsl.pipeline(name="cached")
+    def cached(text: str = "x") -> dsl.Dataset:
+        return counted(text=text).outputs["out"]
+
+    spec = compile_spec(cached, tmp_path)
+    cache = InMemoryStepCache()
+    executor = make_executor(tmp_path, cache=cache)
+    await executor.execute("run-1", spec, {"text": "x"}, Recorder())
+    uncached = Recorder()
+    await executor.execute("run-2", spec, {"text": "x"}, uncached, disable_cache=True)
+
+    assert log.read_text() == "ran\nran\n", "the run with the cache off reused a step"
+    assert uncached.states("counted") == [
+        StepState.PENDING,
+        StepState.RUNNING,
+        StepState.SUCCEEDED,
+    ]
+    assert not uncached.final()["counted"].cached
+    assert len(cache) == 1
+    # Its success replaced run-1's entry: with run-1's files gone, the next run still
+    # finds everything it needs in the cache.
+    await executor.delete_run("run-1")
+    later = Recorder()
+    await executor.execute("run-3", spec, {"text": "x"}, later)
+    assert log.read_text() == "ran\nran\n"
+    assert later.states("counted") == [StepState.PENDING, StepState.CACHED]
+
+
 # Cancellation
 
 

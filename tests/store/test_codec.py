@@ -4,6 +4,7 @@ before artifacts had them still decode."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from skit_pipelines.domain import Artifact, Metric, Run, RunState, Step, StepState
@@ -60,3 +61,21 @@ def test_snapshots_stored_before_types_and_metadata_decode() -> None:
     assert decoded.outputs == (plain,)
     assert (decoded.outputs[0].type, decoded.outputs[0].metadata) == ("", {})
     assert decoded.steps[0].metrics == ()
+
+
+def test_a_run_with_the_cache_off_round_trips() -> None:
+    run = replace(run_with(), disable_cache=True)
+
+    decoded = codec.run_from_dict(json.loads(codec.dumps(codec.run_to_dict(run))))
+
+    assert decoded == run and decoded.disable_cache
+
+
+def test_snapshots_stored_before_the_cache_switch_decode_with_the_cache_on() -> None:
+    stored = codec.run_to_dict(run_with())
+    # As written before runs could turn the cache off (and still, for the default).
+    assert "disable_cache" not in stored
+
+    decoded = codec.run_from_dict(json.loads(codec.dumps(stored)))
+
+    assert decoded == run_with() and not decoded.disable_cache

@@ -7,7 +7,8 @@ re-released image makes a new version), then creates the KFP run with the run's 
 parameters. A pipeline using an image the lock has no release of is refused before
 anything is stored or uploaded. The KFP run is named after our run and found again by
 that name before any create, so a retried or resumed submit never starts a second one.
-Its id and UI URL are recorded on the run.
+Its id and UI URL are recorded on the run. A run with the cache off (Run.disable_cache)
+runs a version whose IR has every task's caching off, as the KFP SDK submits one.
 
 Progress is polled, by exactly one replica per active run: the holder of the run's
 lease (store/leases.py). Each replica has one loop that renews its leases, claims the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -237,6 +239,21 @@ def _filter_by_name(name: str) -> str:
     return json.dumps(body)
 
 
+def without_caching(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the IR with every task's `cachingOptions.enableCache` false, for a run
+    with the cache off: what the KFP SDK's `enable_caching=False` does to the IR it submits
+    (kfp.client's `_override_caching_options`), which rewrites the root DAG's tasks only;
+    here the tasks of nested DAGs (conditions, loops, exit handlers) too, whose options
+    KFP's driver reads the same way. Other caching options (a cacheKey) stay."""
+    rewritten = copy.deepcopy(dict(spec))
+    dags = [rewritten.get("root", {}).get("dag", {})]
+    dags += [component.get("dag", {}) for component in rewritten.get("components", {}).values()]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            task["cachingOptions"] = {**task.get("cachingOptions", {}), "enableCache": False}
+    return rewritten
+
+
 def version_name(pipeline: Pipeline) -> str:
     """The KFP pipeline version name for an IR hash (of the pinned IR, see
     `KubeflowBackend.pinned`): DNS-label safe, as KFP's Kubernetes pipeline store requires."""
@@ -367,8 +384,8 @@ class KubeflowBackend(Backend):
         """Runs whose KFP run this replica terminated (KFP accepted it)."""
         self._versions: dict[str, tuple[str, str]] = {}
         """Pinned IR hash -> (KFP pipeline id, version id)."""
-        self._pinned: dict[str, Pipeline] = {}
-        """Catalog IR hash -> the pipeline with its images pinned (see `pinned`)."""
+        self._pinned: dict[tuple[str, bool], Pipeline] = {}
+        """(Catalog IR hash, caching off) -> the pipeline as uploaded (see `pinned`)."""
         self._experiment_id = ""
         self._setup_lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
@@ -385,15 +402,17 @@ class KubeflowBackend(Backend):
         # KFP installs packages_to_install and reads importer URIs itself.
         self.pinned(pipeline)
 
-    def pinned(self, pipeline: Pipeline) -> Pipeline:
+    def pinned(self, pipeline: Pipeline, *, disable_cache: bool = False) -> Pipeline:
         """The pipeline as uploaded to KFP: its IR with every image pinned by the lock's
         digest, and the hash of that IR as its version (computed like the catalog's, so
-        re-pinning an image after a release gives a new KFP pipeline version).
+        re-pinning an image after a release gives a new KFP pipeline version). With
+        disable_cache (a run's Run.disable_cache), every task's caching is off as well
+        (`without_caching`): a KFP pipeline version of its own.
 
         Raises:
             FailedPrecondition: IMAGES_NOT_RELEASED, naming the images to release.
         """
-        known = self._pinned.get(pipeline.version)
+        known = self._pinned.get((pipeline.version, disable_cache))
         if known is None:
             try:
                 spec = pin_images(pipeline.spec, self._images)
@@ -407,6 +426,8 @@ class KubeflowBackend(Backend):
                     f" Details: {details}",
                     reason="IMAGES_NOT_RELEASED",
                 ) from None
+            if disable_cache:
+                spec = without_caching(spec)
             platform = platform_spec(
                 pipeline.name,
                 declared_env(spec, self._env_of_image),
@@ -420,7 +441,7 @@ class KubeflowBackend(Backend):
             known = replace(pipeline, spec=spec, version=version)
             self._platforms[version] = platform
             # Keyed by the catalog's version: the lock does not change while this runs.
-            self._pinned[pipeline.version] = known
+            self._pinned[pipeline.version, disable_cache] = known
         return known
 
     def tracked_runs(self) -> list[str]:
@@ -536,7 +557,8 @@ class KubeflowBackend(Backend):
     # Creating the KFP run
 
     async def _create(self, run: Run, pipeline: Pipeline) -> None:
-        pipeline_id, version_id = await self._pipeline_version(pipeline, self.pinned(pipeline))
+        pinned = self.pinned(pipeline, disable_cache=run.disable_cache)
+        pipeline_id, version_id = await self._pipeline_version(pipeline, pinned)
         experiment_id = await self._experiment()
         created = await self._api.call(
             "create_run",

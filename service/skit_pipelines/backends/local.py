@@ -131,6 +131,7 @@ class LocalBackend(Backend):
                     # Steps completed before a crash, or reused by RetryRun (then CACHED).
                     reuse={s.name: s for s in run.steps if s.state in _REUSABLE},
                     trace_context=trace_context,
+                    disable_cache=run.disable_cache,
                 )
             await sink.run_succeeded(run.id, result.outputs, result.output_parameters)
         except PipelineFailed as failure:

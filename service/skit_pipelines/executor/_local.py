@@ -86,6 +86,7 @@ class LocalExecutor:
         *,
         reuse: Mapping[str, Step] | None = None,
         trace_context: StepTraceContext | None = None,
+        disable_cache: bool = False,
     ) -> RunResult:
         """Runs the pipeline to the end.
 
@@ -106,6 +107,9 @@ class LocalExecutor:
                 reruns whenever a step inside its ExitHandler ran.
             trace_context: Called just before each attempt of a step starts; what it
                 returns joins the step process's environment (TRACEPARENT).
+            disable_cache: Look no step up in the step cache: every step runs (the run's
+                CreateRun said so). Steps that succeed are still stored in it, for later
+                runs; `reuse` is unaffected.
 
         Raises:
             PipelineFailed: a step failed (after its retries, after running steps
@@ -122,7 +126,9 @@ class LocalExecutor:
                 ErrorInfo(code=Code.INVALID_ARGUMENT, message=str(exc), reason=INVALID_PIPELINE)
             ) from None
         work_dir = self._config.work_root / "runs" / run_id
-        run = RunState(run_id, ir, observer, work_dir, reuse or {}, trace_context)
+        run = RunState(
+            run_id, ir, observer, work_dir, reuse or {}, trace_context, disable_cache=disable_cache
+        )
         try:
             outcome = await DagWalker(run, self._runner).run_pipeline(parameters)
         except asyncio.CancelledError:

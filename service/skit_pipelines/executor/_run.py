@@ -35,8 +35,12 @@ class RunState:
         work_dir: Path,
         reuse: Mapping[str, Step],
         trace_context: StepTraceContext | None = None,
+        *,
+        disable_cache: bool = False,
     ) -> None:
         self.id = run_id
+        self.disable_cache = disable_cache
+        """Look nothing up in the step cache (its successes are still stored)."""
         self.ir = ir
         self.trace_context = trace_context
         self.observer = observer

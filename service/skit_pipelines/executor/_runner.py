@@ -199,7 +199,9 @@ class StepRunner:
             key = cache_key(
                 folder, work_item.container, work_item.component, templates, parameters, artifacts
             )
-            hit = cache.get(key)
+            # A run with the cache off looks nothing up, yet stores its success below: the
+            # next run with the cache on reuses what this one computed afresh.
+            hit = None if run.disable_cache else cache.get(key)
             if hit is not None:
                 reused = await self.restore(run, step.name, hit.output_artifacts)
                 if not isinstance(reused, NotReusable):

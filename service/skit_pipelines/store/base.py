@@ -15,6 +15,7 @@ from typing import Any
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import Unavailable
 from skit_pipelines.store.leases import RunLeases
+from skit_pipelines.triggers import Schedule
 
 
 def sortable_time(value: datetime) -> str:
@@ -55,6 +56,26 @@ class CreateOutcome:
 
 
 RunMutation = Callable[[Run], Run]
+
+ScheduleMutation = Callable[[Schedule], Schedule]
+
+
+@dataclass(frozen=True)
+class ScheduleOutcome:
+    """What create_schedule did: made `schedule`, or found an earlier one with the same
+    request_id from the same principal."""
+
+    schedule: Schedule
+    created: bool
+    request_hash: str = ""
+    """With created=False: the hash stored with the earlier request."""
+
+
+@dataclass(frozen=True)
+class SchedulePage:
+    schedules: Sequence[Schedule]
+    more: bool
+
 
 RevisionListener = Callable[[str, int, RunState], Awaitable[None]]
 """Called with (run id, revision, state) for a revision another replica stored."""
@@ -184,6 +205,31 @@ class RunStore(ABC):
     async def revisions_after(self, run_id: str, revision: int) -> list[Run] | None:
         """Every stored revision after `revision`, in order; None when the log no longer
         holds revision + 1 (too old to replay)."""
+
+    # Schedules (schedules.py): one row per schedule, its whole value as JSON.
+
+    @abstractmethod
+    async def create_schedule(self, schedule: Schedule, request_hash: str = "") -> ScheduleOutcome:
+        """Inserts `schedule`. When schedule.request_id is already stored for the same
+        principal (schedule.creator), returns that earlier schedule instead. AlreadyExists
+        when the id is taken."""
+
+    @abstractmethod
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """NotFound when there is no such schedule."""
+
+    @abstractmethod
+    async def update_schedule(self, schedule_id: str, mutate: ScheduleMutation) -> Schedule:
+        """Applies `mutate` to the current schedule atomically (concurrent updates, from
+        any replica, apply one after the other); returns the stored schedule."""
+
+    @abstractmethod
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """NotFound when there is no such schedule."""
+
+    @abstractmethod
+    async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
+        """Schedules by id, those after `after`."""
 
     # The step cache is read and written from inside the executor's step loop, which the
     # executor's StepCache protocol keeps synchronous: these are single keyed statements.

@@ -90,7 +90,7 @@ def step_from_dict(data: dict[str, Any]) -> Step:
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "id": run.id,
         "pipeline": run.pipeline,
         "pipeline_version": run.pipeline_version,
@@ -113,9 +113,15 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "backend_run_id": run.backend_run_id,
         "backend_run_url": run.backend_run_url,
     }
+    # Only when set: the snapshots of runs with the cache on stay as they were.
+    if run.disable_cache:
+        data["disable_cache"] = True
+    return data
 
 
 def run_from_dict(data: dict[str, Any]) -> Run:
+    """A run as `run_to_dict` encoded it; snapshots stored before runs could turn the
+    step cache off decode with it on."""
     return Run(
         id=data["id"],
         pipeline=data["pipeline"],
@@ -138,6 +144,7 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         backend=data["backend"],
         backend_run_id=data["backend_run_id"],
         backend_run_url=data["backend_run_url"],
+        disable_cache=data.get("disable_cache", False),
     )
 
 

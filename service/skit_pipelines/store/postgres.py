@@ -59,9 +59,13 @@ from skit_pipelines.store.base import (
     RunPage,
     RunQuery,
     RunStore,
+    ScheduleMutation,
+    ScheduleOutcome,
+    SchedulePage,
 )
 from skit_pipelines.store.leases import RunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
+from skit_pipelines.triggers import Schedule, schedule_from_dict, schedule_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +158,18 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX run_labels_by_value ON run_labels (key, value, create_time DESC, run_id DESC);
     DROP INDEX runs_by_state;
     CREATE INDEX runs_by_state ON runs (state, create_time DESC, id DESC);
+    """,
+    # 4: schedules (issue 18), each one row holding its whole value; its request_id is
+    # scoped to its creator, as a run's is.
+    """
+    CREATE TABLE schedules (
+        id text COLLATE "C" PRIMARY KEY,
+        creator text NOT NULL,
+        request_id text,
+        request_hash text NOT NULL,
+        snapshot jsonb NOT NULL
+    );
+    CREATE UNIQUE INDEX schedules_by_request ON schedules (creator, request_id);
     """,
 )
 
@@ -617,6 +633,104 @@ class PostgresRunStore(RunStore):
 
         return await self._run(read, what="revisions_after")
 
+    # Schedules
+
+    async def create_schedule(self, schedule: Schedule, request_hash: str = "") -> ScheduleOutcome:
+        snapshot = Jsonb(schedule_to_dict(schedule), dumps=codec.dumps)
+        attempts = 0
+
+        async def attempt(conn: AsyncConnection[Any]) -> ScheduleOutcome:
+            nonlocal attempts
+            attempts += 1
+            async with conn.transaction():
+                if schedule.request_id:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (
+                            _LOCK_NAMESPACE,
+                            json.dumps(["schedule", schedule.creator, schedule.request_id]),
+                        ),
+                    )
+                    row = await (
+                        await conn.execute(
+                            "SELECT snapshot, request_hash FROM schedules"
+                            " WHERE creator = %s AND request_id = %s",
+                            (schedule.creator, schedule.request_id),
+                        )
+                    ).fetchone()
+                    if row is not None:
+                        earlier = schedule_from_dict(row[0])
+                        # A retry finding its own insert (the acknowledgement was lost).
+                        if attempts > 1 and earlier.incarnation == schedule.incarnation:
+                            return ScheduleOutcome(schedule, created=True)
+                        return ScheduleOutcome(earlier, created=False, request_hash=row[1])
+                existing = await (
+                    await conn.execute(
+                        "SELECT snapshot FROM schedules WHERE id = %s", (schedule.id,)
+                    )
+                ).fetchone()
+                if existing is not None:
+                    if attempts > 1 and existing[0].get("incarnation") == schedule.incarnation:
+                        return ScheduleOutcome(schedule, created=True)
+                    raise _schedule_exists(schedule.id)
+                try:
+                    await conn.execute(
+                        "INSERT INTO schedules (id, creator, request_id, request_hash, snapshot)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        (
+                            schedule.id,
+                            schedule.creator,
+                            schedule.request_id or None,
+                            request_hash,
+                            snapshot,
+                        ),
+                    )
+                except psycopg.errors.UniqueViolation as exc:
+                    raise _schedule_exists(schedule.id) from exc
+            return ScheduleOutcome(schedule, created=True)
+
+        return await self._run(attempt, what="create_schedule")
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        async def read(conn: AsyncConnection[Any]) -> Schedule:
+            return await _load_schedule(conn, schedule_id)
+
+        return await self._run(read, what="get_schedule")
+
+    async def update_schedule(self, schedule_id: str, mutate: ScheduleMutation) -> Schedule:
+        async def attempt(conn: AsyncConnection[Any]) -> Schedule:
+            async with conn.transaction():
+                current = await _load_schedule(conn, schedule_id, for_update=True)
+                changed = mutate(current)
+                if changed != current:
+                    await conn.execute(
+                        "UPDATE schedules SET snapshot = %s WHERE id = %s",
+                        (Jsonb(schedule_to_dict(changed), dumps=codec.dumps), schedule_id),
+                    )
+            return changed
+
+        return await self._run(attempt, what="update_schedule")
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        async def attempt(conn: AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute("DELETE FROM schedules WHERE id = %s", (schedule_id,))
+            return cursor.rowcount > 0
+
+        if not await self._run(attempt, what="delete_schedule"):
+            raise _schedule_not_found(schedule_id)
+
+    async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
+        async def read(conn: AsyncConnection[Any]) -> list[Any]:
+            cursor = await conn.execute(
+                "SELECT snapshot FROM schedules WHERE id > %s ORDER BY id LIMIT %s",
+                (after, page_size + 1),
+            )
+            return await cursor.fetchall()
+
+        rows = await self._run(read, what="list_schedules")
+        schedules = [schedule_from_dict(r[0]) for r in rows[:page_size]]
+        return SchedulePage(schedules, more=len(rows) > page_size)
+
     # Step cache: synchronous by the executor's contract. A lookup is one indexed
     # statement (well under a millisecond on a nearby server); when the database is
     # unreachable the cache degrades to misses and dropped writes rather than stalling
@@ -838,6 +952,30 @@ def _already_exists(run_id: str) -> AlreadyExists:
         resource_name=f"runs/{run_id}",
         reason="RUN_ALREADY_EXISTS",
     )
+
+
+def _schedule_exists(schedule_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"schedule schedules/{schedule_id} already exists",
+        resource_name=f"schedules/{schedule_id}",
+        reason="SCHEDULE_ALREADY_EXISTS",
+    )
+
+
+def _schedule_not_found(schedule_id: str) -> NotFound:
+    return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
+
+
+async def _load_schedule(
+    conn: AsyncConnection[Any], schedule_id: str, *, for_update: bool = False
+) -> Schedule:
+    statement = "SELECT snapshot FROM schedules WHERE id = %s" + (
+        " FOR UPDATE" if for_update else ""
+    )
+    row = await (await conn.execute(statement.encode(), (schedule_id,))).fetchone()
+    if row is None:
+        raise _schedule_not_found(schedule_id)
+    return schedule_from_dict(row[0])
 
 
 async def _announce(conn: AsyncConnection[Any], run: Run, writer: str) -> None:

@@ -27,10 +27,14 @@ from skit_pipelines.store.base import (
     RunPage,
     RunQuery,
     RunStore,
+    ScheduleMutation,
+    ScheduleOutcome,
+    SchedulePage,
     sortable_time,
 )
 from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
+from skit_pipelines.triggers import Schedule, schedule_from_dict, schedule_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +123,18 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX run_labels_by_value ON run_labels (key, value, create_time DESC, run_id DESC);
     DROP INDEX runs_by_state;
     CREATE INDEX runs_by_state ON runs (state, create_time DESC, id DESC);
+    """,
+    # 4: schedules (issue 18), each one row holding its whole value; its request_id is
+    # scoped to its creator, as a run's is.
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        creator TEXT NOT NULL,
+        request_id TEXT,
+        request_hash TEXT NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX schedules_by_request ON schedules (creator, request_id);
     """,
 )
 
@@ -332,6 +348,70 @@ class SqliteRunStore(RunStore):
                 return None
         return [codec.run_from_dict(json.loads(r[1])) for r in rows]
 
+    async def create_schedule(self, schedule: Schedule, request_hash: str = "") -> ScheduleOutcome:
+        with self._transaction():
+            if schedule.request_id:
+                row = self._db.execute(
+                    "SELECT snapshot, request_hash FROM schedules"
+                    " WHERE creator = ? AND request_id = ?",
+                    (schedule.creator, schedule.request_id),
+                ).fetchone()
+                if row is not None:
+                    earlier = schedule_from_dict(json.loads(row[0]))
+                    return ScheduleOutcome(earlier, created=False, request_hash=row[1])
+            if self._db.execute("SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)).fetchone():
+                raise _schedule_exists(schedule.id)
+            self._db.execute(
+                "INSERT INTO schedules (id, creator, request_id, request_hash, snapshot)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    schedule.id,
+                    schedule.creator,
+                    schedule.request_id or None,
+                    request_hash,
+                    codec.dumps(schedule_to_dict(schedule)),
+                ),
+            )
+        return ScheduleOutcome(schedule, created=True)
+
+    def _load_schedule(self, schedule_id: str) -> Schedule:
+        row = self._db.execute(
+            "SELECT snapshot FROM schedules WHERE id = ?", (schedule_id,)
+        ).fetchone()
+        if row is None:
+            raise _schedule_not_found(schedule_id)
+        return schedule_from_dict(json.loads(row[0]))
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._load_schedule(schedule_id)
+
+    async def update_schedule(self, schedule_id: str, mutate: ScheduleMutation) -> Schedule:
+        with self._transaction():
+            current = self._load_schedule(schedule_id)
+            changed = mutate(current)
+            if changed != current:
+                self._db.execute(
+                    "UPDATE schedules SET snapshot = ? WHERE id = ?",
+                    (codec.dumps(schedule_to_dict(changed)), schedule_id),
+                )
+        return changed
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM schedules WHERE id = ?", (schedule_id,)
+            ).rowcount
+        if not deleted:
+            raise _schedule_not_found(schedule_id)
+
+    async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
+        rows = self._db.execute(
+            "SELECT snapshot FROM schedules WHERE id > ? ORDER BY id LIMIT ?",
+            (after, page_size + 1),
+        ).fetchall()
+        schedules = [schedule_from_dict(json.loads(r[0])) for r in rows[:page_size]]
+        return SchedulePage(schedules, more=len(rows) > page_size)
+
     def cache_get(self, key: str) -> Any | None:
         row = self._db.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
@@ -345,6 +425,18 @@ class SqliteRunStore(RunStore):
 
     def cache_delete(self, key: str) -> None:
         self._db.execute("DELETE FROM step_cache WHERE key = ?", (key,))
+
+
+def _schedule_exists(schedule_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"schedule schedules/{schedule_id} already exists",
+        resource_name=f"schedules/{schedule_id}",
+        reason="SCHEDULE_ALREADY_EXISTS",
+    )
+
+
+def _schedule_not_found(schedule_id: str) -> NotFound:
+    return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
 
 
 def _bump(current: Run, changed: Run) -> Run:

@@ -23,12 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from skit.pipelines.v1 import pipeline_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__pb2
 from skit.pipelines.v1 import run_pb2 as skit_dot_pipelines_dot_v1_dot_run__pb2
+from skit.pipelines.v1 import schedule_pb2 as skit_dot_pipelines_dot_v1_dot_schedule__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(skit/pipelines/v1/pipeline_service.proto\x12\x11skit.pipelines.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a skit/pipelines/v1/pipeline.proto\x1a\x1bskit/pipelines/v1/run.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x15ListPipelinesResponse\x12.\n\tpipelines\x18\x01 \x03(\x0b\x32\x1b.skit.pipelines.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\x10\x43reateRunRequest\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.skit.pipelines.v1.Run\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd5\x02\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12+\n\x06states\x18\x04 \x03(\x0e\x32\x1b.skit.pipelines.v1.RunState\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..skit.pipelines.v1.ListRunsRequest.LabelsEntry\x12\x35\n\x11\x63reate_time_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.skit.pipelines.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\"7\n\x10WatchRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.skit.pipelines.v1.Run\"C\n\x0fRetryRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\" \n\x10\x44\x65leteRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x13ReadStepLogsRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"A\n\x14ReadStepLogsResponse\x12)\n\x05lines\x18\x01 \x03(\x0b\x32\x1a.skit.pipelines.v1.LogLine\"\x80\x01\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06stream\x18\x02 \x01(\x0e\x32\x1c.skit.pipelines.v1.LogStream\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x32\xc1\x06\n\x0fPipelineService\x12\x62\n\rListPipelines\x12\'.skit.pipelines.v1.ListPipelinesRequest\x1a(.skit.pipelines.v1.ListPipelinesResponse\x12Q\n\x0bGetPipeline\x12%.skit.pipelines.v1.GetPipelineRequest\x1a\x1b.skit.pipelines.v1.Pipeline\x12H\n\tCreateRun\x12#.skit.pipelines.v1.CreateRunRequest\x1a\x16.skit.pipelines.v1.Run\x12\x42\n\x06GetRun\x12 .skit.pipelines.v1.GetRunRequest\x1a\x16.skit.pipelines.v1.Run\x12S\n\x08ListRuns\x12\".skit.pipelines.v1.ListRunsRequest\x1a#.skit.pipelines.v1.ListRunsResponse\x12H\n\tCancelRun\x12#.skit.pipelines.v1.CancelRunRequest\x1a\x16.skit.pipelines.v1.Run\x12U\n\x08WatchRun\x12\".skit.pipelines.v1.WatchRunRequest\x1a#.skit.pipelines.v1.WatchRunResponse0\x01\x12\x46\n\x08RetryRun\x12\".skit.pipelines.v1.RetryRunRequest\x1a\x16.skit.pipelines.v1.Run\x12\x61\n\x0cReadStepLogs\x12&.skit.pipelines.v1.ReadStepLogsRequest\x1a\'.skit.pipelines.v1.ReadStepLogsResponse0\x01\x12H\n\tDeleteRun\x12#.skit.pipelines.v1.DeleteRunRequest\x1a\x16.google.protobuf.EmptyB`\n\x14\x61i.skit.pipelines.v1P\x01ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(skit/pipelines/v1/pipeline_service.proto\x12\x11skit.pipelines.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a skit/pipelines/v1/pipeline.proto\x1a\x1bskit/pipelines/v1/run.proto\x1a skit/pipelines/v1/schedule.proto\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x15ListPipelinesResponse\x12.\n\tpipelines\x18\x01 \x03(\x0b\x32\x1b.skit.pipelines.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\x10\x43reateRunRequest\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.skit.pipelines.v1.Run\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd5\x02\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12+\n\x06states\x18\x04 \x03(\x0e\x32\x1b.skit.pipelines.v1.RunState\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..skit.pipelines.v1.ListRunsRequest.LabelsEntry\x12\x35\n\x11\x63reate_time_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.skit.pipelines.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\"7\n\x10WatchRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.skit.pipelines.v1.Run\"C\n\x0fRetryRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\" \n\x10\x44\x65leteRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x15\x43reateScheduleRequest\x12-\n\x08schedule\x18\x01 \x01(\x0b\x32\x1b.skit.pipelines.v1.Schedule\x12\x13\n\x0bschedule_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x15ListSchedulesResponse\x12.\n\tschedules\x18\x01 \x03(\x0b\x32\x1b.skit.pipelines.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"w\n\x15UpdateScheduleRequest\x12-\n\x08schedule\x18\x01 \x01(\x0b\x32\x1b.skit.pipelines.v1.Schedule\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"4\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x85\x01\n\x17\x42\x61\x63kfillScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x18\x42\x61\x63kfillScheduleResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.skit.pipelines.v1.Run\"Q\n\x13ReadStepLogsRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"A\n\x14ReadStepLogsResponse\x12)\n\x05lines\x18\x01 \x03(\x0b\x32\x1a.skit.pipelines.v1.LogLine\"\x80\x01\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06stream\x18\x02 \x01(\x0e\x32\x1c.skit.pipelines.v1.LogStream\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x32\x9b\x0c\n\x0fPipelineService\x12\x62\n\rListPipelines\x12\'.skit.pipelines.v1.ListPipelinesRequest\x1a(.skit.pipelines.v1.ListPipelinesResponse\x12Q\n\x0bGetPipeline\x12%.skit.pipelines.v1.GetPipelineRequest\x1a\x1b.skit.pipelines.v1.Pipeline\x12H\n\tCreateRun\x12#.skit.pipelines.v1.CreateRunRequest\x1a\x16.skit.pipelines.v1.Run\x12\x42\n\x06GetRun\x12 .skit.pipelines.v1.GetRunRequest\x1a\x16.skit.pipelines.v1.Run\x12S\n\x08ListRuns\x12\".skit.pipelines.v1.ListRunsRequest\x1a#.skit.pipelines.v1.ListRunsResponse\x12H\n\tCancelRun\x12#.skit.pipelines.v1.CancelRunRequest\x1a\x16.skit.pipelines.v1.Run\x12U\n\x08WatchRun\x12\".skit.pipelines.v1.WatchRunRequest\x1a#.skit.pipelines.v1.WatchRunResponse0\x01\x12\x46\n\x08RetryRun\x12\".skit.pipelines.v1.RetryRunRequest\x1a\x16.skit.pipelines.v1.Run\x12\x61\n\x0cReadStepLogs\x12&.skit.pipelines.v1.ReadStepLogsRequest\x1a\'.skit.pipelines.v1.ReadStepLogsResponse0\x01\x12H\n\tDeleteRun\x12#.skit.pipelines.v1.DeleteRunRequest\x1a\x16.google.protobuf.Empty\x12W\n\x0e\x43reateSchedule\x12(.skit.pipelines.v1.CreateScheduleRequest\x1a\x1b.skit.pipelines.v1.Schedule\x12Q\n\x0bGetSchedule\x12%.skit.pipelines.v1.GetScheduleRequest\x1a\x1b.skit.pipelines.v1.Schedule\x12\x62\n\rListSchedules\x12\'.skit.pipelines.v1.ListSchedulesRequest\x1a(.skit.pipelines.v1.ListSchedulesResponse\x12W\n\x0eUpdateSchedule\x12(.skit.pipelines.v1.UpdateScheduleRequest\x1a\x1b.skit.pipelines.v1.Schedule\x12U\n\rPauseSchedule\x12\'.skit.pipelines.v1.PauseScheduleRequest\x1a\x1b.skit.pipelines.v1.Schedule\x12W\n\x0eResumeSchedule\x12(.skit.pipelines.v1.ResumeScheduleRequest\x1a\x1b.skit.pipelines.v1.Schedule\x12R\n\x0e\x44\x65leteSchedule\x12(.skit.pipelines.v1.DeleteScheduleRequest\x1a\x16.google.protobuf.Empty\x12k\n\x10\x42\x61\x63kfillSchedule\x12*.skit.pipelines.v1.BackfillScheduleRequest\x1a+.skit.pipelines.v1.BackfillScheduleResponseB`\n\x14\x61i.skit.pipelines.v1P\x01ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +40,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\024ai.skit.pipelines.v1P\001ZFgithub.com/skit-ai/skit-pipelines/gen/go/skit/pipelines/v1;pipelinesv1'
   _globals['_LISTRUNSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTRUNSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LOGSTREAM']._serialized_start=1468
-  _globals['_LOGSTREAM']._serialized_end=1553
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=188
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=249
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=251
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=347
-  _globals['_GETPIPELINEREQUEST']._serialized_start=349
-  _globals['_GETPIPELINEREQUEST']._serialized_end=383
-  _globals['_CREATERUNREQUEST']._serialized_start=385
-  _globals['_CREATERUNREQUEST']._serialized_end=476
-  _globals['_GETRUNREQUEST']._serialized_start=478
-  _globals['_GETRUNREQUEST']._serialized_end=507
-  _globals['_LISTRUNSREQUEST']._serialized_start=510
-  _globals['_LISTRUNSREQUEST']._serialized_end=851
-  _globals['_LISTRUNSREQUEST_LABELSENTRY']._serialized_start=806
-  _globals['_LISTRUNSREQUEST_LABELSENTRY']._serialized_end=851
-  _globals['_LISTRUNSRESPONSE']._serialized_start=853
-  _globals['_LISTRUNSRESPONSE']._serialized_end=934
-  _globals['_CANCELRUNREQUEST']._serialized_start=936
-  _globals['_CANCELRUNREQUEST']._serialized_end=968
-  _globals['_WATCHRUNREQUEST']._serialized_start=970
-  _globals['_WATCHRUNREQUEST']._serialized_end=1025
-  _globals['_WATCHRUNRESPONSE']._serialized_start=1027
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1082
-  _globals['_RETRYRUNREQUEST']._serialized_start=1084
-  _globals['_RETRYRUNREQUEST']._serialized_end=1151
-  _globals['_DELETERUNREQUEST']._serialized_start=1153
-  _globals['_DELETERUNREQUEST']._serialized_end=1185
-  _globals['_READSTEPLOGSREQUEST']._serialized_start=1187
-  _globals['_READSTEPLOGSREQUEST']._serialized_end=1268
-  _globals['_READSTEPLOGSRESPONSE']._serialized_start=1270
-  _globals['_READSTEPLOGSRESPONSE']._serialized_end=1335
-  _globals['_LOGLINE']._serialized_start=1338
-  _globals['_LOGLINE']._serialized_end=1466
-  _globals['_PIPELINESERVICE']._serialized_start=1556
-  _globals['_PIPELINESERVICE']._serialized_end=2389
+  _globals['_LOGSTREAM']._serialized_start=2301
+  _globals['_LOGSTREAM']._serialized_end=2386
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=256
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=317
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=319
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=415
+  _globals['_GETPIPELINEREQUEST']._serialized_start=417
+  _globals['_GETPIPELINEREQUEST']._serialized_end=451
+  _globals['_CREATERUNREQUEST']._serialized_start=453
+  _globals['_CREATERUNREQUEST']._serialized_end=544
+  _globals['_GETRUNREQUEST']._serialized_start=546
+  _globals['_GETRUNREQUEST']._serialized_end=575
+  _globals['_LISTRUNSREQUEST']._serialized_start=578
+  _globals['_LISTRUNSREQUEST']._serialized_end=919
+  _globals['_LISTRUNSREQUEST_LABELSENTRY']._serialized_start=874
+  _globals['_LISTRUNSREQUEST_LABELSENTRY']._serialized_end=919
+  _globals['_LISTRUNSRESPONSE']._serialized_start=921
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1002
+  _globals['_CANCELRUNREQUEST']._serialized_start=1004
+  _globals['_CANCELRUNREQUEST']._serialized_end=1036
+  _globals['_WATCHRUNREQUEST']._serialized_start=1038
+  _globals['_WATCHRUNREQUEST']._serialized_end=1093
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1095
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1150
+  _globals['_RETRYRUNREQUEST']._serialized_start=1152
+  _globals['_RETRYRUNREQUEST']._serialized_end=1219
+  _globals['_DELETERUNREQUEST']._serialized_start=1221
+  _globals['_DELETERUNREQUEST']._serialized_end=1253
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1255
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1366
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=1368
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=1402
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1404
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1465
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1467
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1563
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=1565
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1684
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1686
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1738
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1740
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1777
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1779
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1816
+  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_start=1819
+  _globals['_BACKFILLSCHEDULEREQUEST']._serialized_end=1952
+  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_start=1954
+  _globals['_BACKFILLSCHEDULERESPONSE']._serialized_end=2018
+  _globals['_READSTEPLOGSREQUEST']._serialized_start=2020
+  _globals['_READSTEPLOGSREQUEST']._serialized_end=2101
+  _globals['_READSTEPLOGSRESPONSE']._serialized_start=2103
+  _globals['_READSTEPLOGSRESPONSE']._serialized_end=2168
+  _globals['_LOGLINE']._serialized_start=2171
+  _globals['_LOGLINE']._serialized_end=2299
+  _globals['_PIPELINESERVICE']._serialized_start=2389
+  _globals['_PIPELINESERVICE']._serialized_end=3952
 # @@protoc_insertion_point(module_scope)

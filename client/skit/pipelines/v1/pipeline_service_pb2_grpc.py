@@ -7,6 +7,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from skit.pipelines.v1 import pipeline_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__pb2
 from skit.pipelines.v1 import pipeline_service_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2
 from skit.pipelines.v1 import run_pb2 as skit_dot_pipelines_dot_v1_dot_run__pb2
+from skit.pipelines.v1 import schedule_pb2 as skit_dot_pipelines_dot_v1_dot_schedule__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -92,6 +93,46 @@ class PipelineServiceStub:
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/CreateSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/GetSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/ListSchedules',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/UpdateSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/PauseSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/ResumeSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/DeleteSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.BackfillSchedule = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/BackfillSchedule',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -167,8 +208,9 @@ class PipelineServiceServicer:
 
     def RetryRun(self, request, context):
         """Starts a NEW run of a FAILED or CANCELLED run's pipeline version with the same
-        parameters and labels, linked by retry_of. Steps that succeeded are reused (shown as
-        CACHED), the rest rerun. FAILED_PRECONDITION when the run is not retryable.
+        parameters, labels and disable_cache, linked by retry_of. Steps that succeeded are
+        reused (shown as CACHED), the rest rerun, with the step cache off when the run had it
+        off. FAILED_PRECONDITION when the run is not retryable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +232,70 @@ class PipelineServiceServicer:
         FAILED_PRECONDITION while the run has not finished, NOT_FOUND when there is no
         such run. An admin, or the runner who created the run, may delete it. A WatchRun
         or ReadStepLogs stream of the run that is still open ends with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """Creates a schedule. Its pipeline and parameters are checked as CreateRun checks
+        them; an invalid cron expression, an unknown time zone or an interval of 0 seconds
+        or less is INVALID_ARGUMENT with a field violation. Idempotent when request_id is
+        set (scoped to the caller, as in CreateRun).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Gets a schedule, with its last and next tick.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Lists schedules, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Changes the fields of a schedule that update_mask names (all settable fields when
+        empty). A changed trigger starts from now: ticks before it are not caught up. A
+        runner may change only the schedules they created; an admin any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Pauses a schedule with a reason: no tick runs until ResumeSchedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Resumes a paused schedule from now: ticks that fell while it was paused are not run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Deletes a schedule; the runs it made stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillSchedule(self, request, context):
+        """Makes the runs of every tick of a schedule in [start_time, end_time) now, oldest
+        first, whether or not the schedule is paused and regardless of max_concurrency. A
+        tick that already has a run (made by the scheduler or an earlier backfill) keeps it:
+        no tick makes two runs. INVALID_ARGUMENT when the range holds more than 1000 ticks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +353,46 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.DeleteRun,
                     request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'BackfillSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillSchedule,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +670,222 @@ class PipelineService:
             '/skit.pipelines.v1.PipelineService/DeleteRun',
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteRunRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/CreateSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/GetSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/ListSchedules',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/UpdateSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.UpdateScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/PauseSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.PauseScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/ResumeSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ResumeScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_schedule__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/DeleteSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteScheduleRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/BackfillSchedule',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,7 +49,7 @@ STEP_STATE_CACHED: StepState
 STEP_STATE_CANCELLED: StepState
 
 class Run(_message.Message):
-    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "labels", "state", "create_time", "start_time", "end_time", "update_time", "steps", "outputs", "error", "revision", "request_id", "retry_of", "creator", "backend", "backend_run_id", "backend_run_url", "output_parameters")
+    __slots__ = ("name", "pipeline", "pipeline_version", "parameters", "labels", "state", "create_time", "start_time", "end_time", "update_time", "steps", "outputs", "error", "revision", "request_id", "retry_of", "creator", "backend", "backend_run_id", "backend_run_url", "output_parameters", "disable_cache")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Run(_message.Message):
     BACKEND_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_RUN_URL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     pipeline: str
     pipeline_version: str
@@ -99,7 +100,8 @@ class Run(_message.Message):
     backend_run_id: str
     backend_run_url: str
     output_parameters: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[RunState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ..., request_id: _Optional[str] = ..., retry_of: _Optional[str] = ..., creator: _Optional[str] = ..., backend: _Optional[str] = ..., backend_run_id: _Optional[str] = ..., backend_run_url: _Optional[str] = ..., output_parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    disable_cache: bool
+    def __init__(self, name: _Optional[str] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[RunState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., revision: _Optional[int] = ..., request_id: _Optional[str] = ..., retry_of: _Optional[str] = ..., creator: _Optional[str] = ..., backend: _Optional[str] = ..., backend_run_id: _Optional[str] = ..., backend_run_url: _Optional[str] = ..., output_parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., disable_cache: _Optional[bool] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("name", "component", "image", "state", "attempt", "cached", "start_time", "end_time", "output_artifacts", "output_parameters", "error", "metrics")
