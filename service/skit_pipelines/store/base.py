@@ -13,9 +13,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skit_pipelines.domain import Run, RunState
-from skit_pipelines.errors import Unavailable
+from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
 from skit_pipelines.store.leases import RunLeases
 from skit_pipelines.triggers import Schedule
+
+
+def schedule_exists(schedule_id: str) -> AlreadyExists:
+    """What both stores raise for a schedule id already taken."""
+    return AlreadyExists(
+        f"schedule schedules/{schedule_id} already exists",
+        resource_name=f"schedules/{schedule_id}",
+        reason="SCHEDULE_ALREADY_EXISTS",
+    )
+
+
+def schedule_not_found(schedule_id: str) -> NotFound:
+    """What both stores raise for an unknown schedule id."""
+    return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
 
 
 def sortable_time(value: datetime) -> str:

@@ -62,6 +62,8 @@ from skit_pipelines.store.base import (
     ScheduleMutation,
     ScheduleOutcome,
     SchedulePage,
+    schedule_exists,
+    schedule_not_found,
 )
 from skit_pipelines.store.leases import RunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
@@ -672,7 +674,7 @@ class PostgresRunStore(RunStore):
                 if existing is not None:
                     if attempts > 1 and existing[0].get("incarnation") == schedule.incarnation:
                         return ScheduleOutcome(schedule, created=True)
-                    raise _schedule_exists(schedule.id)
+                    raise schedule_exists(schedule.id)
                 try:
                     await conn.execute(
                         "INSERT INTO schedules (id, creator, request_id, request_hash, snapshot)"
@@ -686,7 +688,7 @@ class PostgresRunStore(RunStore):
                         ),
                     )
                 except psycopg.errors.UniqueViolation as exc:
-                    raise _schedule_exists(schedule.id) from exc
+                    raise schedule_exists(schedule.id) from exc
             return ScheduleOutcome(schedule, created=True)
 
         return await self._run(attempt, what="create_schedule")
@@ -717,7 +719,7 @@ class PostgresRunStore(RunStore):
             return cursor.rowcount > 0
 
         if not await self._run(attempt, what="delete_schedule"):
-            raise _schedule_not_found(schedule_id)
+            raise schedule_not_found(schedule_id)
 
     async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
         async def read(conn: AsyncConnection[Any]) -> list[Any]:
@@ -954,18 +956,6 @@ def _already_exists(run_id: str) -> AlreadyExists:
     )
 
 
-def _schedule_exists(schedule_id: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"schedule schedules/{schedule_id} already exists",
-        resource_name=f"schedules/{schedule_id}",
-        reason="SCHEDULE_ALREADY_EXISTS",
-    )
-
-
-def _schedule_not_found(schedule_id: str) -> NotFound:
-    return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
-
-
 async def _load_schedule(
     conn: AsyncConnection[Any], schedule_id: str, *, for_update: bool = False
 ) -> Schedule:
@@ -974,7 +964,7 @@ async def _load_schedule(
     )
     row = await (await conn.execute(statement.encode(), (schedule_id,))).fetchone()
     if row is None:
-        raise _schedule_not_found(schedule_id)
+        raise schedule_not_found(schedule_id)
     return schedule_from_dict(row[0])
 
 

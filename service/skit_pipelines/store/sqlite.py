@@ -30,6 +30,8 @@ from skit_pipelines.store.base import (
     ScheduleMutation,
     ScheduleOutcome,
     SchedulePage,
+    schedule_exists,
+    schedule_not_found,
     sortable_time,
 )
 from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
@@ -360,7 +362,7 @@ class SqliteRunStore(RunStore):
                     earlier = schedule_from_dict(json.loads(row[0]))
                     return ScheduleOutcome(earlier, created=False, request_hash=row[1])
             if self._db.execute("SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)).fetchone():
-                raise _schedule_exists(schedule.id)
+                raise schedule_exists(schedule.id)
             self._db.execute(
                 "INSERT INTO schedules (id, creator, request_id, request_hash, snapshot)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -379,7 +381,7 @@ class SqliteRunStore(RunStore):
             "SELECT snapshot FROM schedules WHERE id = ?", (schedule_id,)
         ).fetchone()
         if row is None:
-            raise _schedule_not_found(schedule_id)
+            raise schedule_not_found(schedule_id)
         return schedule_from_dict(json.loads(row[0]))
 
     async def get_schedule(self, schedule_id: str) -> Schedule:
@@ -402,7 +404,7 @@ class SqliteRunStore(RunStore):
                 "DELETE FROM schedules WHERE id = ?", (schedule_id,)
             ).rowcount
         if not deleted:
-            raise _schedule_not_found(schedule_id)
+            raise schedule_not_found(schedule_id)
 
     async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
         rows = self._db.execute(
@@ -425,18 +427,6 @@ class SqliteRunStore(RunStore):
 
     def cache_delete(self, key: str) -> None:
         self._db.execute("DELETE FROM step_cache WHERE key = ?", (key,))
-
-
-def _schedule_exists(schedule_id: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"schedule schedules/{schedule_id} already exists",
-        resource_name=f"schedules/{schedule_id}",
-        reason="SCHEDULE_ALREADY_EXISTS",
-    )
-
-
-def _schedule_not_found(schedule_id: str) -> NotFound:
-    return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
 
 
 def _bump(current: Run, changed: Run) -> Run:
