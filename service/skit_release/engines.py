@@ -127,7 +127,10 @@ class Buildah(Engine):
             stream=self.log,
         )
         # vfs stores every image in full: drop the one this build replaced under the tag.
-        if previous and previous != self.image_id(image.local_ref):
+        # Only when the tag is known to name another image now: an inspect that failed
+        # (None) after a fully cached build would otherwise remove the image just built.
+        current = self.image_id(image.local_ref)
+        if previous and current and previous != current:
             run_command([*BUILDAH, "rmi", previous], timeout=300, what="", check=False)
 
     def image_id(self, ref: str) -> str | None:
