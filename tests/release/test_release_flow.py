@@ -144,8 +144,9 @@ def engines() -> Iterator[list[Engine]]:
     for engine in used:
         if isinstance(engine, Buildah):
             for name in IMAGES:
-                for version in ("0.1.0", "0.1.1"):
-                    engine.remove(f"localhost/skit-pipelines/{name.replace('_', '-')}:{version}")
+                version = _version(ROOT, name)
+                for tag in (version, _next_patch(version)):
+                    engine.remove(f"localhost/skit-pipelines/{name.replace('_', '-')}:{tag}")
 
 
 def _changed(repo: Path) -> list[str]:
