@@ -54,10 +54,10 @@ $(BUF):
 proto: $(STAMP)
 	$(BIN)/python protos/protogen.py
 
-## Re-lock the root requirements, each image's and the service image's (deploy/), constrained by the root lock.
+## Re-lock the root requirements, each image's, the service image's (deploy/) and the Slack bot's (deploy/slackbot/), constrained by the root lock.
 lock:
 	uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
-	for dir in $(patsubst %/requirements.in,%,$(wildcard images/*/requirements.in deploy/requirements.in)); do \
+	for dir in $(patsubst %/requirements.in,%,$(wildcard images/*/requirements.in deploy/requirements.in deploy/slackbot/requirements.in)); do \
 	  uv pip compile $$dir/requirements.in -c requirements.lock --generate-hashes \
 	    --python-version 3.11 -o $$dir/requirements.lock; \
 	done

@@ -25,11 +25,21 @@ from skit_pipelines_client.resources import (
     StepState,
     ValueTypes,
 )
+from skit_pipelines_client.run_changes import ChangeKind, RunChange
 from skit_pipelines_client.schedules import Schedule, schedule_name
+from skit_pipelines_client.subscriptions import (
+    Delivery,
+    DeliveryAttempt,
+    Subscription,
+    subscription_name,
+)
 
 __all__ = [
     "Artifact",
     "AsyncPipelinesClient",
+    "ChangeKind",
+    "Delivery",
+    "DeliveryAttempt",
     "FieldViolation",
     "LogLine",
     "Metric",
@@ -41,14 +51,17 @@ __all__ = [
     "RPCError",
     "ResumePolicy",
     "Run",
+    "RunChange",
     "RunState",
     "Schedule",
     "Status",
     "Step",
     "StepState",
+    "Subscription",
     "TlsOptions",
     "ValueTypes",
     "pipeline_name",
     "run_name",
     "schedule_name",
+    "subscription_name",
 ]

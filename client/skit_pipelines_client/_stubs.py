@@ -19,6 +19,7 @@ from skit.pipelines.v1 import (
     pipeline_service_pb2_grpc,
     run_pb2,
     schedule_pb2,
+    subscription_pb2,
 )
 
 
@@ -63,8 +64,27 @@ class SyncStub(Protocol):
     BackfillSchedule: grpc.UnaryUnaryMultiCallable[
         pipeline_service_pb2.BackfillScheduleRequest, pipeline_service_pb2.BackfillScheduleResponse
     ]
+    CreateSubscription: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.CreateSubscriptionRequest, subscription_pb2.Subscription
+    ]
+    GetSubscription: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetSubscriptionRequest, subscription_pb2.Subscription
+    ]
+    ListSubscriptions: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListSubscriptionsRequest,
+        pipeline_service_pb2.ListSubscriptionsResponse,
+    ]
+    DeleteSubscription: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.DeleteSubscriptionRequest, empty_pb2.Empty
+    ]
+    ListDeliveries: grpc.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListDeliveriesRequest, pipeline_service_pb2.ListDeliveriesResponse
+    ]
     WatchRun: grpc.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
+    ]
+    WatchRuns: grpc.UnaryStreamMultiCallable[
+        pipeline_service_pb2.WatchRunsRequest, pipeline_service_pb2.WatchRunsResponse
     ]
     ReadStepLogs: grpc.UnaryStreamMultiCallable[
         pipeline_service_pb2.ReadStepLogsRequest, pipeline_service_pb2.ReadStepLogsResponse
@@ -114,8 +134,27 @@ class AsyncStub(Protocol):
     BackfillSchedule: grpc.aio.UnaryUnaryMultiCallable[
         pipeline_service_pb2.BackfillScheduleRequest, pipeline_service_pb2.BackfillScheduleResponse
     ]
+    CreateSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.CreateSubscriptionRequest, subscription_pb2.Subscription
+    ]
+    GetSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.GetSubscriptionRequest, subscription_pb2.Subscription
+    ]
+    ListSubscriptions: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListSubscriptionsRequest,
+        pipeline_service_pb2.ListSubscriptionsResponse,
+    ]
+    DeleteSubscription: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.DeleteSubscriptionRequest, empty_pb2.Empty
+    ]
+    ListDeliveries: grpc.aio.UnaryUnaryMultiCallable[
+        pipeline_service_pb2.ListDeliveriesRequest, pipeline_service_pb2.ListDeliveriesResponse
+    ]
     WatchRun: grpc.aio.UnaryStreamMultiCallable[
         pipeline_service_pb2.WatchRunRequest, pipeline_service_pb2.WatchRunResponse
+    ]
+    WatchRuns: grpc.aio.UnaryStreamMultiCallable[
+        pipeline_service_pb2.WatchRunsRequest, pipeline_service_pb2.WatchRunsResponse
     ]
     ReadStepLogs: grpc.aio.UnaryStreamMultiCallable[
         pipeline_service_pb2.ReadStepLogsRequest, pipeline_service_pb2.ReadStepLogsResponse

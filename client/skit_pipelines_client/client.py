@@ -40,12 +40,19 @@ from skit_pipelines_client.resources import (
     RunState,
     ValueTypes,
 )
+from skit_pipelines_client.run_changes import ChangeKind, FeedResumption, RunChange
 from skit_pipelines_client.schedules import (
     Schedule,
     backfill_request,
     create_schedule_request,
     schedule_name,
     update_schedule_request,
+)
+from skit_pipelines_client.subscriptions import (
+    Delivery,
+    Subscription,
+    create_subscription_request,
+    subscription_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -549,6 +556,71 @@ class PipelinesClient:
                     on_resume(error, delay)
                 time.sleep(delay)
 
+    def watch_runs(
+        self,
+        pipeline: str | None = None,
+        states: Iterable[RunState | int] = (),
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        *,
+        after_cursor: str = "",
+        initial_snapshot: bool = False,
+        resume: ResumePolicy = ResumePolicy(),
+        on_resume: Callable[[RPCError, float], None] | None = None,
+    ) -> Iterator[RunChange]:
+        """The changes of every run matching the filters (those of `list_runs`), as
+        they are committed, without end; closing the iterator cancels the stream.
+
+        When the stream fails with UNAVAILABLE it reconnects after a backoff from the
+        last cursor received, so each change is yielded once, in order. Heartbeats are
+        yielded too (their cursor is where to resume from); a RELIST tells that changes
+        were lost (the cursor was too old) and the runs should be listed again.
+
+        Args:
+            after_cursor: Resume after this cursor (from an earlier RunChange); empty:
+                from now.
+            initial_snapshot: Start with the runs matching now (SNAPSHOT each, then
+                SNAPSHOT_COMPLETE); ignored with after_cursor.
+            resume: Backoff and how many failures in a row to tolerate.
+            on_resume: Called with the error and the pause before each reconnect.
+
+        Raises:
+            RPCError: INVALID_ARGUMENT for a bad filter or cursor (naming the field), any
+                other error, or UNAVAILABLE `resume.attempts` times in a row.
+        """
+        watching = FeedResumption(
+            _watch_runs_request(
+                pipeline,
+                states,
+                labels,
+                created_after,
+                created_before,
+                after_cursor,
+                initial_snapshot,
+            ),
+            resume,
+        )
+        while True:
+            stream = self._stub.WatchRuns(watching.request)
+            try:
+                for message in stream:
+                    watching.received(message)
+                    yield RunChange(
+                        ChangeKind(message.kind),
+                        message.cursor,
+                        self._run(message.run) if message.HasField("run") else None,
+                    )
+                return
+            except grpc.RpcError as error:
+                failure = RPCError.from_grpc(error)
+                delay = watching.pause_after(failure)
+                if on_resume is not None:
+                    on_resume(failure, delay)
+                time.sleep(delay)
+            finally:
+                stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
+
     # Schedules
 
     def create_schedule(
@@ -613,6 +685,55 @@ class PipelinesClient:
         )
         return [self._run(run) for run in response.runs]
 
+    # Subscriptions (notifications)
+
+    def create_subscription(self, **options: Any) -> Subscription:
+        """Creates a subscription; the options are create_subscription_request's
+        (notify_states, a Slack or webhook sink with its secret's NAME, the filter,
+        subscription_id, request_id).
+
+        Raises:
+            RPCError: INVALID_ARGUMENT naming the field for a bad filter, no sink, an
+                empty Slack channel, a URL that is not http(s), or an unknown secret.
+        """
+        request = create_subscription_request(**options)
+        return Subscription.of(self._call(self._stub.CreateSubscription, request))
+
+    def get_subscription(self, subscription: str) -> Subscription:
+        """One subscription, "x" or "subscriptions/x", with its delivery health."""
+        request = pipeline_service_pb2.GetSubscriptionRequest(name=subscription_name(subscription))
+        return Subscription.of(self._call(self._stub.GetSubscription, request))
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, by name."""
+        found: list[Subscription] = []
+        request = pipeline_service_pb2.ListSubscriptionsRequest()
+        while True:
+            response = self._call(self._stub.ListSubscriptions, request)
+            found.extend(Subscription.of(s) for s in response.subscriptions)
+            if not response.next_page_token:
+                return found
+            request.page_token = response.next_page_token
+
+    def delete_subscription(self, subscription: str) -> None:
+        request = pipeline_service_pb2.DeleteSubscriptionRequest(
+            name=subscription_name(subscription)
+        )
+        self._call(self._stub.DeleteSubscription, request)
+
+    def list_deliveries(self, subscription: str, limit: int | None = None) -> list[Delivery]:
+        """A subscription's deliveries, newest first (at most `limit`), with every attempt."""
+        found: list[Delivery] = []
+        request = pipeline_service_pb2.ListDeliveriesRequest(
+            parent=subscription_name(subscription), page_size=min(limit or 1000, 1000)
+        )
+        while True:
+            response = self._call(self._stub.ListDeliveries, request)
+            found.extend(Delivery.of(d) for d in response.deliveries)
+            if not response.next_page_token or (limit is not None and len(found) >= limit):
+                return found[:limit] if limit is not None else found
+            request.page_token = response.next_page_token
+
 
 def _create_run_request(
     pipeline: str,
@@ -647,6 +768,30 @@ def _list_runs_request(
         create_time_after=_timestamp(created_after),
         create_time_before=_timestamp(created_before),
     )
+
+
+def _watch_runs_request(
+    pipeline: str | None,
+    states: Iterable[RunState | int],
+    labels: Mapping[str, str] | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after_cursor: str,
+    initial_snapshot: bool,
+) -> pipeline_service_pb2.WatchRunsRequest:
+    listing = _list_runs_request(pipeline, states, labels, created_after, created_before, None)
+    request = pipeline_service_pb2.WatchRunsRequest(
+        pipeline=listing.pipeline,
+        states=listing.states,
+        labels=listing.labels,
+        after_cursor=after_cursor,
+        initial_snapshot=initial_snapshot and not after_cursor,
+    )
+    if listing.HasField("create_time_after"):
+        request.create_time_after.CopyFrom(listing.create_time_after)
+    if listing.HasField("create_time_before"):
+        request.create_time_before.CopyFrom(listing.create_time_before)
+    return request
 
 
 class _Resumption:
@@ -890,6 +1035,49 @@ class AsyncPipelinesClient:
                     on_resume(error, delay)
                 await asyncio.sleep(delay)
 
+    async def watch_runs(
+        self,
+        pipeline: str | None = None,
+        states: Iterable[RunState | int] = (),
+        labels: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        *,
+        after_cursor: str = "",
+        initial_snapshot: bool = False,
+        resume: ResumePolicy = ResumePolicy(),
+        on_resume: Callable[[RPCError, float], None] | None = None,
+    ) -> AsyncIterator[RunChange]:
+        """The changes of every matching run, resuming on UNAVAILABLE (see
+        PipelinesClient.watch_runs)."""
+        watching = FeedResumption(
+            _watch_runs_request(
+                pipeline,
+                states,
+                labels,
+                created_after,
+                created_before,
+                after_cursor,
+                initial_snapshot,
+            ),
+            resume,
+        )
+        while True:
+            try:
+                async for message in self._stream(self._stub.WatchRuns, watching.request, None):
+                    watching.received(message)
+                    yield RunChange(
+                        ChangeKind(message.kind),
+                        message.cursor,
+                        await self._run(message.run) if message.HasField("run") else None,
+                    )
+                return
+            except RPCError as error:
+                delay = watching.pause_after(error)
+                if on_resume is not None:
+                    on_resume(error, delay)
+                await asyncio.sleep(delay)
+
     # Schedules
 
     async def create_schedule(
@@ -953,3 +1141,43 @@ class AsyncPipelinesClient:
             self._stub.BackfillSchedule, backfill_request(schedule, start_time, end_time)
         )
         return [await self._run(run) for run in response.runs]
+
+    # Subscriptions (notifications)
+
+    async def create_subscription(self, **options: Any) -> Subscription:
+        """As PipelinesClient.create_subscription."""
+        request = create_subscription_request(**options)
+        return Subscription.of(await self._call(self._stub.CreateSubscription, request))
+
+    async def get_subscription(self, subscription: str) -> Subscription:
+        request = pipeline_service_pb2.GetSubscriptionRequest(name=subscription_name(subscription))
+        return Subscription.of(await self._call(self._stub.GetSubscription, request))
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        found: list[Subscription] = []
+        request = pipeline_service_pb2.ListSubscriptionsRequest()
+        while True:
+            response = await self._call(self._stub.ListSubscriptions, request)
+            found.extend(Subscription.of(s) for s in response.subscriptions)
+            if not response.next_page_token:
+                return found
+            request.page_token = response.next_page_token
+
+    async def delete_subscription(self, subscription: str) -> None:
+        request = pipeline_service_pb2.DeleteSubscriptionRequest(
+            name=subscription_name(subscription)
+        )
+        await self._call(self._stub.DeleteSubscription, request)
+
+    async def list_deliveries(self, subscription: str, limit: int | None = None) -> list[Delivery]:
+        """As PipelinesClient.list_deliveries."""
+        found: list[Delivery] = []
+        request = pipeline_service_pb2.ListDeliveriesRequest(
+            parent=subscription_name(subscription), page_size=min(limit or 1000, 1000)
+        )
+        while True:
+            response = await self._call(self._stub.ListDeliveries, request)
+            found.extend(Delivery.of(d) for d in response.deliveries)
+            if not response.next_page_token or (limit is not None and len(found) >= limit):
+                return found[:limit] if limit is not None else found
+            request.page_token = response.next_page_token

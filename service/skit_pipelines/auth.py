@@ -43,6 +43,7 @@ _METHOD_ROLES: Mapping[str, Role] = {
     "GetRun": Role.VIEWER,
     "ListRuns": Role.VIEWER,
     "WatchRun": Role.VIEWER,
+    "WatchRuns": Role.VIEWER,
     "ReadStepLogs": Role.VIEWER,
     "CreateRun": Role.RUNNER,
     "CancelRun": Role.RUNNER,
@@ -56,6 +57,13 @@ _METHOD_ROLES: Mapping[str, Role] = {
     "ResumeSchedule": Role.RUNNER,
     "DeleteSchedule": Role.RUNNER,
     "BackfillSchedule": Role.RUNNER,
+    # Subscriptions as schedules: viewers read them and their deliveries (which show no
+    # secret, only secret names); runners create them and delete their own (an admin any).
+    "GetSubscription": Role.VIEWER,
+    "ListSubscriptions": Role.VIEWER,
+    "ListDeliveries": Role.VIEWER,
+    "CreateSubscription": Role.RUNNER,
+    "DeleteSubscription": Role.RUNNER,
 }
 """The least role for each method; runners act only on their own runs and schedules
 (checked by the controllers, which know who created them)."""

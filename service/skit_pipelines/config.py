@@ -16,6 +16,9 @@ DEFAULT_PORT = 50051
 DEFAULT_HOME = Path(".skit-pipelines")
 
 STEP_ENV_PREFIX = "SKIT_STEP_ENV_"
+SECRET_ENV_PREFIX = "SKIT_SECRET_"
+"""SKIT_SECRET_SLACK_BOT_TOKEN=... is the notification sinks' secret "slack-bot-token"
+(notifications/secrets.py); values stay in config.secrets, which never prints."""
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 """The service's environment variables that local steps inherit."""
 """SKIT_STEP_ENV_CALLS_DB_URL=... hands CALLS_DB_URL to the steps whose component declares it."""
@@ -91,6 +94,10 @@ class ServerConfig:
     """Characters of a label value."""
     watch_history_limit: int = 10_000
     """Revisions per run kept for WatchRun replay."""
+    run_change_limit: int = 100_000
+    """Run changes kept for WatchRuns (and subscriptions) to resume from, over all runs; a
+    cursor older than the oldest kept gets a re-list marker. Each holds a run snapshot
+    (typically a few KB)."""
     tokens_file: Path | None = None
     """Turns authentication on: principals with roles and token hashes (see auth.py)."""
     tls_cert_file: Path | None = None
@@ -168,6 +175,21 @@ class ServerConfig:
     default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317). Headers and certificates
     come from the standard OTEL_EXPORTER_OTLP_* variables, which the exporter reads."""
 
+    secrets_dir: Path | None = None
+    """Secrets that notification sinks name (Slack tokens, webhook signing keys), one file
+    per secret named like it: a Kubernetes secret mounted as a volume."""
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The same from the environment: SKIT_SECRET_<NAME> (upper case, "-" and "." as "_")."""
+    slack_api_url: str = "https://slack.com/api/"
+    """The Slack Web API base URL the Slack sink posts to (a stand-in in tests)."""
+    notify_retry_base_seconds: float = 30.0
+    """The first retry delay of a failed notification; it doubles (jittered) per attempt,
+    up to an hour, for 24 hours."""
+    notify_concurrency: int = 16
+    """Notifications sent at once by one replica."""
+    notify_poll_seconds: float = 1.0
+    """How often a replica looks for due notification retries and new subscriptions."""
+
     @property
     def request_limits(self) -> RequestLimits:
         return RequestLimits(
@@ -239,6 +261,8 @@ class ServerConfig:
         SKIT_KFP_UI_URL, SKIT_KFP_TOKEN, SKIT_KFP_COOKIE, SKIT_KFP_NAMESPACE,
         SKIT_KFP_EXPERIMENT, SKIT_KFP_POLL_SECONDS, SKIT_KFP_IMAGES_LOCK, SKIT_KFP_STEP_SECRETS,
         SKIT_KFP_LOGS_URL, SKIT_KFP_LOGS_KEY_FORMAT, SKIT_LEASE_SECONDS), SKIT_RETENTION_DAYS,
+        notifications' (SKIT_SECRETS_DIR, SKIT_SECRET_*, SKIT_SLACK_API_URL,
+        SKIT_NOTIFY_RETRY_BASE_SECONDS, SKIT_NOTIFY_CONCURRENCY, SKIT_NOTIFY_POLL_SECONDS),
         the request limits (SKIT_MAX_MESSAGE_BYTES,
         SKIT_MAX_REQUEST_BYTES, SKIT_MAX_PARAMETER_BYTES, SKIT_MAX_PARAMETERS,
         SKIT_MAX_PARAMETERS_BYTES, SKIT_MAX_LABELS, SKIT_MAX_LABEL_KEY_LENGTH,
@@ -252,6 +276,7 @@ class ServerConfig:
             for key, value in env.items()
             if key.startswith(STEP_ENV_PREFIX)
         }
+        secrets = {key: value for key, value in env.items() if key.startswith(SECRET_ENV_PREFIX)}
         return config.with_overrides(
             host=env.get("SKIT_HOST"),
             port=int(env["SKIT_PORT"]) if "SKIT_PORT" in env else None,
@@ -304,6 +329,12 @@ class ServerConfig:
             kfp_logs_key_format=env.get("SKIT_KFP_LOGS_KEY_FORMAT"),
             lease_seconds=_number(env, "SKIT_LEASE_SECONDS", float),
             retention_days=_number(env, "SKIT_RETENTION_DAYS", float),
+            secrets_dir=_path(env, "SKIT_SECRETS_DIR"),
+            secrets=secrets or None,
+            slack_api_url=env.get("SKIT_SLACK_API_URL"),
+            notify_retry_base_seconds=_number(env, "SKIT_NOTIFY_RETRY_BASE_SECONDS", float),
+            notify_concurrency=_number(env, "SKIT_NOTIFY_CONCURRENCY", int),
+            notify_poll_seconds=_number(env, "SKIT_NOTIFY_POLL_SECONDS", float),
             traces_exporter=env.get("SKIT_TRACES_EXPORTER"),
             metrics_port=_number(env, "SKIT_METRICS_PORT", int),
             metrics_host=env.get("SKIT_METRICS_HOST"),

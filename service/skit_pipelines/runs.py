@@ -45,6 +45,7 @@ from skit_pipelines.errors import (
     Unavailable,
 )
 from skit_pipelines.limits import RequestLimits, check_labels, check_parameters
+from skit_pipelines.run_feed import FeedEvent, RunFeed, decode_cursor
 from skit_pipelines.run_writes import Change, RunWrites
 from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
 
@@ -139,6 +140,15 @@ class ListRunsInput:
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class WatchRunsInput:
+    filter: ListRunsInput = field(default_factory=ListRunsInput)
+    """ListRuns' filter fields (its page fields are not used)."""
+    after_cursor: str = ""
+    """An opaque cursor from an earlier WatchRuns message; empty: from now."""
+    initial_snapshot: bool = False
+
+
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -191,6 +201,7 @@ class RunController:
         self._draining = False
         self._observer: RunObserver = observer or _Unobserved()
         self._writes = RunWrites(store)
+        self._feed = RunFeed(store)
 
     @property
     def store(self) -> RunStore:
@@ -378,6 +389,24 @@ class RunController:
         return await self._store.get_run(names.parse_name(name, "runs"))
 
     async def list_runs(self, request: ListRunsInput) -> tuple[list[Run], str]:
+        query = self.run_query(request)
+        filter_hash = request.filter_hash()
+        after = None
+        if request.page_token:
+            position = _decode_token(request.page_token, filter_hash)
+            if not (isinstance(position, list) and len(position) == 2):
+                raise InvalidArgument("page_token is malformed", field="page_token")
+            after = (str(position[0]), str(position[1]))
+        page: RunPage = await self._store.list_runs(
+            replace(query, page_size=_page_size(request.page_size), after=after)
+        )
+        runs = list(page.runs)
+        next_token = self.page_token_after(request, runs[-1]) if page.more and runs else ""
+        return runs, next_token
+
+    def run_query(self, request: ListRunsInput) -> RunQuery:
+        """ListRuns' filter, checked (InvalidArgument with the field), without its page
+        (WatchRuns and subscriptions filter the same way)."""
         pipeline_id = (
             names.parse_name(request.pipeline, "pipelines", field="pipeline")
             if request.pipeline
@@ -389,27 +418,13 @@ class RunController:
                 raise InvalidArgument(f"states has an unknown value {number}", field="states")
             states.add(RunState(number))
         check_labels(request.labels, self._limits, field="labels")
-        filter_hash = request.filter_hash()
-        after = None
-        if request.page_token:
-            position = _decode_token(request.page_token, filter_hash)
-            if not (isinstance(position, list) and len(position) == 2):
-                raise InvalidArgument("page_token is malformed", field="page_token")
-            after = (str(position[0]), str(position[1]))
-        page: RunPage = await self._store.list_runs(
-            RunQuery(
-                pipeline=pipeline_id,
-                states=frozenset(states),
-                labels=dict(request.labels),
-                created_after=request.created_after,
-                created_before=request.created_before,
-                page_size=_page_size(request.page_size),
-                after=after,
-            )
+        return RunQuery(
+            pipeline=pipeline_id,
+            states=frozenset(states),
+            labels=dict(request.labels),
+            created_after=request.created_after,
+            created_before=request.created_before,
         )
-        runs = list(page.runs)
-        next_token = self.page_token_after(request, runs[-1]) if page.more and runs else ""
-        return runs, next_token
 
     def page_token_after(self, request: ListRunsInput, run: Run) -> str:
         """The page_token that continues `request`'s listing after `run` (the servicer
@@ -520,6 +535,24 @@ class RunController:
                 yield runs
             finally:
                 await runs.aclose()
+
+    async def watch_runs(
+        self, request: WatchRunsInput, *, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[FeedEvent]:
+        """The WatchRuns stream (see run_feed.py), counted against the caller's streams."""
+        query = self.run_query(request.filter)
+        after = decode_cursor(request.after_cursor) if request.after_cursor else None
+        async with self._stream_slot(principal):
+            events = self._feed.watch(
+                query, after_cursor=after, initial_snapshot=request.initial_snapshot
+            )
+            async for event in events:
+                yield event
+
+    @property
+    def feed(self) -> RunFeed:
+        """The process's WatchRuns fan-out (server.py closes it at shutdown)."""
+        return self._feed
 
     async def read_step_logs(
         self,

@@ -32,6 +32,8 @@ from skit_pipelines.backends.local_checks import LocalRunChecks
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
+from skit_pipelines.notifications.controller import SubscriptionController
+from skit_pipelines.notifications.worker import DeliveryWorker
 from skit_pipelines.retention import RetentionSweeper
 from skit_pipelines.runs import RunController
 from skit_pipelines.schedules import ScheduleController, Scheduler
@@ -102,6 +104,8 @@ class Application:
     """Deletes old finished runs in the background (config.retention_days), if on."""
     scheduler: Scheduler | None = None
     """Makes the runs of schedules' ticks (one replica at a time on PostgreSQL)."""
+    notifier: DeliveryWorker | None = None
+    """Sends subscriptions' notifications (each by exactly one replica)."""
 
     @property
     def address(self) -> str:
@@ -114,6 +118,8 @@ class Application:
             self.retention.start()
         if self.scheduler is not None:
             self.scheduler.start()
+        if self.notifier is not None:
+            self.notifier.start()
         await self.server.start()
         if self.health_only is not None:
             await self.health_only.server.start()
@@ -133,6 +139,7 @@ class Application:
         # Watch streams never end on their own while runs go on: end them now with
         # UNAVAILABLE so their clients resume elsewhere, instead of waiting out the grace.
         await self.store.hub.close()
+        await self.controller.feed.close()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         if self.health_only is not None:
             # Last: probes see NOT_SERVING, not a refused connection, while calls drain.
@@ -141,6 +148,10 @@ class Application:
             await self.retention.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.notifier is not None:
+            # Sends in flight get a few seconds to finish; the rest are cancelled: their
+            # claims expire and another replica (or the restart) sends them again.
+            await self.notifier.stop()
         await self.backend.shutdown()
         await self.store.close()
         await self.telemetry.shutdown()
@@ -189,6 +200,7 @@ async def create_grpc_server(
     telemetry: Telemetry | None = None,
     *,
     schedules: ScheduleController | None = None,
+    subscriptions: SubscriptionController | None = None,
 ) -> tuple[grpc.aio.Server, int, AsyncHealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one)."""
@@ -199,7 +211,10 @@ async def create_grpc_server(
     server = grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
     add_to_server(
         PipelineServicer(
-            controller, max_message_bytes=config.max_message_bytes, schedules=schedules
+            controller,
+            max_message_bytes=config.max_message_bytes,
+            schedules=schedules,
+            subscriptions=subscriptions,
         ),
         server,
         max_request_bytes=config.max_request_bytes,
@@ -270,6 +285,7 @@ async def open_run_store(config: ServerConfig) -> RunStore:
         return await PostgresRunStore.open(
             config.store_url,
             history_limit=config.watch_history_limit,
+            change_limit=config.run_change_limit,
             pool_size=config.store_pool_size,
             retry=RetryPolicy(budget_seconds=config.store_retry_seconds),
         )
@@ -277,7 +293,11 @@ async def open_run_store(config: ServerConfig) -> RunStore:
         raise ConfigError(
             f"--store must be sqlite:///path or postgresql://..., not {_scheme(config.store_url)}:"
         )
-    return SqliteRunStore(config.database_path, history_limit=config.watch_history_limit)
+    return SqliteRunStore(
+        config.database_path,
+        history_limit=config.watch_history_limit,
+        change_limit=config.run_change_limit,
+    )
 
 
 def open_artifact_store(config: ServerConfig) -> ArtifactStore:
@@ -492,7 +512,8 @@ async def build_application(
         max_streams_per_principal=config.max_streams_per_principal,
         limits=config.request_limits,
     )
-    telemetry.count_watchers(store.hub.watcher_count)
+    # WatchRun streams (and followed step logs), and WatchRuns streams.
+    telemetry.count_watchers(lambda: store.hub.watcher_count() + controller.feed.stream_count())
     backend.start(controller)
     retention = None
     if config.retention_days is not None:
@@ -502,8 +523,9 @@ async def build_application(
     schedules = ScheduleController(
         controller, catalog, limits=config.request_limits, on_change=scheduler.wake
     )
+    subscriptions, notifier = build_notifications(config, store)
     server, port, health_servicer = await create_grpc_server(
-        controller, config, telemetry, schedules=schedules
+        controller, config, telemetry, schedules=schedules, subscriptions=subscriptions
     )
     health_only = create_health_server(health_servicer, config)
     return Application(
@@ -518,7 +540,46 @@ async def build_application(
         health_only=health_only,
         retention=retention,
         scheduler=scheduler,
+        notifier=notifier,
     )
+
+
+def build_notifications(
+    config: ServerConfig, store: RunStore
+) -> tuple[SubscriptionController, DeliveryWorker]:
+    """The Subscription RPCs' controller and the worker delivering their notifications,
+    with the secrets and sink settings of the configuration."""
+    from skit_pipelines.notifications.model import SlackSink, WebhookSink
+    from skit_pipelines.notifications.secrets import Secrets
+    from skit_pipelines.notifications.sinks.slack import SlackSender
+    from skit_pipelines.notifications.sinks.webhook import WebhookSender
+    from skit_pipelines.notifications.worker import DeliverySettings
+
+    if config.notify_retry_base_seconds <= 0 or config.notify_concurrency <= 0:
+        raise ConfigError(
+            "SKIT_NOTIFY_RETRY_BASE_SECONDS and SKIT_NOTIFY_CONCURRENCY must be more than 0"
+        )
+    if config.secrets_dir is not None and not config.secrets_dir.is_dir():
+        raise ConfigError(
+            f"--secrets-dir (SKIT_SECRETS_DIR) {config.secrets_dir} is not a directory"
+        )
+    secrets = Secrets(config.secrets_dir, config.secrets)
+    worker = DeliveryWorker(
+        store,
+        {
+            SlackSink: SlackSender(secrets, base_url=config.slack_api_url),
+            WebhookSink: WebhookSender(secrets),
+        },
+        settings=DeliverySettings(
+            retry_base_seconds=config.notify_retry_base_seconds,
+            concurrency=config.notify_concurrency,
+            poll_seconds=config.notify_poll_seconds,
+        ),
+    )
+    controller = SubscriptionController(
+        store, secrets, limits=config.request_limits, on_change=worker.wake
+    )
+    return controller, worker
 
 
 async def _serve(config: ServerConfig) -> None:

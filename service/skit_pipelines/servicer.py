@@ -7,7 +7,7 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,8 +23,9 @@ from skit.pipelines.v1 import (
     pipeline_service_pb2_grpc,
     run_pb2,
     schedule_pb2,
+    subscription_pb2,
 )
-from skit_pipelines import convert, request_fields, schedule_convert
+from skit_pipelines import convert, request_fields, schedule_convert, subscription_convert
 from skit_pipelines.auth import current_principal
 from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
@@ -39,7 +40,9 @@ from skit_pipelines.errors import (
     Unavailable,
 )
 from skit_pipelines.grpc_types import ServicerContext, abort_with_status
-from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController
+from skit_pipelines.notifications.controller import SubscriptionController
+from skit_pipelines.run_feed import FeedKind, encode_cursor
+from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController, WatchRunsInput
 from skit_pipelines.schedules import ScheduleController
 
 logger = logging.getLogger(__name__)
@@ -96,9 +99,7 @@ def error_status(exc: BaseException) -> status_pb2.Status:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type="Schedule"
-                    if exc.resource_name.startswith("schedules/")
-                    else "Run",
+                    resource_type=_resource_type(exc.resource_name),
                     resource_name=exc.resource_name,
                 )
             )
@@ -118,6 +119,14 @@ def error_status(exc: BaseException) -> status_pb2.Status:
         used = status_pb2.Status(code=code, message=message, details=details).ByteSize()
         details.append(_pack(_bad_request(exc.violations, _MAX_STATUS_BYTES - used)))
     return status_pb2.Status(code=code, message=message, details=details)
+
+
+def _resource_type(name: str) -> str:
+    if name.startswith("schedules/"):
+        return "Schedule"
+    if name.startswith("subscriptions/"):
+        return "Subscription"
+    return "Run"
 
 
 def _clip(text: str, max_bytes: int) -> str:
@@ -300,6 +309,35 @@ def _streaming(
     return wrapper
 
 
+_FEED_KINDS = {
+    FeedKind.CHANGE: pipeline_service_pb2.WatchRunsResponse.KIND_CHANGE,
+    FeedKind.DELETED: pipeline_service_pb2.WatchRunsResponse.KIND_DELETED,
+    FeedKind.SNAPSHOT: pipeline_service_pb2.WatchRunsResponse.KIND_SNAPSHOT,
+    FeedKind.SNAPSHOT_COMPLETE: pipeline_service_pb2.WatchRunsResponse.KIND_SNAPSHOT_COMPLETE,
+    FeedKind.RELIST: pipeline_service_pb2.WatchRunsResponse.KIND_RELIST,
+    FeedKind.HEARTBEAT: pipeline_service_pb2.WatchRunsResponse.KIND_HEARTBEAT,
+}
+
+
+def _run_filter(
+    request: pipeline_service_pb2.ListRunsRequest | pipeline_service_pb2.WatchRunsRequest,
+) -> ListRunsInput:
+    """The filter fields ListRuns and WatchRuns share."""
+    return ListRunsInput(
+        pipeline=request.pipeline,
+        states=tuple(request.states),
+        labels=dict(request.labels),
+        created_after=convert.from_timestamp(request.create_time_after, field="create_time_after")
+        if request.HasField("create_time_after")
+        else None,
+        created_before=convert.from_timestamp(
+            request.create_time_before, field="create_time_before"
+        )
+        if request.HasField("create_time_before")
+        else None,
+    )
+
+
 @dataclass(frozen=True)
 class _Converted:
     """One revision as a WatchRunResponse, its bytes as every watcher is sent them, and
@@ -317,9 +355,11 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         *,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
         schedules: ScheduleController | None = None,
+        subscriptions: SubscriptionController | None = None,
     ) -> None:
         self._controller = controller
         self._schedules = schedules
+        self._subscriptions = subscriptions
         self._max_message_bytes = max_message_bytes
         # Every watcher of a run is sent the same revisions: convert and serialize each
         # one once, not once per stream. The creation time is in the key: a deleted run's
@@ -392,22 +432,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListRuns(
         self, request: pipeline_service_pb2.ListRunsRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListRunsResponse:
-        query = ListRunsInput(
-            pipeline=request.pipeline,
-            states=tuple(request.states),
-            labels=dict(request.labels),
-            created_after=convert.from_timestamp(
-                request.create_time_after, field="create_time_after"
-            )
-            if request.HasField("create_time_after")
-            else None,
-            created_before=convert.from_timestamp(
-                request.create_time_before, field="create_time_before"
-            )
-            if request.HasField("create_time_before")
-            else None,
-            page_size=request.page_size,
-            page_token=request.page_token,
+        query = replace(
+            _run_filter(request), page_size=request.page_size, page_token=request.page_token
         )
         runs, next_token = await self._controller.list_runs(query)
         response = pipeline_service_pb2.ListRunsResponse()
@@ -449,6 +475,28 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
                     yield self._convert(run).data
         except Exception as exc:
             await abort_with_status(context, rpc_status.to_status(error_status(exc)))
+
+    @_streaming
+    async def WatchRuns(
+        self, request: pipeline_service_pb2.WatchRunsRequest, context: ServicerContext
+    ) -> AsyncIterator[pipeline_service_pb2.WatchRunsResponse]:
+        events = self._controller.watch_runs(
+            WatchRunsInput(
+                filter=_run_filter(request),
+                after_cursor=request.after_cursor,
+                initial_snapshot=request.initial_snapshot,
+            ),
+            principal=current_principal(),
+        )
+        async for event in events:
+            response = pipeline_service_pb2.WatchRunsResponse(
+                kind=_FEED_KINDS[event.kind],
+                cursor=encode_cursor(event.cursor) if event.kind is not FeedKind.SNAPSHOT else "",
+            )
+            if event.run is not None:
+                # The converted revision WatchRun and GetRun share, not a new conversion.
+                response.run.CopyFrom(self._convert(event.run).message.run)
+            yield response
 
     @_unary
     async def RetryRun(
@@ -580,6 +628,67 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         )
         return pipeline_service_pb2.BackfillScheduleResponse(
             runs=[convert.run(run) for run in runs]
+        )
+
+    # Subscriptions (notifications/)
+
+    def _subscription_controller(self) -> SubscriptionController:
+        if self._subscriptions is None:
+            raise FailedPrecondition(
+                "this server sends no notifications", reason="SUBSCRIPTIONS_UNAVAILABLE"
+            )
+        return self._subscriptions
+
+    @_unary
+    async def CreateSubscription(
+        self, request: pipeline_service_pb2.CreateSubscriptionRequest, context: ServicerContext
+    ) -> subscription_pb2.Subscription:
+        subscription = await self._subscription_controller().create_subscription(
+            subscription_convert.spec(request.subscription),
+            subscription_id=request.subscription_id,
+            request_id=request.request_id,
+            principal=current_principal(),
+        )
+        return subscription_convert.subscription(subscription)
+
+    @_unary
+    async def GetSubscription(
+        self, request: pipeline_service_pb2.GetSubscriptionRequest, context: ServicerContext
+    ) -> subscription_pb2.Subscription:
+        subscription = await self._subscription_controller().get_subscription(request.name)
+        return subscription_convert.subscription(subscription)
+
+    @_unary
+    async def ListSubscriptions(
+        self, request: pipeline_service_pb2.ListSubscriptionsRequest, context: ServicerContext
+    ) -> pipeline_service_pb2.ListSubscriptionsResponse:
+        subscriptions, next_token = await self._subscription_controller().list_subscriptions(
+            request.page_size, request.page_token
+        )
+        return pipeline_service_pb2.ListSubscriptionsResponse(
+            subscriptions=[subscription_convert.subscription(s) for s in subscriptions],
+            next_page_token=next_token,
+        )
+
+    @_unary
+    async def DeleteSubscription(
+        self, request: pipeline_service_pb2.DeleteSubscriptionRequest, context: ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._subscription_controller().delete_subscription(
+            request.name, principal=current_principal()
+        )
+        return empty_pb2.Empty()
+
+    @_unary
+    async def ListDeliveries(
+        self, request: pipeline_service_pb2.ListDeliveriesRequest, context: ServicerContext
+    ) -> pipeline_service_pb2.ListDeliveriesResponse:
+        deliveries, next_token = await self._subscription_controller().list_deliveries(
+            request.parent, request.page_size, request.page_token
+        )
+        return pipeline_service_pb2.ListDeliveriesResponse(
+            deliveries=[subscription_convert.delivery(d) for d in deliveries],
+            next_page_token=next_token,
         )
 
 

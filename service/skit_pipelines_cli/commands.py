@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from skit_pipelines_cli.exits import EXIT_OK
-from skit_pipelines_cli.live import watch
+from skit_pipelines_cli.live import watch, watch_all
 from skit_pipelines_cli.render import (
     Printable,
     describe_pipeline,
@@ -36,6 +36,13 @@ from skit_pipelines_cli.schedule_commands import (  # noqa: F401  (dispatched by
     schedules_pause,
     schedules_resume,
     schedules_update,
+)
+from skit_pipelines_cli.subscription_commands import (  # noqa: F401  (dispatched by name)
+    subscriptions_create,
+    subscriptions_delete,
+    subscriptions_deliveries,
+    subscriptions_get,
+    subscriptions_list,
 )
 from skit_pipelines_cli.values import UsageError
 from skit_pipelines_client import PipelinesClient, TlsOptions, run_name
@@ -182,7 +189,27 @@ def runs_logs(client: PipelinesClient, args: argparse.Namespace, out: TextIO) ->
 
 
 def runs_watch(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
-    """`runs watch`."""
+    """`runs watch NAME`, or `runs watch --all [filters]`."""
+    filtering = (
+        args.pipeline
+        or args.states
+        or args.labels
+        or args.created_after
+        or args.created_before
+        or args.after_cursor
+        or args.initial
+    )
+    if args.all_runs:
+        if args.name:
+            raise UsageError("runs watch: give a run or --all, not both")
+        return watch_all(client, args, out)
+    if not args.name:
+        raise UsageError("runs watch: give a run to follow, or --all for every run")
+    if filtering:
+        raise UsageError(
+            "runs watch: --pipeline, --state, --label, --created-*, --after-cursor and"
+            " --initial go with --all"
+        )
     return watch(
         client,
         args.name,

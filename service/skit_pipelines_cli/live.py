@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import queue
 import shutil
 import sys
@@ -20,6 +22,8 @@ from skit_pipelines_cli.render import (
     print_json,
     redraw,
     render_frame,
+    run_change_json,
+    run_change_line,
 )
 from skit_pipelines_client import PipelinesClient, RPCError, Run, RunState, run_name
 
@@ -135,6 +139,42 @@ def watch(
     if output != "json":
         emit(outcome_lines(last), out)
     return EXIT_OK if last.state is RunState.SUCCEEDED else EXIT_FAILURE
+
+
+def watch_all(client: PipelinesClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`runs watch --all`: a line (or JSON object) per change of every matching run, until
+    interrupted; a lost connection is resumed from the last cursor (by the client)."""
+
+    def on_resume(error: RPCError, delay: float) -> None:
+        print(f"lost the stream ({error.code.name}); resuming in {delay:.1f}s", file=sys.stderr)
+
+    changes = client.watch_runs(
+        pipeline=args.pipeline,
+        states=args.states,
+        labels=dict(args.labels),
+        created_after=args.created_after,
+        created_before=args.created_before,
+        after_cursor=args.after_cursor,
+        initial_snapshot=args.initial,
+        on_resume=on_resume,
+    )
+    last = args.after_cursor
+    try:
+        for change in changes:
+            last = change.cursor or last
+            if args.output == "json":
+                print(json.dumps(run_change_json(change), ensure_ascii=False), file=out)
+            else:
+                line = run_change_line(change)
+                if line is None:
+                    continue
+                print(line, file=out)
+            out.flush()
+    except KeyboardInterrupt:
+        resume = f" (resume with --after-cursor {last})" if last else ""
+        print(f"\nstopped watching{resume}", file=sys.stderr)
+        raise
+    return EXIT_OK
 
 
 def _show_progress(snapshots: Iterator[Run], out: TextIO, *, json_output: bool) -> Run | None:

@@ -61,6 +61,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         max_label_key_length=args.max_label_key_length,
         max_label_value_length=args.max_label_value_length,
         retention_days=args.retention_days,
+        secrets_dir=args.secrets_dir,
     )
     return run_server(config)
 

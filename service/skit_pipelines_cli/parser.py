@@ -50,6 +50,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     _add_pipelines(subcommands, common)
     _add_runs(subcommands, common)
     _add_schedules(subcommands, common)
+    _add_subscriptions(subcommands, common)
     return parser
 
 
@@ -108,6 +109,13 @@ def _add_serve(subcommands: _Subcommands) -> None:
         metavar="DAYS",
         help="delete finished runs (events, logs, artifacts) that ended more than DAYS ago,"
         " in the background (SKIT_RETENTION_DAYS; default: keep them)",
+    )
+    serve.add_argument(
+        "--secrets-dir",
+        type=Path,
+        metavar="DIR",
+        help="secrets notification sinks name (Slack tokens, webhook signing keys), one file"
+        " each, e.g. a mounted Kubernetes secret (SKIT_SECRETS_DIR; also SKIT_SECRET_<NAME>)",
     )
     _add_scale_out_options(serve)
     _add_limit_options(serve)
@@ -445,6 +453,80 @@ def _add_schedules(subcommands: _Subcommands, common: argparse.ArgumentParser) -
     backfill.set_defaults(remote="schedules_backfill")
 
 
+_RUN_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED")
+
+
+def _add_subscriptions(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """`subscriptions` create, get, list, delete and deliveries (notifications)."""
+    subscriptions = subcommands.add_parser(
+        "subscriptions", help="notify Slack or a signed webhook when runs end"
+    ).add_subparsers(dest="subscriptions_command", required=True, metavar="COMMAND")
+    create = subscriptions.add_parser(
+        "create",
+        parents=[common],
+        help="create a subscription",
+        description="Notify a Slack channel (--slack-channel, --slack-token-secret) or a"
+        " webhook (--webhook-url, --signing-secret) when runs matching the filter reach a"
+        " --notify state. Secrets are the NAMES the server knows them by (a file in its"
+        " --secrets-dir, or SKIT_SECRET_<NAME>), never values.",
+    )
+    create.add_argument(
+        "--notify",
+        action="append",
+        type=str.upper,
+        choices=_RUN_STATES,
+        metavar="STATE",
+        help="a run state to notify on (repeatable; default SUCCEEDED and FAILED)",
+    )
+    create.add_argument("--slack-channel", help="a channel id or #name")
+    create.add_argument("--slack-thread-ts", help="post into this thread")
+    create.add_argument("--slack-token-secret", metavar="NAME", help="the bot token's secret")
+    create.add_argument("--webhook-url", help="an http(s) URL to POST the run to")
+    create.add_argument("--signing-secret", metavar="NAME", help="the signing key's secret")
+    create.add_argument("--pipeline", help='only runs of "x" or "pipelines/x"')
+    create.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        type=str.upper,
+        choices=_RUN_STATES,
+        default=[],
+        metavar="STATE",
+        help="only runs in this state (repeatable)",
+    )
+    create.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this label (repeatable)",
+    )
+    create.add_argument("--subscription-id", help="the id (default: chosen by the service)")
+    create.add_argument("--request-id", help="idempotency key")
+    create.set_defaults(remote="subscriptions_create")
+    for command, what in (
+        ("get", "show a subscription and how its deliveries go"),
+        ("delete", "delete a subscription and its deliveries"),
+    ):
+        sub = subscriptions.add_parser(command, parents=[common], help=what)
+        sub.add_argument("name", help='"x" or "subscriptions/x"')
+        sub.set_defaults(remote=f"subscriptions_{command}")
+    subscriptions.add_parser("list", parents=[common], help="list the subscriptions").set_defaults(
+        remote="subscriptions_list"
+    )
+    deliveries = subscriptions.add_parser(
+        "deliveries", parents=[common], help="list a subscription's deliveries, newest first"
+    )
+    deliveries.add_argument("name", help='"x" or "subscriptions/x"')
+    deliveries.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    deliveries.add_argument(
+        "--attempts", action="store_true", help="also print every attempt's time and outcome"
+    )
+    deliveries.set_defaults(remote="subscriptions_deliveries")
+
+
 def _add_runs_create(runs: _Subcommands, common: argparse.ArgumentParser) -> None:
     create = runs.add_parser(
         "create",
@@ -562,17 +644,60 @@ def _add_runs_watch(runs: _Subcommands, common: argparse.ArgumentParser) -> None
     watch = runs.add_parser(
         "watch",
         parents=[common],
-        help="follow a run until it finishes",
+        help="follow a run until it finishes, or (--all) every matching run's changes",
         description="Follow a run: a live view on a terminal, one line per change otherwise. "
-        "Exits 0 if the run succeeds, 1 if it fails or is cancelled.",
+        "Exits 0 if the run succeeds, 1 if it fails or is cancelled. With --all instead of a "
+        "run, print one line (--output json: one JSON object) per change of every run "
+        "matching the filters, until interrupted, resuming after a lost connection.",
     )
-    watch.add_argument("name", help='"abc" or "runs/abc"')
+    watch.add_argument("name", nargs="?", help='"abc" or "runs/abc"')
     watch.add_argument(
         "--after-revision",
         type=parse_count,
         default=0,
         metavar="N",
         help="resume after revision N instead of starting from the current state",
+    )
+    every = watch.add_argument_group("every run (--all)")
+    every.add_argument(
+        "--all", dest="all_runs", action="store_true", help="watch every run matching the filters"
+    )
+    every.add_argument("--pipeline", help="only runs of this pipeline")
+    every.add_argument(
+        "--state",
+        dest="states",
+        action="extend",
+        nargs="+",
+        type=parse_run_state,
+        default=[],
+        metavar="STATE",
+        help="only changes that leave a run in one of these states",
+    )
+    every.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=parse_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this label (repeatable)",
+    )
+    every.add_argument(
+        "--created-after", type=parse_time, metavar="TIME", help="only runs created at or after"
+    )
+    every.add_argument(
+        "--created-before", type=parse_time, metavar="TIME", help="only runs created before"
+    )
+    every.add_argument(
+        "--after-cursor",
+        default="",
+        metavar="CURSOR",
+        help="resume after this cursor (printed with each change in --output json)",
+    )
+    every.add_argument(
+        "--initial",
+        action="store_true",
+        help="first print the runs matching now, then their changes",
     )
     watch.set_defaults(remote="runs_watch")
 

@@ -14,9 +14,11 @@ from typing import Any, Protocol, TextIO
 
 from skit_pipelines_client import (
     Artifact,
+    ChangeKind,
     Pipeline,
     RPCError,
     Run,
+    RunChange,
     RunState,
     Step,
     StepState,
@@ -450,3 +452,35 @@ def needs_ascii(stream: TextIO) -> bool:
     except (UnicodeEncodeError, LookupError):
         return True
     return False
+
+
+def run_change_line(change: RunChange) -> str | None:
+    """`runs watch --all`: one line per change (time, kind, run, pipeline, state,
+    revision, labels); None for a heartbeat, which people need not see."""
+    if change.kind is ChangeKind.HEARTBEAT:
+        return None
+    if change.kind is ChangeKind.SNAPSHOT_COMPLETE:
+        return "-- the runs above match now; their changes follow --"
+    if change.kind is ChangeKind.RELIST:
+        return (
+            "-- changes were lost (the resume point was too old to replay): list the runs"
+            " again (`runs list`); changes from now follow --"
+        )
+    run = change.run
+    if run is None:
+        return None
+    kind = {ChangeKind.SNAPSHOT: "now", ChangeKind.DELETED: "deleted"}.get(change.kind, "")
+    labels = ",".join(f"{key}={run.labels[key]}" for key in sorted(run.labels))
+    return (
+        f"{format_time(run.update_time)}  {run.name}  {run.pipeline}  {run.state.name}"
+        f"  r{run.revision}{f'  {kind}' if kind else ''}{f'  {labels}' if labels else ''}"
+    )
+
+
+def run_change_json(change: RunChange) -> dict[str, Any]:
+    """`runs watch --all --output json`: one object per message, heartbeats included (their
+    cursor is where to resume from)."""
+    data: dict[str, Any] = {"kind": change.kind.name, "cursor": change.cursor}
+    if change.run is not None:
+        data["run"] = change.run.to_json()
+    return data

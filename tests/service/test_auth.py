@@ -45,9 +45,12 @@ def create_request(run_id: str = "") -> pb.CreateRunRequest:
     )
 
 
+STREAMS = ("WatchRun", "WatchRuns", "ReadStepLogs")
+
+
 async def call(stub, method: str, request, metadata) -> grpc.StatusCode:
     try:
-        if method in ("WatchRun", "ReadStepLogs"):
+        if method in STREAMS:
             stream = getattr(stub, method)(request, metadata=metadata, timeout=2)
             await stream.read()
             stream.cancel()
@@ -81,8 +84,37 @@ RPCS = {
     "CancelRun": (lambda name: pb.CancelRunRequest(name=name), "runner"),
     "RetryRun": (lambda name: pb.RetryRunRequest(name=name), "runner"),
     "DeleteRun": (lambda name: pb.DeleteRunRequest(name=name), "runner"),
+    # A run stream from now opens with a heartbeat, so a permitted call reads one message.
+    "WatchRuns": (lambda name: pb.WatchRunsRequest(), "viewer"),
+    "GetSchedule": (lambda name: pb.GetScheduleRequest(name="schedules/none"), "viewer"),
+    "ListSchedules": (lambda name: pb.ListSchedulesRequest(), "viewer"),
+    "CreateSchedule": (lambda name: pb.CreateScheduleRequest(), "runner"),
+    "UpdateSchedule": (lambda name: pb.UpdateScheduleRequest(), "runner"),
+    "PauseSchedule": (lambda name: pb.PauseScheduleRequest(name="schedules/none"), "runner"),
+    "ResumeSchedule": (lambda name: pb.ResumeScheduleRequest(name="schedules/none"), "runner"),
+    "DeleteSchedule": (lambda name: pb.DeleteScheduleRequest(name="schedules/none"), "runner"),
+    "BackfillSchedule": (lambda name: pb.BackfillScheduleRequest(name="schedules/none"), "runner"),
+    "GetSubscription": (
+        lambda name: pb.GetSubscriptionRequest(name="subscriptions/none"),
+        "viewer",
+    ),
+    "ListSubscriptions": (lambda name: pb.ListSubscriptionsRequest(), "viewer"),
+    "ListDeliveries": (
+        lambda name: pb.ListDeliveriesRequest(parent="subscriptions/none"),
+        "viewer",
+    ),
+    "CreateSubscription": (lambda name: pb.CreateSubscriptionRequest(), "runner"),
+    "DeleteSubscription": (
+        lambda name: pb.DeleteSubscriptionRequest(name="subscriptions/none"),
+        "runner",
+    ),
 }
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+def test_the_role_table_covers_every_rpc() -> None:
+    service = pb.DESCRIPTOR.services_by_name["PipelineService"]
+    assert sorted(RPCS) == sorted(method.name for method in service.methods)
 
 
 @pytest.mark.parametrize("method", sorted(RPCS))

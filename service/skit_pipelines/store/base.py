@@ -14,6 +14,13 @@ from typing import Any
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
+from skit_pipelines.notifications.model import (
+    Delivery,
+    DeliveryPage,
+    Subscription,
+    SubscriptionOutcome,
+    SubscriptionPage,
+)
 from skit_pipelines.store.leases import RunLeases
 from skit_pipelines.triggers import Schedule
 
@@ -30,6 +37,23 @@ def schedule_exists(schedule_id: str) -> AlreadyExists:
 def schedule_not_found(schedule_id: str) -> NotFound:
     """What both stores raise for an unknown schedule id."""
     return NotFound(f"schedule schedules/{schedule_id} not found", reason="SCHEDULE_NOT_FOUND")
+
+
+def subscription_exists(subscription_id: str) -> AlreadyExists:
+    """What both stores raise for a subscription id already taken."""
+    return AlreadyExists(
+        f"subscription subscriptions/{subscription_id} already exists",
+        resource_name=f"subscriptions/{subscription_id}",
+        reason="SUBSCRIPTION_ALREADY_EXISTS",
+    )
+
+
+def subscription_not_found(subscription_id: str) -> NotFound:
+    """What both stores raise for an unknown subscription id."""
+    return NotFound(
+        f"subscription subscriptions/{subscription_id} not found",
+        reason="SUBSCRIPTION_NOT_FOUND",
+    )
 
 
 def sortable_time(value: datetime) -> str:
@@ -89,6 +113,75 @@ class ScheduleOutcome:
 class SchedulePage:
     schedules: Sequence[Schedule]
     more: bool
+
+
+DEFAULT_CHANGE_LIMIT = 100_000
+"""Run changes kept in the change feed (RunStore.changes_after); older ones are dropped,
+and a cursor older than every kept change is too old to replay."""
+
+
+_CHANGE_PRUNE_INTERVAL = 1000
+"""At most this many changes between two prunes of the change feed."""
+
+
+def change_prune_interval(change_limit: int) -> int:
+    """How often (every that many cursors) a store drops the changes past its limit:
+    rarely enough to cost nothing per write, often enough to hold at most ~10% more."""
+    return max(1, min(_CHANGE_PRUNE_INTERVAL, change_limit // 10))
+
+
+@dataclass(frozen=True)
+class RunChange:
+    """One committed run write (create, update or delete), in the global change feed."""
+
+    cursor: int
+    """Global, > 0, strictly increasing in commit order, without gaps."""
+    run: Run
+    """The run as of this change (at its revision)."""
+    deleted: bool = False
+    """The run was deleted; `run` holds its last snapshot."""
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """What changes_after read: the changes after `after_cursor`, and the span held."""
+
+    changes: list[RunChange]
+    oldest_cursor: int
+    """The smallest cursor still held (latest_cursor + 1 when none is)."""
+    latest_cursor: int
+    """The largest committed cursor (0 when there never was a change)."""
+    after_cursor: int = 0
+    """The cursor the page was read after."""
+
+    @property
+    def too_old(self) -> bool:
+        """Whether changes after `after_cursor` were dropped (or the cursor is newer than
+        any committed change: it comes from another store), so the reader must re-list."""
+        return self.after_cursor < self.oldest_cursor - 1 or self.after_cursor > self.latest_cursor
+
+
+class ChangeSignal:
+    """The latest change cursor this process knows of, and an event replaced at each
+    advance, so that any number of waiters wake without lock hand-offs (as RevisionHub)."""
+
+    def __init__(self) -> None:
+        self.latest = 0
+        self._advanced = asyncio.Event()
+
+    def advance(self, cursor: int) -> None:
+        """Records that changes up to `cursor` are committed (here or by another replica)."""
+        if cursor <= self.latest:
+            return
+        self.latest = cursor
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    async def wait_after(self, cursor: int, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.latest <= cursor:
+                    await self._advanced.wait()
 
 
 RevisionListener = Callable[[str, int, RunState], Awaitable[None]]
@@ -185,6 +278,8 @@ class RunStore(ABC):
 
     def __init__(self, hub: RevisionHub | None = None) -> None:
         self.hub = hub or RevisionHub()
+        self.change_signal = ChangeSignal()
+        """Advanced by the store after each committed change (its own, or announced)."""
 
     @abstractmethod
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
@@ -220,6 +315,23 @@ class RunStore(ABC):
         """Every stored revision after `revision`, in order; None when the log no longer
         holds revision + 1 (too old to replay)."""
 
+    # The change feed: every committed create, update and delete of a run appends one
+    # RunChange in the same transaction (WatchRuns, subscriptions).
+
+    @abstractmethod
+    async def changes_after(self, after_cursor: int, limit: int) -> ChangePage:
+        """At most `limit` changes with cursor > after_cursor, in cursor order, with the
+        span held (check `too_old` before trusting that nothing is missing)."""
+
+    @abstractmethod
+    async def latest_change_cursor(self) -> int:
+        """The largest committed change cursor (0 when none)."""
+
+    async def wait_for_change(self, after_cursor: int, timeout: float) -> None:
+        """Returns soon after a change with cursor > after_cursor is committed, by this
+        process or another replica, or after `timeout` seconds (never raises for it)."""
+        await self.change_signal.wait_after(after_cursor, timeout)
+
     # Schedules (schedules.py): one row per schedule, its whole value as JSON.
 
     @abstractmethod
@@ -244,6 +356,66 @@ class RunStore(ABC):
     @abstractmethod
     async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
         """Schedules by id, those after `after`."""
+
+    # Subscriptions (notifications/): one row per subscription (its value as JSON, its
+    # cursor in a column) and one row per delivery. Secrets are never stored: a sink holds
+    # only a secret's name.
+
+    @abstractmethod
+    async def create_subscription(
+        self, subscription: Subscription, request_hash: str = ""
+    ) -> SubscriptionOutcome:
+        """Inserts `subscription`. When its request_id is already stored for the same
+        principal (its creator), returns that earlier subscription instead. AlreadyExists
+        when the id is taken."""
+
+    @abstractmethod
+    async def get_subscription(self, subscription_id: str) -> Subscription:
+        """With its current cursor and delivery health; NotFound when there is none."""
+
+    @abstractmethod
+    async def list_subscriptions(self, page_size: int, after: str = "") -> SubscriptionPage:
+        """Subscriptions by id, those after `after`, with cursor and health."""
+
+    @abstractmethod
+    async def delete_subscription(self, subscription_id: str) -> None:
+        """Removes it with its deliveries; NotFound when there is none."""
+
+    @abstractmethod
+    async def advance_subscription(
+        self, subscription_id: str, from_cursor: int, to_cursor: int, deliveries: Sequence[Delivery]
+    ) -> bool:
+        """In one transaction: stores `deliveries` (skipping any whose run and state this
+        subscription already has a delivery for) and moves the subscription's cursor from
+        `from_cursor` to `to_cursor`. False, with nothing stored, when the cursor is no
+        longer `from_cursor` (another pass moved it) or the subscription is gone."""
+
+    @abstractmethod
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        claim_until: datetime,
+        limit: int,
+        skip: Sequence[str] = (),
+        *,
+        per_subscription: int = 4,
+    ) -> list[Delivery]:
+        """Up to `limit` PENDING deliveries due at `now` (oldest due first), at most
+        `per_subscription` of any one subscription and none of those in `skip`, each
+        claimed until `claim_until` (not due again, for any replica, before then) in the
+        same statement."""
+
+    @abstractmethod
+    async def record_attempt(self, delivery: Delivery) -> bool:
+        """Stores `delivery` after an attempt (its new attempts, state and next attempt
+        time) if it is still PENDING; False when it is not (or is gone)."""
+
+    @abstractmethod
+    async def list_deliveries(
+        self, subscription_id: str, page_size: int, before_cursor: int | None = None
+    ) -> DeliveryPage:
+        """A subscription's deliveries, newest (highest cursor) first, those before
+        `before_cursor`. NotFound when there is no such subscription."""
 
     # The step cache is read and written from inside the executor's step loop, which the
     # executor's StepCache protocol keeps synchronous: these are single keyed statements.

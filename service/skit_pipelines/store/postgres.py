@@ -8,7 +8,8 @@ replicas adds:
   same request_id from the same principal serialize on a transaction-level advisory lock
   keyed by both, so exactly one of them inserts.
 - Every stored revision is announced with NOTIFY (payload `{"run": id, "revision": n,
-  "state": s, "by": writer}`, delivered at commit, in commit order). Each replica LISTENs
+  "state": s, "by": writer, "cursor": c}`, plus `"deleted": true` for a deletion;
+  delivered at commit, in commit order). Each replica LISTENs
   on one connection, loads the new revisions of the runs its own watchers follow (one
   query per notification, not per watcher) and publishes them to its RevisionHub. After
   the listening connection is lost it reconnects and catches up every watched run from
@@ -18,6 +19,16 @@ replicas adds:
   Unavailable. A retried update may apply its mutation again after a commit whose
   acknowledgement was lost; that is harmless because the controller's mutations are
   idempotent (applying one to its own result changes nothing, so no revision is added).
+- The change feed (run_changes, RunStore.changes_after) must be in commit order: a
+  reader that has seen cursor n must never later find a smaller one appear. A sequence
+  does not give that (transaction A takes 5, B takes 6 and commits first; a reader at 6
+  never sees 5). So every write takes one transaction-level advisory lock (_CHANGE_LOCK)
+  as its last step before COMMIT and numbers its change MAX(cursor) + 1 under it: the
+  next writer's statement runs after this one's commit, so cursors are contiguous and
+  in commit order across replicas. The lock is held only from that statement to COMMIT
+  (a round trip or two); PostgreSQL already serializes the commits of transactions that
+  NOTIFY (PreCommit_Notify), so it adds little (see tests/store/test_run_changes_pg.py).
+  The NOTIFY carries the cursor, which wakes every replica's wait_for_change.
 - After a connection failure, one task probes the database with fresh connections and,
   once it answers, replaces both pools: a pool's own reconnect attempts back off
   exponentially, so after a long outage they would leave the service failing for tens of
@@ -50,11 +61,27 @@ from tenacity import (
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
+from skit_pipelines.notifications.model import (
+    Delivery,
+    DeliveryPage,
+    DeliveryState,
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionOutcome,
+    SubscriptionPage,
+    delivery_from_dict,
+    delivery_to_dict,
+    subscription_from_dict,
+    subscription_to_dict,
+)
 from skit_pipelines.store import codec
 from skit_pipelines.store.base import (
+    DEFAULT_CHANGE_LIMIT,
+    ChangePage,
     CreateOutcome,
     RevisionHub,
     RevisionListener,
+    RunChange,
     RunMutation,
     RunPage,
     RunQuery,
@@ -62,8 +89,11 @@ from skit_pipelines.store.base import (
     ScheduleMutation,
     ScheduleOutcome,
     SchedulePage,
+    change_prune_interval,
     schedule_exists,
     schedule_not_found,
+    subscription_exists,
+    subscription_not_found,
 )
 from skit_pipelines.store.leases import RunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
@@ -80,6 +110,8 @@ CHANNEL = "skit_run_revisions"
 # other application's on the same database.
 _LOCK_NAMESPACE = 0x5_C17
 _MIGRATION_LOCK = 1
+_CHANGE_LOCK = 2
+"""Numbers run_changes in commit order (see the module docstring)."""
 _TASK_LOCK_NAMESPACE = _LOCK_NAMESPACE + 1
 """Session advisory locks of `exclusive` tasks, keyed by hashtext(task)."""
 _RUN_TABLES = ("run_labels", "steps", "run_events", "requests", "run_leases")
@@ -173,7 +205,51 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE UNIQUE INDEX schedules_by_request ON schedules (creator, request_id);
     """,
+    # 5: the change feed (issue 17): one row per committed run write. Cursors are
+    # numbered under _CHANGE_LOCK, so they are contiguous and in commit order (see
+    # _append_change). No foreign key: a deleted run's last change stays.
+    """
+    CREATE TABLE run_changes (
+        cursor bigint PRIMARY KEY,
+        run_id text COLLATE "C" NOT NULL,
+        revision integer NOT NULL,
+        deleted boolean NOT NULL,
+        snapshot jsonb NOT NULL
+    );
+    """,
+    # 6: subscriptions and their deliveries (issue 17, notifications): a subscription's
+    # value as JSON with its feed cursor in a column; one delivery per (subscription,
+    # change), and at most one per run and state it entered (dedupe).
+    """
+    CREATE TABLE subscriptions (
+        id text COLLATE "C" PRIMARY KEY,
+        creator text NOT NULL,
+        request_id text,
+        request_hash text NOT NULL,
+        cursor bigint NOT NULL,
+        snapshot jsonb NOT NULL
+    );
+    CREATE UNIQUE INDEX subscriptions_by_request ON subscriptions (creator, request_id);
+    CREATE TABLE deliveries (
+        subscription_id text COLLATE "C" NOT NULL
+            REFERENCES subscriptions (id) ON DELETE CASCADE,
+        cursor bigint NOT NULL,
+        dedupe text NOT NULL,
+        state integer NOT NULL,
+        next_attempt_time timestamptz,
+        last_attempt_time timestamptz,
+        last_outcome text NOT NULL DEFAULT '',
+        detail jsonb NOT NULL,
+        PRIMARY KEY (subscription_id, cursor)
+    );
+    CREATE UNIQUE INDEX deliveries_once ON deliveries (subscription_id, dedupe);
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_time);
+    CREATE INDEX deliveries_by_attempt ON deliveries (subscription_id, last_attempt_time);
+    """,
 )
+
+_MAX_CURSOR = 2**63 - 1
+"""Above every change cursor (bigint)."""
 
 _DIALECT = Dialect(placeholder="%s", time_value=lambda time: time, label_join="JOIN")
 
@@ -242,6 +318,7 @@ class PostgresRunStore(RunStore):
         url: str,
         *,
         history_limit: int = 10_000,
+        change_limit: int = DEFAULT_CHANGE_LIMIT,
         hub: RevisionHub | None = None,
         pool_size: int = 10,
         retry: RetryPolicy | None = None,
@@ -249,6 +326,7 @@ class PostgresRunStore(RunStore):
         super().__init__(hub)
         self._url = url
         self._history_limit = history_limit
+        self._change_limit = max(1, change_limit)
         self._retry = retry or RetryPolicy()
         self._pool_size = pool_size
         self._pool = self._new_pool()
@@ -270,11 +348,19 @@ class PostgresRunStore(RunStore):
         url: str,
         *,
         history_limit: int = 10_000,
+        change_limit: int = DEFAULT_CHANGE_LIMIT,
         hub: RevisionHub | None = None,
         pool_size: int = 10,
         retry: RetryPolicy | None = None,
     ) -> PostgresRunStore:
-        store = cls(url, history_limit=history_limit, hub=hub, pool_size=pool_size, retry=retry)
+        store = cls(
+            url,
+            history_limit=history_limit,
+            change_limit=change_limit,
+            hub=hub,
+            pool_size=pool_size,
+            retry=retry,
+        )
         try:
             await store._start()
         except BaseException:
@@ -460,6 +546,7 @@ class PostgresRunStore(RunStore):
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
         snapshot = Jsonb(codec.run_to_dict(run), dumps=codec.dumps)
         attempts = 0
+        appended = 0
 
         def ours(stored: Run) -> bool:
             # Only a retry can find its own run: an earlier attempt committed, and the
@@ -467,8 +554,11 @@ class PostgresRunStore(RunStore):
             return attempts > 1 and _same_creation(stored, run)
 
         async def attempt(conn: AsyncConnection[Any]) -> CreateOutcome:
-            nonlocal attempts
+            nonlocal attempts, appended
             attempts += 1
+            # A cursor an earlier attempt took was rolled back with it (or, committed but
+            # unacknowledged, reaches change_signal through this replica's own NOTIFY).
+            appended = 0
             async with conn.transaction():
                 if run.request_id:
                     await conn.execute(
@@ -529,11 +619,12 @@ class PostgresRunStore(RunStore):
                         " VALUES (%s, %s, %s, %s)",
                         (run.creator, run.request_id, request_hash, run.id),
                     )
-                await _announce(conn, run, self._writer)
+                appended = await self._append_change(conn, run, snapshot)
             return CreateOutcome(run=run, created=True)
 
         outcome = await self._run(attempt, what="create_run")
         if outcome.created:
+            self.change_signal.advance(appended)
             self.hub.publish(run)
         return outcome
 
@@ -544,7 +635,11 @@ class PostgresRunStore(RunStore):
         return await self._run(read, what="get_run")
 
     async def update_run(self, run_id: str, mutate: RunMutation) -> Run:
+        appended = 0
+
         async def attempt(conn: AsyncConnection[Any]) -> Run:
+            nonlocal appended
+            appended = 0  # an earlier attempt's cursor was rolled back (see create_run)
             async with conn.transaction():
                 current = await _load(conn, run_id, for_update=True)
                 changed = mutate(current)
@@ -566,26 +661,116 @@ class PostgresRunStore(RunStore):
                         "DELETE FROM run_events WHERE run_id = %s AND revision <= %s",
                         (run_id, updated.revision - self._history_limit),
                     )
-                await _announce(conn, updated, self._writer)
+                appended = await self._append_change(conn, updated, snapshot)
             return updated
 
         updated = await self._run(attempt, what="update_run")
+        self.change_signal.advance(appended)
         self.hub.publish(updated)
         return updated
 
+    async def _append_change(
+        self, conn: AsyncConnection[Any], run: Run, snapshot: Jsonb, *, deleted: bool = False
+    ) -> int:
+        """The write's last statements before COMMIT: its change, numbered under
+        _CHANGE_LOCK (see the module docstring), and the NOTIFY announcing it."""
+        # Pipelined, so the lock is held for no extra round trip; the INSERT is a statement
+        # of its own, after the lock: its snapshot holds every change committed before, so
+        # MAX(cursor) is the last one.
+        async with conn.pipeline():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_NAMESPACE, _CHANGE_LOCK)
+            )
+            inserted = await conn.execute(
+                "WITH change AS ("
+                " INSERT INTO run_changes (cursor, run_id, revision, deleted, snapshot)"
+                " SELECT COALESCE(MAX(cursor), 0) + 1, %s, %s, %s, %s FROM run_changes"
+                " RETURNING cursor)"
+                " SELECT cursor, pg_notify(%s, json_build_object('run', %s::text,"
+                " 'revision', %s::int, 'state', %s::int, 'by', %s::text, 'cursor', cursor,"
+                " 'deleted', %s::boolean)::text) FROM change",
+                (
+                    run.id,
+                    run.revision,
+                    deleted,
+                    snapshot,
+                    CHANNEL,
+                    run.id,
+                    run.revision,
+                    int(run.state),
+                    self._writer,
+                    deleted,
+                ),
+            )
+        row = await inserted.fetchone()
+        assert row is not None
+        cursor = int(row[0])
+        if cursor % change_prune_interval(self._change_limit) == 0:
+            await conn.execute(
+                "DELETE FROM run_changes WHERE cursor <= %s", (cursor - self._change_limit,)
+            )
+        return cursor
+
+    async def latest_change_cursor(self) -> int:
+        async def read(conn: AsyncConnection[Any]) -> int:
+            row = await (await conn.execute("SELECT MAX(cursor) FROM run_changes")).fetchone()
+            return int(row[0] or 0) if row else 0
+
+        return await self._run(read, what="latest_change_cursor")
+
+    async def changes_after(self, after_cursor: int, limit: int) -> ChangePage:
+        async def read(conn: AsyncConnection[Any]) -> list[Any]:
+            # One statement, so the span and the page come from one snapshot.
+            cursor = await conn.execute(
+                "SELECT s.lo, s.hi, c.cursor, c.deleted, c.snapshot"
+                " FROM (SELECT MIN(cursor) AS lo, MAX(cursor) AS hi FROM run_changes) s"
+                " LEFT JOIN LATERAL (SELECT cursor, deleted, snapshot FROM run_changes"
+                " WHERE cursor > %s ORDER BY cursor LIMIT %s) c ON true"
+                " ORDER BY c.cursor",
+                (after_cursor, max(0, limit)),
+            )
+            return await cursor.fetchall()
+
+        rows = await self._run(read, what="changes_after")
+        latest = int(rows[0][1] or 0)
+        oldest = int(rows[0][0]) if rows[0][0] is not None else latest + 1
+        changes = [
+            RunChange(cursor=int(r[2]), run=codec.run_from_dict(r[4]), deleted=bool(r[3]))
+            for r in rows
+            if r[2] is not None
+        ]
+        return ChangePage(
+            changes=changes, oldest_cursor=oldest, latest_cursor=latest, after_cursor=after_cursor
+        )
+
     async def delete_run(self, run_id: str) -> None:
+        appended = 0
+
         async def attempt(conn: AsyncConnection[Any]) -> bool:
+            nonlocal appended
+            appended = 0  # an earlier attempt's cursor was rolled back (see create_run)
             async with conn.transaction():
                 for table in _RUN_TABLES:
                     await conn.execute(
                         sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
                         (run_id,),
                     )
-                cursor = await conn.execute("DELETE FROM runs WHERE id = %s", (run_id,))
-                return cursor.rowcount > 0
+                row = await (
+                    await conn.execute(
+                        "DELETE FROM runs WHERE id = %s RETURNING snapshot", (run_id,)
+                    )
+                ).fetchone()
+                if row is None:
+                    return False
+                last = Jsonb(row[0], dumps=codec.dumps)
+                appended = await self._append_change(
+                    conn, codec.run_from_dict(row[0]), last, deleted=True
+                )
+                return True
 
         if not await self._run(attempt, what="delete_run"):
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
+        self.change_signal.advance(appended)
 
     @contextlib.asynccontextmanager
     async def exclusive(self, task: str) -> AsyncIterator[bool]:
@@ -733,6 +918,244 @@ class PostgresRunStore(RunStore):
         schedules = [schedule_from_dict(r[0]) for r in rows[:page_size]]
         return SchedulePage(schedules, more=len(rows) > page_size)
 
+    # Subscriptions (notifications/)
+
+    async def create_subscription(
+        self, subscription: Subscription, request_hash: str = ""
+    ) -> SubscriptionOutcome:
+        snapshot = Jsonb(subscription_to_dict(subscription), dumps=codec.dumps)
+        attempts = 0
+
+        def ours(stored: Subscription) -> bool:
+            # A retry finding its own insert (the acknowledgement was lost).
+            return attempts > 1 and stored.create_time == subscription.create_time
+
+        async def attempt(conn: AsyncConnection[Any]) -> SubscriptionOutcome:
+            nonlocal attempts
+            attempts += 1
+            async with conn.transaction():
+                if subscription.request_id:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (
+                            _LOCK_NAMESPACE,
+                            json.dumps(
+                                ["subscription", subscription.creator, subscription.request_id]
+                            ),
+                        ),
+                    )
+                    row = await (
+                        await conn.execute(
+                            "SELECT snapshot, request_hash, cursor FROM subscriptions"
+                            " WHERE creator = %s AND request_id = %s",
+                            (subscription.creator, subscription.request_id),
+                        )
+                    ).fetchone()
+                    if row is not None:
+                        earlier = replace(subscription_from_dict(row[0]), cursor=row[2])
+                        if ours(earlier):
+                            return SubscriptionOutcome(subscription, created=True)
+                        return SubscriptionOutcome(earlier, created=False, request_hash=row[1])
+                existing = await (
+                    await conn.execute(
+                        "SELECT snapshot FROM subscriptions WHERE id = %s", (subscription.id,)
+                    )
+                ).fetchone()
+                if existing is not None:
+                    if ours(subscription_from_dict(existing[0])):
+                        return SubscriptionOutcome(subscription, created=True)
+                    raise subscription_exists(subscription.id)
+                try:
+                    await conn.execute(
+                        "INSERT INTO subscriptions"
+                        " (id, creator, request_id, request_hash, cursor, snapshot)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)",
+                        (
+                            subscription.id,
+                            subscription.creator,
+                            subscription.request_id or None,
+                            request_hash,
+                            subscription.cursor,
+                            snapshot,
+                        ),
+                    )
+                except psycopg.errors.UniqueViolation as exc:
+                    raise subscription_exists(subscription.id) from exc
+            return SubscriptionOutcome(subscription, created=True)
+
+        return await self._run(attempt, what="create_subscription")
+
+    async def get_subscription(self, subscription_id: str) -> Subscription:
+        async def read(conn: AsyncConnection[Any]) -> Subscription:
+            row = await (
+                await conn.execute(
+                    "SELECT snapshot, cursor FROM subscriptions WHERE id = %s",
+                    (subscription_id,),
+                )
+            ).fetchone()
+            if row is None:
+                raise subscription_not_found(subscription_id)
+            return (await _with_health(conn, [row]))[0]
+
+        return await self._run(read, what="get_subscription")
+
+    async def list_subscriptions(self, page_size: int, after: str = "") -> SubscriptionPage:
+        async def read(conn: AsyncConnection[Any]) -> SubscriptionPage:
+            cursor = await conn.execute(
+                "SELECT snapshot, cursor FROM subscriptions WHERE id > %s ORDER BY id LIMIT %s",
+                (after, page_size + 1),
+            )
+            rows = await cursor.fetchall()
+            found = await _with_health(conn, rows[:page_size])
+            return SubscriptionPage(tuple(found), more=len(rows) > page_size)
+
+        return await self._run(read, what="list_subscriptions")
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        async def attempt(conn: AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM deliveries WHERE subscription_id = %s", (subscription_id,)
+                )
+                cursor = await conn.execute(
+                    "DELETE FROM subscriptions WHERE id = %s", (subscription_id,)
+                )
+                return cursor.rowcount > 0
+
+        if not await self._run(attempt, what="delete_subscription"):
+            raise subscription_not_found(subscription_id)
+
+    async def advance_subscription(
+        self, subscription_id: str, from_cursor: int, to_cursor: int, deliveries: Sequence[Delivery]
+    ) -> bool:
+        rows = [
+            (
+                subscription_id,
+                d.cursor,
+                d.dedupe_key,
+                int(d.state),
+                d.next_attempt_time,
+                Jsonb(delivery_to_dict(d), dumps=codec.dumps),
+            )
+            for d in deliveries
+        ]
+
+        async def attempt(conn: AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                # A retry after a lost acknowledgement finds the cursor moved and answers
+                # False: the worker then rereads the subscription, nothing is lost.
+                moved = await conn.execute(
+                    "UPDATE subscriptions SET cursor = %s WHERE id = %s AND cursor = %s",
+                    (to_cursor, subscription_id, from_cursor),
+                )
+                if moved.rowcount == 0:
+                    return False
+                if rows:
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(
+                            "INSERT INTO deliveries (subscription_id, cursor, dedupe, state,"
+                            " next_attempt_time, detail) VALUES (%s, %s, %s, %s, %s, %s)"
+                            " ON CONFLICT DO NOTHING",
+                            rows,
+                        )
+            return True
+
+        return await self._run(attempt, what="advance_subscription")
+
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        claim_until: datetime,
+        limit: int,
+        skip: Sequence[str] = (),
+        *,
+        per_subscription: int = 4,
+    ) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        pending = int(DeliveryState.PENDING)
+
+        async def attempt(conn: AsyncConnection[Any]) -> list[Any]:
+            # Replicas claiming at once pick the same rows; the second UPDATE waits for
+            # the first's row locks and then re-checks its WHERE on the new row versions
+            # (READ COMMITTED), where the claim has moved next_attempt_time past `now`: it
+            # skips them. So each due delivery goes to exactly one claimer.
+            cursor = await conn.execute(
+                "UPDATE deliveries d SET next_attempt_time = %s FROM ("
+                " SELECT subscription_id, cursor FROM ("
+                " SELECT subscription_id, cursor, next_attempt_time, row_number()"
+                " OVER (PARTITION BY subscription_id ORDER BY next_attempt_time, cursor) AS n"
+                " FROM deliveries WHERE state = %s AND next_attempt_time <= %s"
+                " AND NOT (subscription_id = ANY(%s))) ranked"
+                " WHERE n <= %s ORDER BY next_attempt_time LIMIT %s) due"
+                " WHERE d.subscription_id = due.subscription_id AND d.cursor = due.cursor"
+                " AND d.state = %s AND d.next_attempt_time <= %s"
+                " RETURNING d.detail",
+                (
+                    claim_until,
+                    pending,
+                    now,
+                    list(skip),
+                    per_subscription,
+                    limit,
+                    pending,
+                    now,
+                ),
+            )
+            return await cursor.fetchall()
+
+        rows = await self._run(attempt, what="claim_deliveries")
+        return [delivery_from_dict(r[0]) for r in rows]
+
+    async def record_attempt(self, delivery: Delivery) -> bool:
+        last = delivery.attempts[-1] if delivery.attempts else None
+
+        async def attempt(conn: AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET state = %s, next_attempt_time = %s,"
+                " last_attempt_time = %s, last_outcome = %s, detail = %s"
+                " WHERE subscription_id = %s AND cursor = %s AND state = %s",
+                (
+                    int(delivery.state),
+                    delivery.next_attempt_time,
+                    last.time if last else None,
+                    last.outcome if last else "",
+                    Jsonb(delivery_to_dict(delivery), dumps=codec.dumps),
+                    delivery.subscription_id,
+                    delivery.cursor,
+                    int(DeliveryState.PENDING),
+                ),
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(attempt, what="record_attempt")
+
+    async def list_deliveries(
+        self, subscription_id: str, page_size: int, before_cursor: int | None = None
+    ) -> DeliveryPage:
+        async def read(conn: AsyncConnection[Any]) -> list[Any] | None:
+            exists = await (
+                await conn.execute("SELECT 1 FROM subscriptions WHERE id = %s", (subscription_id,))
+            ).fetchone()
+            if exists is None:
+                return None
+            cursor = await conn.execute(
+                "SELECT detail FROM deliveries WHERE subscription_id = %s AND cursor < %s"
+                " ORDER BY cursor DESC LIMIT %s",
+                (
+                    subscription_id,
+                    before_cursor if before_cursor is not None else _MAX_CURSOR,
+                    page_size + 1,
+                ),
+            )
+            return await cursor.fetchall()
+
+        rows = await self._run(read, what="list_deliveries")
+        if rows is None:
+            raise subscription_not_found(subscription_id)
+        found = tuple(delivery_from_dict(r[0]) for r in rows[:page_size])
+        return DeliveryPage(found, more=len(rows) > page_size)
+
     # Step cache: synchronous by the executor's contract. A lookup is one indexed
     # statement (well under a millisecond on a nearby server); when the database is
     # unreachable the cache degrades to misses and dropped writes rather than stalling
@@ -799,6 +1222,7 @@ class PostgresRunStore(RunStore):
                     connected_before = True
                     # Anything committed while not listening is only in the event log.
                     await self._catch_up()
+                    self.change_signal.advance(await self._latest_change_once())
                     self._listening.set()
                     backoff = policy.initial_seconds
                     while True:
@@ -822,6 +1246,9 @@ class PostgresRunStore(RunStore):
     async def _on_notify(self, payload: str) -> None:
         try:
             data = json.loads(payload)
+            self.change_signal.advance(int(data.get("cursor", 0)))
+            if data.get("deleted"):
+                return
             run_id, revision = str(data["run"]), int(data["revision"])
             state, writer = RunState(data["state"]), str(data["by"])
         except (ValueError, KeyError, TypeError):
@@ -860,6 +1287,11 @@ class PostgresRunStore(RunStore):
                 newer = [await _load(conn, run_id)]
         for run in newer:
             self.hub.publish(run)
+
+    async def _latest_change_once(self) -> int:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute("SELECT MAX(cursor) FROM run_changes")).fetchone()
+        return int(row[0] or 0) if row else 0
 
     async def _load_once(self, run_id: str) -> Run:
         async with self._pool.connection() as conn:
@@ -968,13 +1400,45 @@ async def _load_schedule(
     return schedule_from_dict(row[0])
 
 
-async def _announce(conn: AsyncConnection[Any], run: Run, writer: str) -> None:
-    """NOTIFY inside the writing transaction: delivered at commit, never for a rollback."""
-    payload = json.dumps(
-        {"run": run.id, "revision": run.revision, "state": int(run.state), "by": writer},
-        separators=(",", ":"),
-    )
-    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+async def _with_health(conn: AsyncConnection[Any], rows: Sequence[Any]) -> list[Subscription]:
+    """Subscriptions from (snapshot, cursor) rows, with their deliveries' health."""
+    found = [replace(subscription_from_dict(r[0]), cursor=r[1]) for r in rows]
+    if not found:
+        return []
+    ids = [s.id for s in found]
+    counts: dict[tuple[str, int], int] = {}
+    for sub_id, state, count in await (
+        await conn.execute(
+            "SELECT subscription_id, state, count(*) FROM deliveries"
+            " WHERE subscription_id = ANY(%s) GROUP BY subscription_id, state",
+            (ids,),
+        )
+    ).fetchall():
+        counts[(sub_id, state)] = count
+    latest = {
+        row[0]: (row[1], row[2])
+        for row in await (
+            await conn.execute(
+                "SELECT DISTINCT ON (subscription_id) subscription_id, last_outcome,"
+                " last_attempt_time FROM deliveries"
+                " WHERE subscription_id = ANY(%s) AND last_attempt_time IS NOT NULL"
+                " ORDER BY subscription_id, last_attempt_time DESC",
+                (ids,),
+            )
+        ).fetchall()
+    }
+    result = []
+    for sub in found:
+        outcome, when = latest.get(sub.id, ("", None))
+        health = SubscriptionHealth(
+            pending=counts.get((sub.id, int(DeliveryState.PENDING)), 0),
+            failed=counts.get((sub.id, int(DeliveryState.FAILED)), 0),
+            delivered=counts.get((sub.id, int(DeliveryState.DELIVERED)), 0),
+            last_outcome=outcome,
+            last_attempt_time=when,
+        )
+        result.append(replace(sub, health=health))
+    return result
 
 
 async def _load(conn: AsyncConnection[Any], run_id: str, *, for_update: bool = False) -> Run:

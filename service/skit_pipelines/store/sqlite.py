@@ -19,10 +19,26 @@ from typing import Any
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound
+from skit_pipelines.notifications.model import (
+    Delivery,
+    DeliveryPage,
+    DeliveryState,
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionOutcome,
+    SubscriptionPage,
+    delivery_from_dict,
+    delivery_to_dict,
+    subscription_from_dict,
+    subscription_to_dict,
+)
 from skit_pipelines.store import codec
 from skit_pipelines.store.base import (
+    DEFAULT_CHANGE_LIMIT,
+    ChangePage,
     CreateOutcome,
     RevisionHub,
+    RunChange,
     RunMutation,
     RunPage,
     RunQuery,
@@ -30,9 +46,12 @@ from skit_pipelines.store.base import (
     ScheduleMutation,
     ScheduleOutcome,
     SchedulePage,
+    change_prune_interval,
     schedule_exists,
     schedule_not_found,
     sortable_time,
+    subscription_exists,
+    subscription_not_found,
 )
 from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
@@ -138,7 +157,49 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE UNIQUE INDEX schedules_by_request ON schedules (creator, request_id);
     """,
+    # 5: the change feed (issue 17): one row per committed run write, in commit order
+    # (see RunStore.changes_after). No foreign key: a deleted run's last change stays.
+    """
+    CREATE TABLE run_changes (
+        cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    """,
+    # 6: subscriptions and their deliveries (issue 17, notifications): a subscription's
+    # value as JSON with its feed cursor in a column; one delivery per (subscription,
+    # change), and at most one per run and state it entered (dedupe).
+    """
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        creator TEXT NOT NULL,
+        request_id TEXT,
+        request_hash TEXT NOT NULL,
+        cursor INTEGER NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX subscriptions_by_request ON subscriptions (creator, request_id);
+    CREATE TABLE deliveries (
+        subscription_id TEXT NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+        cursor INTEGER NOT NULL,
+        dedupe TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        next_attempt_time TEXT,
+        last_attempt_time TEXT,
+        last_outcome TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL,
+        PRIMARY KEY (subscription_id, cursor)
+    );
+    CREATE UNIQUE INDEX deliveries_once ON deliveries (subscription_id, dedupe);
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_time);
+    CREATE INDEX deliveries_by_attempt ON deliveries (subscription_id, last_attempt_time);
+    """,
 )
+
+_MAX_CURSOR = 2**63 - 1
+"""Above every change cursor (SQLite integers are 64-bit)."""
 
 _DIALECT = Dialect(placeholder="?", time_value=sortable_time, label_join="CROSS JOIN")
 
@@ -149,11 +210,17 @@ def _now() -> datetime:
 
 class SqliteRunStore(RunStore):
     def __init__(
-        self, path: Path, *, history_limit: int = 10_000, hub: RevisionHub | None = None
+        self,
+        path: Path,
+        *,
+        history_limit: int = 10_000,
+        change_limit: int = DEFAULT_CHANGE_LIMIT,
+        hub: RevisionHub | None = None,
     ) -> None:
         super().__init__(hub)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
+        self._change_limit = max(1, change_limit)
         self._decoded: OrderedDict[str, Run] = OrderedDict()
         self._leases: LeaseTable = {}
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -162,6 +229,7 @@ class SqliteRunStore(RunStore):
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        self.change_signal.advance(self._latest_change())
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -238,8 +306,54 @@ class SqliteRunStore(RunStore):
                     " VALUES (?, ?, ?, ?)",
                     (run.creator, run.request_id, request_hash, run.id),
                 )
+            cursor = self._append_change(run, snapshot, deleted=False)
+        self.change_signal.advance(cursor)
         self.hub.publish(run)
         return CreateOutcome(run=run, created=True)
+
+    def _append_change(self, run: Run, snapshot: str, *, deleted: bool) -> int:
+        """Adds the feed's row for a write, inside its transaction. One connection writes,
+        so AUTOINCREMENT numbers changes in commit order (a rollback takes its number
+        back with it, so there are no gaps either)."""
+        cursor = self._db.execute(
+            "INSERT INTO run_changes (run_id, revision, deleted, snapshot) VALUES (?, ?, ?, ?)",
+            (run.id, run.revision, int(deleted), snapshot),
+        ).lastrowid
+        assert cursor is not None
+        if cursor % change_prune_interval(self._change_limit) == 0:
+            self._db.execute(
+                "DELETE FROM run_changes WHERE cursor <= ?", (cursor - self._change_limit,)
+            )
+        return cursor
+
+    def _latest_change(self) -> int:
+        row = self._db.execute("SELECT MAX(cursor) FROM run_changes").fetchone()
+        return int(row[0] or 0)
+
+    async def latest_change_cursor(self) -> int:
+        return self._latest_change()
+
+    async def changes_after(self, after_cursor: int, limit: int) -> ChangePage:
+        # Both reads run with no await in between, and only this connection writes: the
+        # span and the page agree.
+        span = self._db.execute("SELECT MIN(cursor), MAX(cursor) FROM run_changes").fetchone()
+        rows = self._db.execute(
+            "SELECT cursor, deleted, snapshot FROM run_changes WHERE cursor > ?"
+            " ORDER BY cursor LIMIT ?",
+            (after_cursor, max(0, limit)),
+        ).fetchall()
+        latest = int(span[1] or 0)
+        return ChangePage(
+            changes=[
+                RunChange(
+                    cursor=r[0], run=codec.run_from_dict(json.loads(r[2])), deleted=bool(r[1])
+                )
+                for r in rows
+            ],
+            oldest_cursor=int(span[0] if span[0] is not None else latest + 1),
+            latest_cursor=latest,
+            after_cursor=after_cursor,
+        )
 
     def _write_steps(self, run: Run, previous: Run | None) -> None:
         before = {s.name: s for s in previous.steps} if previous else {}
@@ -302,20 +416,28 @@ class SqliteRunStore(RunStore):
                     "DELETE FROM run_events WHERE run_id = ? AND revision <= ?",
                     (run_id, updated.revision - self._history_limit),
                 )
+            cursor = self._append_change(updated, snapshot, deleted=False)
+        self.change_signal.advance(cursor)
         self.hub.publish(updated)
         return updated
 
     async def delete_run(self, run_id: str) -> None:
+        cursor = 0
         with self._transaction():
+            last = self._db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
             # Explicit rather than through ON DELETE CASCADE: that needs the foreign_keys
             # pragma, which a connection opened elsewhere may not set.
             for table in ("run_labels", "steps", "run_events", "requests"):
                 self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             deleted = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+            if deleted and last is not None:
+                run = codec.run_from_dict(json.loads(last[0]))
+                cursor = self._append_change(run, last[0], deleted=True)
         self._decoded.pop(run_id, None)
         self._leases.pop(run_id, None)
         if not deleted:
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
+        self.change_signal.advance(cursor)
 
     async def list_runs(self, query: RunQuery) -> RunPage:
         statement = list_runs_statement(query, _DIALECT)
@@ -413,6 +535,189 @@ class SqliteRunStore(RunStore):
         ).fetchall()
         schedules = [schedule_from_dict(json.loads(r[0])) for r in rows[:page_size]]
         return SchedulePage(schedules, more=len(rows) > page_size)
+
+    # Subscriptions (notifications/)
+
+    async def create_subscription(
+        self, subscription: Subscription, request_hash: str = ""
+    ) -> SubscriptionOutcome:
+        with self._transaction():
+            if subscription.request_id:
+                row = self._db.execute(
+                    "SELECT snapshot, request_hash, cursor FROM subscriptions"
+                    " WHERE creator = ? AND request_id = ?",
+                    (subscription.creator, subscription.request_id),
+                ).fetchone()
+                if row is not None:
+                    earlier = replace(subscription_from_dict(json.loads(row[0])), cursor=row[2])
+                    return SubscriptionOutcome(earlier, created=False, request_hash=row[1])
+            if self._db.execute(
+                "SELECT 1 FROM subscriptions WHERE id = ?", (subscription.id,)
+            ).fetchone():
+                raise subscription_exists(subscription.id)
+            self._db.execute(
+                "INSERT INTO subscriptions"
+                " (id, creator, request_id, request_hash, cursor, snapshot)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    subscription.id,
+                    subscription.creator,
+                    subscription.request_id or None,
+                    request_hash,
+                    subscription.cursor,
+                    codec.dumps(subscription_to_dict(subscription)),
+                ),
+            )
+        return SubscriptionOutcome(subscription, created=True)
+
+    def _subscription_health(self, subscription_id: str) -> SubscriptionHealth:
+        counts = dict(
+            self._db.execute(
+                "SELECT state, count(*) FROM deliveries WHERE subscription_id = ? GROUP BY state",
+                (subscription_id,),
+            ).fetchall()
+        )
+        last = self._db.execute(
+            "SELECT last_outcome, last_attempt_time FROM deliveries"
+            " WHERE subscription_id = ? AND last_attempt_time IS NOT NULL"
+            " ORDER BY last_attempt_time DESC LIMIT 1",
+            (subscription_id,),
+        ).fetchone()
+        return SubscriptionHealth(
+            pending=counts.get(int(DeliveryState.PENDING), 0),
+            failed=counts.get(int(DeliveryState.FAILED), 0),
+            delivered=counts.get(int(DeliveryState.DELIVERED), 0),
+            last_outcome=last[0] if last else "",
+            last_attempt_time=datetime.fromisoformat(last[1]) if last else None,
+        )
+
+    def _subscription_of(self, row: Sequence[Any]) -> Subscription:
+        subscription = subscription_from_dict(json.loads(row[0]))
+        return replace(
+            subscription, cursor=row[1], health=self._subscription_health(subscription.id)
+        )
+
+    async def get_subscription(self, subscription_id: str) -> Subscription:
+        row = self._db.execute(
+            "SELECT snapshot, cursor FROM subscriptions WHERE id = ?", (subscription_id,)
+        ).fetchone()
+        if row is None:
+            raise subscription_not_found(subscription_id)
+        return self._subscription_of(row)
+
+    async def list_subscriptions(self, page_size: int, after: str = "") -> SubscriptionPage:
+        rows = self._db.execute(
+            "SELECT snapshot, cursor FROM subscriptions WHERE id > ? ORDER BY id LIMIT ?",
+            (after, page_size + 1),
+        ).fetchall()
+        found = tuple(self._subscription_of(r) for r in rows[:page_size])
+        return SubscriptionPage(found, more=len(rows) > page_size)
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM deliveries WHERE subscription_id = ?", (subscription_id,))
+            deleted = self._db.execute(
+                "DELETE FROM subscriptions WHERE id = ?", (subscription_id,)
+            ).rowcount
+        if not deleted:
+            raise subscription_not_found(subscription_id)
+
+    async def advance_subscription(
+        self, subscription_id: str, from_cursor: int, to_cursor: int, deliveries: Sequence[Delivery]
+    ) -> bool:
+        with self._transaction():
+            moved = self._db.execute(
+                "UPDATE subscriptions SET cursor = ? WHERE id = ? AND cursor = ?",
+                (to_cursor, subscription_id, from_cursor),
+            ).rowcount
+            if not moved:
+                return False
+            self._db.executemany(
+                "INSERT INTO deliveries (subscription_id, cursor, dedupe, state,"
+                " next_attempt_time, detail) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [
+                    (
+                        subscription_id,
+                        d.cursor,
+                        d.dedupe_key,
+                        int(d.state),
+                        sortable_time(d.next_attempt_time) if d.next_attempt_time else None,
+                        codec.dumps(delivery_to_dict(d)),
+                    )
+                    for d in deliveries
+                ],
+            )
+        return True
+
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        claim_until: datetime,
+        limit: int,
+        skip: Sequence[str] = (),
+        *,
+        per_subscription: int = 4,
+    ) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT subscription_id, cursor, detail FROM ("
+                " SELECT subscription_id, cursor, detail, next_attempt_time, row_number()"
+                " OVER (PARTITION BY subscription_id ORDER BY next_attempt_time, cursor) AS n"
+                " FROM deliveries WHERE state = ? AND next_attempt_time <= ?"
+                f" AND subscription_id NOT IN ({','.join('?' * len(skip))}))"
+                " WHERE n <= ? ORDER BY next_attempt_time LIMIT ?",
+                (int(DeliveryState.PENDING), sortable_time(now), *skip, per_subscription, limit),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE deliveries SET next_attempt_time = ?"
+                " WHERE subscription_id = ? AND cursor = ?",
+                [(sortable_time(claim_until), r[0], r[1]) for r in rows],
+            )
+        return [delivery_from_dict(json.loads(r[2])) for r in rows]
+
+    async def record_attempt(self, delivery: Delivery) -> bool:
+        last = delivery.attempts[-1] if delivery.attempts else None
+        with self._transaction():
+            updated = self._db.execute(
+                "UPDATE deliveries SET state = ?, next_attempt_time = ?, last_attempt_time = ?,"
+                " last_outcome = ?, detail = ?"
+                " WHERE subscription_id = ? AND cursor = ? AND state = ?",
+                (
+                    int(delivery.state),
+                    sortable_time(delivery.next_attempt_time)
+                    if delivery.next_attempt_time
+                    else None,
+                    sortable_time(last.time) if last else None,
+                    last.outcome if last else "",
+                    codec.dumps(delivery_to_dict(delivery)),
+                    delivery.subscription_id,
+                    delivery.cursor,
+                    int(DeliveryState.PENDING),
+                ),
+            ).rowcount
+        return bool(updated)
+
+    async def list_deliveries(
+        self, subscription_id: str, page_size: int, before_cursor: int | None = None
+    ) -> DeliveryPage:
+        if not self._db.execute(
+            "SELECT 1 FROM subscriptions WHERE id = ?", (subscription_id,)
+        ).fetchone():
+            raise subscription_not_found(subscription_id)
+        rows = self._db.execute(
+            "SELECT detail FROM deliveries WHERE subscription_id = ? AND cursor < ?"
+            " ORDER BY cursor DESC LIMIT ?",
+            (
+                subscription_id,
+                before_cursor if before_cursor is not None else _MAX_CURSOR,
+                page_size + 1,
+            ),
+        ).fetchall()
+        found = tuple(delivery_from_dict(json.loads(r[0])) for r in rows[:page_size])
+        return DeliveryPage(found, more=len(rows) > page_size)
 
     def cache_get(self, key: str) -> Any | None:
         row = self._db.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()

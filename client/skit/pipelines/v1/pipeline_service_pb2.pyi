@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from skit.pipelines.v1 import pipeline_pb2 as _pipeline_pb2
 from skit.pipelines.v1 import run_pb2 as _run_pb2
 from skit.pipelines.v1 import schedule_pb2 as _schedule_pb2
+from skit.pipelines.v1 import subscription_pb2 as _subscription_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -115,6 +116,57 @@ class WatchRunResponse(_message.Message):
     run: _run_pb2.Run
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ...) -> None: ...
 
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("pipeline", "states", "labels", "create_time_after", "create_time_before", "after_cursor", "initial_snapshot")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    states: _containers.RepeatedScalarFieldContainer[_run_pb2.RunState]
+    labels: _containers.ScalarMap[str, str]
+    create_time_after: _timestamp_pb2.Timestamp
+    create_time_before: _timestamp_pb2.Timestamp
+    after_cursor: str
+    initial_snapshot: bool
+    def __init__(self, pipeline: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_run_pb2.RunState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., after_cursor: _Optional[str] = ..., initial_snapshot: _Optional[bool] = ...) -> None: ...
+
+class WatchRunsResponse(_message.Message):
+    __slots__ = ("kind", "run", "cursor")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[WatchRunsResponse.Kind]
+        KIND_CHANGE: _ClassVar[WatchRunsResponse.Kind]
+        KIND_DELETED: _ClassVar[WatchRunsResponse.Kind]
+        KIND_SNAPSHOT: _ClassVar[WatchRunsResponse.Kind]
+        KIND_SNAPSHOT_COMPLETE: _ClassVar[WatchRunsResponse.Kind]
+        KIND_RELIST: _ClassVar[WatchRunsResponse.Kind]
+        KIND_HEARTBEAT: _ClassVar[WatchRunsResponse.Kind]
+    KIND_UNSPECIFIED: WatchRunsResponse.Kind
+    KIND_CHANGE: WatchRunsResponse.Kind
+    KIND_DELETED: WatchRunsResponse.Kind
+    KIND_SNAPSHOT: WatchRunsResponse.Kind
+    KIND_SNAPSHOT_COMPLETE: WatchRunsResponse.Kind
+    KIND_RELIST: WatchRunsResponse.Kind
+    KIND_HEARTBEAT: WatchRunsResponse.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchRunsResponse.Kind
+    run: _run_pb2.Run
+    cursor: str
+    def __init__(self, kind: _Optional[_Union[WatchRunsResponse.Kind, str]] = ..., run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., cursor: _Optional[str] = ...) -> None: ...
+
 class RetryRunRequest(_message.Message):
     __slots__ = ("name", "run_id", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +258,62 @@ class BackfillScheduleResponse(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ...) -> None: ...
+
+class CreateSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription", "subscription_id", "request_id")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription: _subscription_pb2.Subscription
+    subscription_id: str
+    request_id: str
+    def __init__(self, subscription: _Optional[_Union[_subscription_pb2.Subscription, _Mapping]] = ..., subscription_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetSubscriptionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsResponse(_message.Message):
+    __slots__ = ("subscriptions", "next_page_token")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[_subscription_pb2.Subscription]
+    next_page_token: str
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[_subscription_pb2.Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteSubscriptionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListDeliveriesRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDeliveriesResponse(_message.Message):
+    __slots__ = ("deliveries", "next_page_token")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[_subscription_pb2.Delivery]
+    next_page_token: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[_subscription_pb2.Delivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReadStepLogsRequest(_message.Message):
     __slots__ = ("run", "step", "follow", "attempt")

@@ -8,6 +8,7 @@ from skit.pipelines.v1 import pipeline_pb2 as skit_dot_pipelines_dot_v1_dot_pipe
 from skit.pipelines.v1 import pipeline_service_pb2 as skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2
 from skit.pipelines.v1 import run_pb2 as skit_dot_pipelines_dot_v1_dot_run__pb2
 from skit.pipelines.v1 import schedule_pb2 as skit_dot_pipelines_dot_v1_dot_schedule__pb2
+from skit.pipelines.v1 import subscription_pb2 as skit_dot_pipelines_dot_v1_dot_subscription__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -78,6 +79,11 @@ class PipelineServiceStub:
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
+        self.WatchRuns = channel.unary_stream(
+                '/skit.pipelines.v1.PipelineService/WatchRuns',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsResponse.FromString,
+                _registered_method=True)
         self.RetryRun = channel.unary_unary(
                 '/skit.pipelines.v1.PipelineService/RetryRun',
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.RetryRunRequest.SerializeToString,
@@ -132,6 +138,31 @@ class PipelineServiceStub:
                 '/skit.pipelines.v1.PipelineService/BackfillSchedule',
                 request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.SerializeToString,
                 response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.FromString,
+                _registered_method=True)
+        self.CreateSubscription = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/CreateSubscription',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/GetSubscription',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/ListSubscriptions',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/DeleteSubscription',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/skit.pipelines.v1.PipelineService/ListDeliveries',
+                request_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesResponse.FromString,
                 _registered_method=True)
 
 
@@ -201,6 +232,23 @@ class PipelineServiceServicer:
         after_revision, every stored revision after it); each later message is a full
         snapshot with a strictly greater revision. The stream ends with OK once the run
         is in a terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRuns(self, request, context):
+        """Streams the changes of every run matching a filter (the filter fields of ListRuns,
+        applied to each change's snapshot): one message per change (create, update,
+        delete), in commit order across all replicas, each with a cursor. Resuming with
+        after_cursor delivers every later change once, in order; a cursor too old to
+        replay gets a KIND_RELIST message (never an error), after which the stream goes on
+        from the current position. With initial_snapshot, the runs matching now come first
+        (KIND_SNAPSHOT), then KIND_SNAPSHOT_COMPLETE with the cursor the changes continue
+        from, so no change between the snapshot and the live tail is missed. The stream
+        does not end by itself; an idle stream gets a KIND_HEARTBEAT carrying the latest
+        cursor every 30 seconds. An invalid filter or after_cursor is INVALID_ARGUMENT with
+        a field violation. Counts against the caller's stream limit, as WatchRun does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,6 +349,48 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSubscription(self, request, context):
+        """Creates a subscription: notifications of runs matching its filter, when they reach
+        one of its notify_states, sent to its sink (Slack or a signed webhook) at least
+        once. It starts from the run changes after now (no history is replayed). An invalid
+        filter, no sink, an empty Slack channel, a webhook URL that is not http(s), or a
+        secret name the server does not know is INVALID_ARGUMENT with a field violation.
+        Idempotent when request_id is set (scoped to the caller, as in CreateRun).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """Gets a subscription, with its cursor and the health of its deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Lists subscriptions, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Deletes a subscription with its deliveries; deliveries still pending are dropped.
+        A runner may delete only the subscriptions they created; an admin any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """Lists a subscription's deliveries, newest first, with every attempt: failures are
+        visible here (HTTP status or Slack error), never lost silently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +428,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.FromString,
                     response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'WatchRuns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsResponse.SerializeToString,
             ),
             'RetryRun': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryRun,
@@ -393,6 +488,31 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.BackfillSchedule,
                     request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.FromString,
                     response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.SerializeToString,
+            ),
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +709,33 @@ class PipelineService:
             '/skit.pipelines.v1.PipelineService/WatchRun',
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunRequest.SerializeToString,
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/WatchRuns',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.WatchRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -886,6 +1033,141 @@ class PipelineService:
             '/skit.pipelines.v1.PipelineService/BackfillSchedule',
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleRequest.SerializeToString,
             skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.BackfillScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/CreateSubscription',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.CreateSubscriptionRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/GetSubscription',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.GetSubscriptionRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_subscription__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/ListSubscriptions',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/DeleteSubscription',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.DeleteSubscriptionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skit.pipelines.v1.PipelineService/ListDeliveries',
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesRequest.SerializeToString,
+            skit_dot_pipelines_dot_v1_dot_pipeline__service__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Where notifications go: Slack (slack.py) and signed webhooks (webhook.py)."""

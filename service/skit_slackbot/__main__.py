@@ -1,0 +1,5 @@
+import sys
+
+from skit_slackbot.main import main
+
+sys.exit(main())
