@@ -266,3 +266,29 @@ class LogLine:
     """"stdout" or "stderr"."""
     text: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """ListRuns' filter, fields combined with AND: which runs a WatchRuns stream or a
+    subscription is about."""
+
+    pipeline: str = ""
+    """A pipeline id (not "pipelines/..."), or "" for any."""
+    states: frozenset[RunState] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: datetime | None = None
+    """Inclusive."""
+    created_before: datetime | None = None
+    """Exclusive."""
+
+    def matches(self, run: Run) -> bool:
+        if self.pipeline and run.pipeline != self.pipeline:
+            return False
+        if self.states and run.state not in self.states:
+            return False
+        if any(run.labels.get(key) != value for key, value in self.labels.items()):
+            return False
+        if self.created_after is not None and run.create_time < self.created_after:
+            return False
+        return self.created_before is None or run.create_time < self.created_before

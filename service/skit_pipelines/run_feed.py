@@ -69,17 +69,6 @@ def decode_cursor(text: str, *, field: str = "after_cursor") -> int:
     return int(digits, 16)
 
 
-def run_matches(query: RunQuery, run: Run) -> bool:
-    """ListRuns' filter applied to one snapshot (the page fields are ignored)."""
-    return (
-        (not query.pipeline or run.pipeline == query.pipeline)
-        and (not query.states or run.state in query.states)
-        and all(run.labels.get(k) == v for k, v in query.labels.items())
-        and (query.created_after is None or run.create_time >= query.created_after)
-        and (query.created_before is None or run.create_time < query.created_before)
-    )
-
-
 class FeedKind(enum.Enum):
     """What a FeedEvent is (WatchRunsResponse.Kind)."""
 
@@ -113,7 +102,7 @@ class _Stream:
 
     def offer(self, change: RunChange) -> bool:
         """False when the buffer is full: the stream must catch up by itself."""
-        if change.cursor <= self.cursor or not run_matches(self.query, change.run):
+        if change.cursor <= self.cursor or not self.query.matches(change.run):
             # Already sent: it attached ahead of the reader (see RunFeed._catch_up).
             return True
         if len(self.pending) >= self.buffer:
@@ -286,7 +275,7 @@ class RunFeed:
                 continue
             for change in page.changes:
                 stream.cursor = change.cursor
-                if run_matches(stream.query, change.run):
+                if stream.query.matches(change.run):
                     yield _event(change)
             if not page.changes:
                 # Only when the store went back in time (a restored backup): don't spin.

@@ -19,7 +19,6 @@ from skit_pipelines.run_feed import (
     RunFeed,
     decode_cursor,
     encode_cursor,
-    run_matches,
 )
 from skit_pipelines.store import RunQuery, SqliteRunStore
 
@@ -99,13 +98,13 @@ def test_cursors_are_opaque_ordered_and_checked() -> None:
 
 def test_the_filter_is_list_runs_filter() -> None:
     run = make_run("run-a", labels={"team": "slu", "env": "prod"})
-    assert run_matches(RunQuery(), run)
-    assert run_matches(RunQuery(labels={"team": "slu"}, pipeline="random-sample-calls"), run)
-    assert not run_matches(RunQuery(labels={"team": "asr"}), run)
-    assert not run_matches(RunQuery(pipeline="other"), run)
-    assert not run_matches(RunQuery(states=frozenset({RunState.FAILED})), run)
-    assert run_matches(RunQuery(created_after=T0, created_before=T0 + timedelta(seconds=1)), run)
-    assert not run_matches(RunQuery(created_before=T0), run)
+    assert RunQuery().matches(run)
+    assert RunQuery(labels={"team": "slu"}, pipeline="random-sample-calls").matches(run)
+    assert not RunQuery(labels={"team": "asr"}).matches(run)
+    assert not RunQuery(pipeline="other").matches(run)
+    assert not RunQuery(states=frozenset({RunState.FAILED})).matches(run)
+    assert RunQuery(created_after=T0, created_before=T0 + timedelta(seconds=1)).matches(run)
+    assert not RunQuery(created_before=T0).matches(run)
 
 
 async def test_from_now_a_heartbeat_then_matching_changes(

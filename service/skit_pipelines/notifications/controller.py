@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 from skit_pipelines import names
-from skit_pipelines.domain import ANONYMOUS_ADMIN, Principal, RunState
+from skit_pipelines.domain import ANONYMOUS_ADMIN, Principal, RunFilter, RunState
 from skit_pipelines.errors import AlreadyExists, FieldViolation, InvalidArgument, PermissionDenied
 from skit_pipelines.limits import RequestLimits, check_labels
 from skit_pipelines.notifications.model import (
     Delivery,
-    RunFilter,
     Sink,
     SlackSink,
     Subscription,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from skit_pipelines.domain import Run, RunState
+from skit_pipelines.domain import Run, RunFilter, RunState
 
 
 class DeliveryState(enum.IntEnum):
@@ -22,31 +22,6 @@ class DeliveryState(enum.IntEnum):
     PENDING = 1
     DELIVERED = 2
     FAILED = 3
-
-
-@dataclass(frozen=True)
-class RunFilter:
-    """Which runs a subscription is about: ListRuns' filter, fields combined with AND."""
-
-    pipeline: str = ""
-    """A pipeline id (not "pipelines/..."), or "" for any."""
-    states: frozenset[RunState] = frozenset()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    created_after: datetime | None = None
-    """Inclusive."""
-    created_before: datetime | None = None
-    """Exclusive."""
-
-    def matches(self, run: Run) -> bool:
-        if self.pipeline and run.pipeline != self.pipeline:
-            return False
-        if self.states and run.state not in self.states:
-            return False
-        if any(run.labels.get(key) != value for key, value in self.labels.items()):
-            return False
-        if self.created_after is not None and run.create_time < self.created_after:
-            return False
-        return self.created_before is None or run.create_time < self.created_before
 
 
 @dataclass(frozen=True)

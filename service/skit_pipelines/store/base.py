@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from skit_pipelines.domain import Run, RunState
+from skit_pipelines.domain import Run, RunFilter, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
 from skit_pipelines.notifications.model import (
     Delivery,
@@ -75,6 +75,13 @@ class RunQuery:
     page_size: int = 50
     after: tuple[str, str] | None = None
     """(create_time ISO, run id) of the last run of the previous page."""
+
+    def matches(self, run: Run) -> bool:
+        """The filters applied to one snapshot (the page fields are ignored): what the
+        SQL of list_runs selects, for WatchRuns streams."""
+        return RunFilter(
+            self.pipeline, self.states, self.labels, self.created_after, self.created_before
+        ).matches(run)
 
 
 @dataclass(frozen=True)
