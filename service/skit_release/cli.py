@@ -14,7 +14,10 @@ Every `images/<name>/` folder is one image with its own version (`VERSION`, semv
 - pushes it to a registry and records the pushed digest in `images/images.lock.json`,
   from which `compile --pin` pins every image by digest for Kubeflow;
 - `ci` does the above (pushing to a throwaway local registry) for the changed images, and
-  for at least one image when nothing changed, so a broken Dockerfile cannot land.
+  for at least one image when nothing changed, so a broken Dockerfile cannot land;
+- for the forge's release workflows (.github/workflows/release.yml): `tag-check` reads a
+  release tag and checks the checkout is that release, `push` pushes the image a tag
+  names once it is built and smoke-run, `lock-set` records the pushed digest in the lock.
 
 Run `skit-release --help` (or `bazel run //service:skit-release -- --help`).
 """
@@ -35,10 +38,11 @@ from typing import TextIO
 
 import yaml
 
-from skit_pipelines.imagelock import LOCK_PATH, ImageLockError, load_lock, pin_images
+from skit_pipelines.imagelock import LOCK_PATH, ImageLockError, LockEntry, load_lock, pin_images
 from skit_release.base_image import DEFAULT_CACHE_DIR, DEFAULT_SUITE, make_base_image
 from skit_release.builder import Builder, Outcome, ci_images, release
 from skit_release.engines import Buildah, pick_engine
+from skit_release.forge import parse_tag, push_tagged, set_lock_entry, tag_problems, write_outputs
 from skit_release.git import ReleaseError, find_root
 from skit_release.layout import Image, changed_images, changes, check, image_folders, select_images
 
@@ -137,7 +141,7 @@ def _cmd_lint(args: argparse.Namespace, root: Path, out: TextIO) -> int:
 
 
 def _builder(args: argparse.Namespace, root: Path, out: TextIO) -> Builder:
-    engine = pick_engine(args.engine, log=out if args.verbose else None)
+    engine = pick_engine(args.engine, log=out if args.verbose else None, layers=args.layers)
     base = args.base_image
     if base is None and engine.needs_local_base:
         assert isinstance(engine, Buildah)
@@ -239,6 +243,43 @@ def _cmd_ci(args: argparse.Namespace, root: Path, out: TextIO) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def _cmd_tag_check(args: argparse.Namespace, root: Path, out: TextIO) -> int:
+    tag = parse_tag(args.tag)
+    problems = tag_problems(root, tag)
+    for problem in problems:
+        sys.stderr.write(f"error: {problem}\n")
+    if problems:
+        return EXIT_FAILURE
+    if args.outputs:
+        write_outputs(args.outputs, tag.outputs())
+    out.write(f"{tag.tag}: {tag.kind} {tag.name} {tag.version}, VERSION and CHANGELOG agree\n")
+    return EXIT_OK
+
+
+def _cmd_push(args: argparse.Namespace, root: Path, out: TextIO) -> int:
+    """Pushes the image a release tag names, as built here, and reports its digest."""
+    registry = args.registry or os.environ.get("SKIT_IMAGE_REGISTRY", "")
+    if not registry:
+        sys.stderr.write("error: no registry: pass --registry or set SKIT_IMAGE_REGISTRY\n")
+        return EXIT_USAGE
+    tag = parse_tag(args.tag)
+    entry = push_tagged(root, tag, pick_engine(args.engine), registry)
+    if args.outputs:
+        outputs = {**tag.outputs(), "image": entry.image, "digest": entry.digest}
+        write_outputs(args.outputs, outputs)
+    out.write(f"pushed {tag.tag}: {entry.image}@{entry.digest}\n")
+    return EXIT_OK
+
+
+def _cmd_lock_set(args: argparse.Namespace, root: Path, out: TextIO) -> int:
+    lock_path = args.lock or root / LOCK_PATH
+    entry = LockEntry(version=args.version, image=args.image, digest=args.digest)
+    previous = set_lock_entry(root, lock_path, args.name, entry)
+    was = f" (was {previous.version} {previous.digest})" if previous else ""
+    out.write(f"{args.name}: {entry.version} {entry.image}@{entry.digest}{was}\n")
+    return EXIT_OK
+
+
 def _cmd_compile(args: argparse.Namespace, root: Path, out: TextIO) -> int:
     try:
         written = compile_pipelines(
@@ -293,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--mirror", help="Debian mirror (default: the one apt uses)")
         command.add_argument("--verbose", action="store_true", help="show build output")
+        command.add_argument(
+            "--layers",
+            action="store_true",
+            default=os.environ.get("SKIT_BUILD_LAYERS") == "1",
+            help="buildah: cache every instruction as an image (env SKIT_BUILD_LAYERS=1)",
+        )
 
     base = commands.add_parser("base-image", help="make the local debootstrap base image")
     base.add_argument("--suite", default=DEFAULT_SUITE)
@@ -331,6 +378,34 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--keep", action="store_true", help="keep the built images")
     engine_options(ci)
     ci.set_defaults(run=_cmd_ci)
+
+    tag_check = commands.add_parser(
+        "tag-check", help="a release tag, and that the checkout is that release"
+    )
+    tag_check.add_argument("tag", help="images/<name>/v<semver> or service/v<semver>")
+    tag_check.add_argument(
+        "--outputs", type=Path, help="append kind=, name=, version= ($GITHUB_OUTPUT)"
+    )
+    tag_check.set_defaults(run=_cmd_tag_check)
+
+    pushed = commands.add_parser(
+        "push", help="push the image a release tag names, built and smoke-run here"
+    )
+    pushed.add_argument("tag", help="images/<name>/v<semver> or service/v<semver>")
+    pushed.add_argument("--registry", help="as for release (default: env SKIT_IMAGE_REGISTRY)")
+    pushed.add_argument("--engine", choices=("auto", "docker", "buildah"), default="auto")
+    pushed.add_argument(
+        "--outputs", type=Path, help="append kind=, name=, version=, image=, digest="
+    )
+    pushed.set_defaults(run=_cmd_push)
+
+    lock_set = commands.add_parser("lock-set", help="record a pushed image's digest in the lock")
+    lock_set.add_argument("name", help="the image folder")
+    lock_set.add_argument("--version", required=True)
+    lock_set.add_argument("--image", required=True, help="the pushed repository:tag")
+    lock_set.add_argument("--digest", required=True, help="sha256:<hex>")
+    lock_set.add_argument("--lock", type=Path, help=f"lock file (default {LOCK_PATH})")
+    lock_set.set_defaults(run=_cmd_lock_set)
 
     compiled = commands.add_parser("compile", help="compile pipelines to KFP IR YAML")
     compiled.add_argument("modules", nargs="*", metavar="MODULE", help="default: pipelines/*.py")

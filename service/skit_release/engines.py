@@ -19,6 +19,11 @@ from skit_release.layout import Image
 from skit_release.smoke import SMOKE_MOUNT, SmokeResult, SmokeSpec, read_outputs
 
 BUILDAH = ("buildah", "--storage-driver", "vfs")
+SOURCE_DATE_EPOCH = "0"
+"""Reproducible builds: every file and the image's created time are stamped with this
+(buildah --timestamp), and the base image sets it for RUN steps, so pip compiles
+hash-based .pyc files (PEP 552) instead of ones holding the install time; the same source
+on the same base then builds the same image id and pushes the same digest."""
 
 
 def run_command(
@@ -95,10 +100,21 @@ def _chown_spec(user: str) -> str | None:
 
 
 class Buildah(Engine):
-    """buildah without a daemon: vfs storage and chroot isolation work as root anywhere."""
+    """buildah without a daemon: vfs storage and chroot isolation work as root anywhere.
+
+    Builds are reproducible (`--timestamp`, SOURCE_DATE_EPOCH from the base image, which
+    `--unsetenv` keeps out of the built image). `layers` caches every instruction as an
+    image (`--layers`), so an unchanged dependency step is reused; with vfs each of those
+    is a full copy of the root filesystem, which made builds slower here, not faster
+    (images/README.md, "Reproducible builds"), hence off by default.
+    """
 
     name = "buildah"
     needs_local_base = True
+
+    def __init__(self, log: TextIO | None = None, *, layers: bool = False) -> None:
+        super().__init__(log)
+        self.layers = layers
 
     def buildah(self, *args: str, timeout: float = 600, what: str = "", **kwargs: Any) -> str:
         result = run_command(
@@ -116,6 +132,9 @@ class Buildah(Engine):
             "--isolation",
             "chroot",
             "--pull=never",
+            f"--timestamp={SOURCE_DATE_EPOCH}",
+            "--unsetenv=SOURCE_DATE_EPOCH",
+            f"--layers={str(self.layers).lower()}",
             *arguments,
             "-t",
             image.local_ref,
@@ -228,6 +247,8 @@ class Docker(Engine):
     def build(
         self, image: Image, context: Path, dockerfile: Path, build_args: Mapping[str, str]
     ) -> None:
+        # BuildKit passes SOURCE_DATE_EPOCH to RUN steps and stamps the image with it.
+        build_args = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, **build_args}
         arguments = [f"--build-arg={key}={value}" for key, value in build_args.items()]
         run_command(
             [
@@ -325,7 +346,7 @@ def _tar_of(directory: Path, arcname: str, uid: int) -> bytes:
     return buffer.getvalue()
 
 
-def pick_engine(choice: str, log: TextIO | None = None) -> Engine:
+def pick_engine(choice: str, log: TextIO | None = None, *, layers: bool = False) -> Engine:
     if choice == "docker" or (choice == "auto" and Docker.available()):
         return Docker(log)
-    return Buildah(log)
+    return Buildah(log, layers=layers)

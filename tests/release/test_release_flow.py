@@ -41,8 +41,12 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "release test",
     "GIT_COMMITTER_EMAIL": "release-test@example.invalid",
 }
-pytestmark = pytest.mark.xdist_group("buildah")  # one worker: real builds share storage
 REAL_BUILDAH = os.environ.get("SKIT_TEST_BUILDAH") == "1"
+pytestmark = [
+    pytest.mark.xdist_group("buildah"),  # one worker: real builds share storage
+    # Real builds of three images take about two minutes on an idle 2-core machine.
+    pytest.mark.timeout(900 if REAL_BUILDAH else 120),
+]
 # The base image cache is shared with `skit-release` (CI keeps it between runs).
 cache_dir = Path(os.environ.get("SKIT_CACHE_DIR", DEFAULT_CACHE_DIR))
 
