@@ -46,8 +46,12 @@ async def test_a_run_is_created_listed_watched_across_a_restart_and_its_logs_rea
         assert resumed and set(resumed) == {grpc.StatusCode.UNAVAILABLE}
         assert revisions == list(range(revisions[0], last.revision + 1))
         assert (await client.get_run(run.name)).revision == last.revision
-        lines = [line.text async for line in client.read_step_logs(run.name, "nap")]
-        assert lines == ["napping for 0.4 s"]
+        # Every attempt's lines: when the restart interrupted the step after it printed,
+        # its rerun is the next attempt, with a line of its own.
+        lines = [(line.attempt, line.text) async for line in client.read_step_logs(run.name, "nap")]
+        assert lines and {text for _, text in lines} == {"napping for 0.4 s"}
+        attempts = [attempt for attempt, _ in lines]
+        assert len(set(attempts)) == len(attempts)  # one line per attempt, none written twice
 
         await client.delete_run(run.name)
         for gone in (client.get_run(run.name), client.delete_run(run.name)):
