@@ -100,7 +100,9 @@ def _image_id(ref: str) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def build(ref: str, base: str, version: str) -> None:
+def build(ref: str, base: str, version: str, dockerfile: Path = DOCKERFILE) -> None:
+    """Builds `dockerfile` (the service's by default; the Slack bot's is
+    deploy/slackbot/Dockerfile) from the repository root."""
     previous = _image_id(ref)
     output = _run(
         [
@@ -117,7 +119,7 @@ def build(ref: str, base: str, version: str) -> None:
             "-t",
             ref,
             "-f",
-            str(DOCKERFILE),
+            str(dockerfile),
             str(ROOT),
         ],
         timeout=BUILD_TIMEOUT_SECONDS,
