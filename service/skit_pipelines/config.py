@@ -113,6 +113,9 @@ class ServerConfig:
     """Also serves grpc.health.v1 alone, in plaintext and without authentication, on
     host:health_port, so that a Kubernetes `grpc:` probe (which speaks no TLS) reaches it
     when the main port needs TLS; None: off, 0: any free port."""
+    console_port: int | None = None
+    """Also serves the web console (console/) over HTTP on host:console_port, with the
+    same controller and tokens; None: off, 0: any free port."""
     insecure: bool = False
     """Allow listening on a non-loopback address without authentication."""
     store_pool_size: int = 10
@@ -253,8 +256,8 @@ class ServerConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         """Reads SKIT_HOST, SKIT_PORT, SKIT_HOME, SKIT_PROJECT_ROOT, SKIT_PIPELINES_DIR,
-        SKIT_IMAGES_DIR, SKIT_HEALTH_PORT, SKIT_STORE, SKIT_ARTIFACTS, SKIT_IMPORT_ROOTS
-        (directories separated by os.pathsep),
+        SKIT_IMAGES_DIR, SKIT_HEALTH_PORT, SKIT_CONSOLE_PORT, SKIT_STORE, SKIT_ARTIFACTS,
+        SKIT_IMPORT_ROOTS (directories separated by os.pathsep),
         SKIT_DEMO_DATA, SKIT_MAX_PARALLEL_STEPS, SKIT_MAX_ACTIVE_RUNS, SKIT_STEP_ENV_*, the
         scale-out settings (SKIT_STORE_POOL_SIZE, SKIT_STORE_RETRY_SECONDS,
         SKIT_S3_ENDPOINT_URL, SKIT_S3_MULTIPART_BYTES, SKIT_BACKEND, SKIT_KFP_HOST,
@@ -285,6 +288,7 @@ class ServerConfig:
             pipelines_dir=_path(env, "SKIT_PIPELINES_DIR"),
             images_dir=_path(env, "SKIT_IMAGES_DIR"),
             health_port=_number(env, "SKIT_HEALTH_PORT", int),
+            console_port=_number(env, "SKIT_CONSOLE_PORT", int),
             store_url=env.get("SKIT_STORE"),
             tokens_file=_path(env, "SKIT_TOKENS_FILE"),
             tls_cert_file=_path(env, "SKIT_TLS_CERT"),

@@ -44,6 +44,7 @@ from skit_pipelines.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from skit_pipelines.artifacts import ArtifactStore
+    from skit_pipelines.console import ConsoleServer
     from skit_pipelines.imagelock import ImageLock
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Application:
     """Makes the runs of schedules' ticks (one replica at a time on PostgreSQL)."""
     notifier: DeliveryWorker | None = None
     """Sends subscriptions' notifications (each by exactly one replica)."""
+    console: ConsoleServer | None = None
+    """The web console on config.console_port, if on."""
 
     @property
     def address(self) -> str:
@@ -124,6 +127,8 @@ class Application:
         if self.health_only is not None:
             await self.health_only.server.start()
             logger.info("serving health alone on %s:%s", self.config.host, self.health_only.port)
+        if self.console is not None and self.config.console_port is not None:
+            await self.console.start(self.config.console_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving PipelineService on %s", self.address)
@@ -140,6 +145,8 @@ class Application:
         # UNAVAILABLE so their clients resume elsewhere, instead of waiting out the grace.
         await self.store.hub.close()
         await self.controller.feed.close()
+        if self.console is not None:
+            await self.console.stop()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         if self.health_only is not None:
             # Last: probes see NOT_SERVING, not a refused connection, while calls drain.
@@ -528,6 +535,17 @@ async def build_application(
         controller, config, telemetry, schedules=schedules, subscriptions=subscriptions
     )
     health_only = create_health_server(health_servicer, config)
+    console = None
+    if config.console_port is not None:
+        # Imported here: aiohttp and the pages load only when the console is on.
+        from skit_pipelines.console import create_console
+
+        console = create_console(
+            controller,
+            host=config.host,
+            tokens_file=config.tokens_file,
+            artifacts=open_artifact_store(config),
+        )
     return Application(
         config=config,
         server=server,
@@ -541,6 +559,7 @@ async def build_application(
         retention=retention,
         scheduler=scheduler,
         notifier=notifier,
+        console=console,
     )
 
 

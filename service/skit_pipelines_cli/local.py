@@ -32,6 +32,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         pipelines_dir=args.pipelines_dir,
         images_dir=args.images_dir,
         health_port=args.health_port,
+        console_port=args.console_port,
         tokens_file=args.tokens_file,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,

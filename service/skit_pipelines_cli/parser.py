@@ -86,6 +86,13 @@ def _add_serve(subcommands: _Subcommands) -> None:
         " Kubernetes grpc probe when TLS is on (SKIT_HEALTH_PORT; default off)",
     )
     serve.add_argument(
+        "--console-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the web console over HTTP on this port, with the same tokens"
+        " (SKIT_CONSOLE_PORT; default off; 0 picks a free port)",
+    )
+    serve.add_argument(
         "--tokens-file",
         type=Path,
         help="turn authentication on with this tokens file (SKIT_TOKENS_FILE)",
