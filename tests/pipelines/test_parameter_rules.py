@@ -46,6 +46,16 @@ REFUSED = [
     ("publish-compliance-breaches", {"llm_concurrency": 0}, "llm_concurrency"),
     ("publish-compliance-breaches", {"call_type": "OUTGOING"}, "call_type"),
     ("invalidate-llm-situations", {"situation_ids": [4, -4]}, "situation_ids[1]"),
+    ("generate-sample-conversations", {"situation_ids": [0]}, "situation_ids[0]"),
+    ("generate-sample-conversations", {"situation_limit": -1}, "situation_limit"),
+    ("generate-sample-conversations", {"generator": "gpt"}, "generator"),
+    (
+        "generate-sample-conversations",
+        {"conversations_per_situation": 21},
+        "conversations_per_situation",
+    ),
+    ("generate-sample-conversations", {"temperature": 2.5}, "temperature"),
+    ("generate-sample-conversations", {"llm_concurrency": 0}, "llm_concurrency"),
 ]
 
 ACCEPTED = [
@@ -55,6 +65,10 @@ ACCEPTED = [
     ("evaluate-slu", {"test_percent": 100}),
     ("retrain-slu", {"test_percent": 99, "seed": 2**32 - 1, "model_name": "slu-intents-2"}),
     ("publish-compliance-breaches", {"judge": "llm", "llm_concurrency": 1}),
+    (
+        "generate-sample-conversations",
+        {"generator": "llm", "conversations_per_situation": 20, "temperature": 0.0},
+    ),
 ]
 
 

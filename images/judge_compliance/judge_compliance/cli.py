@@ -86,7 +86,7 @@ def judge_calls(
     if config is None:
         judgements, name = judge_with_rules(policy, calls), "rules"
     else:
-        judgements, name = LlmJudge(config, policy).judge(calls), config.judge_name
+        judgements, name = LlmJudge(config, policy).judge(calls), config.label
     failed = [j for j in judgements if j.status == FAILED]
     if failed and len(failed) == len(judgements):
         raise cli.ComponentError(

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import skit_components.llm
 from skit_components.loader import import_component
 from skit_testing.fake_openai import FakeChatServer, Reply, Request, chat_reply, unreachable_url
 
@@ -337,8 +338,8 @@ def test_redaction_removes_numbers_contacts_and_names():
 @pytest.fixture
 def llm_env(monkeypatch: pytest.MonkeyPatch):
     """Points the judge at a fake endpoint; retries back off for milliseconds, not seconds."""
-    monkeypatch.setattr(judge_compliance.llm_client, "BACKOFF_INITIAL_SECONDS", 0.01)
-    monkeypatch.setattr(judge_compliance.llm_client, "BACKOFF_MAX_SECONDS", 0.05)
+    monkeypatch.setattr(skit_components.llm, "BACKOFF_INITIAL_SECONDS", 0.01)
+    monkeypatch.setattr(skit_components.llm, "BACKOFF_MAX_SECONDS", 0.05)
 
     def _point(url: str, key: str = "secret-key") -> None:
         monkeypatch.setenv("LLM_BASE_URL", url)
