@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import os
 import re
 import sys
 import tomllib
@@ -75,12 +76,14 @@ def _imported_modules(package: Path) -> set[str]:
 
 
 def _distribution_files() -> dict[Path, str]:
+    """Each installed file's distribution. Only each distribution's root is resolved (the
+    venv holds tens of thousands of files: resolving each took minutes on a busy CI)."""
     files: dict[Path, str] = {}
     for distribution in importlib.metadata.distributions():
+        root = Path(str(distribution.locate_file(""))).resolve()
+        name = canonicalize_name(distribution.metadata["Name"])
         for file in distribution.files or ():
-            files[Path(str(distribution.locate_file(file))).resolve()] = canonicalize_name(
-                distribution.metadata["Name"]
-            )
+            files[Path(os.path.normpath(root / file))] = name
     return files
 
 
