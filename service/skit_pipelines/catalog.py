@@ -470,7 +470,7 @@ def _levels(component: Mapping[str, Any]) -> dict[str, _Task]:
     def level(key: str, seen: frozenset[str]) -> int:
         if key in levels:
             return levels[key]
-        waits = [d for d in _upstream(tasks.get(key, {})) if d in tasks and d not in seen]
+        waits = [d for d in upstream_tasks(tasks.get(key, {})) if d in tasks and d not in seen]
         levels[key] = 1 + max((level(d, seen | {key}) for d in waits), default=-1)
         return levels[key]
 
@@ -482,7 +482,7 @@ def _levels(component: Mapping[str, Any]) -> dict[str, _Task]:
     }
 
 
-def _upstream(task: Mapping[str, Any]) -> set[str]:
+def upstream_tasks(task: Mapping[str, Any]) -> set[str]:
     """The tasks `task` waits for: its dependentTasks and the producers of its inputs
     (the executor's `_ir.upstream`, on the IR as JSON)."""
     waits = set(task.get("dependentTasks", []))

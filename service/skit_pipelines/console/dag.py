@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from skit_pipelines.catalog import upstream_tasks
 from skit_pipelines.domain import Step, StepState
 
 NODE_WIDTH = 184
@@ -70,26 +71,14 @@ class Layout:
         }
 
 
-def _upstream(task: Mapping[str, Any]) -> set[str]:
-    # As the executor reads it: dependentTasks plus the producers of the task's inputs.
-    waits = set(task.get("dependentTasks", []))
-    inputs = task.get("inputs", {})
-    for source in inputs.get("parameters", {}).values():
-        for kind in ("taskOutputParameter", "taskFinalStatus"):
-            if kind in source:
-                waits.add(source[kind].get("producerTask", ""))
-    for source in inputs.get("artifacts", {}).values():
-        if "taskOutputArtifact" in source:
-            waits.add(source["taskOutputArtifact"].get("producerTask", ""))
-    return waits
-
-
 def layout(spec: Mapping[str, Any]) -> Layout:
     """The root DAG of a compiled PipelineSpec, in columns by level (the longest chain of
     tasks a task waits for), each column ordered by its parents' rows to keep edges short."""
     tasks: Mapping[str, Any] = spec.get("root", {}).get("dag", {}).get("tasks", {})
     components: Mapping[str, Any] = spec.get("components", {})
-    parents = {key: sorted(d for d in _upstream(task) if d in tasks) for key, task in tasks.items()}
+    parents = {
+        key: sorted(d for d in upstream_tasks(task) if d in tasks) for key, task in tasks.items()
+    }
     levels: dict[str, int] = {}
 
     def level(key: str, seen: frozenset[str]) -> int:
