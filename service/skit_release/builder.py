@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 import time
@@ -176,3 +177,65 @@ def ci_images(found: Sequence[Change]) -> list[Image]:
     if changed or not found:
         return changed
     return [min(found, key=lambda change: (change.released_at or 0, change.image.name)).image]
+
+
+SMOKE_DATA_PATHS = ("service/skit_demo",)
+"""What smoke fixtures are generated with (smoke.yaml's demo_data)."""
+CI_PASSED_FOLDER = "ci-passed"
+"""Under the cache directory: one empty file per image input key that CI built, smoke-ran
+and pushed successfully."""
+
+
+@dataclass(frozen=True)
+class CiPasses:
+    """Which image inputs already passed a CI build on this machine.
+
+    Builds are reproducible (`--timestamp 0`, SOURCE_DATE_EPOCH), so an image whose
+    inputs are the same as a build that passed would build the same image again: CI
+    skips it. The key covers everything a build reads: the image folder and lib/ as
+    committed (git tree ids; inputs with uncommitted changes get no key and are always
+    built), the demo data generators smoke runs use, the base image (renewed weekly, so
+    every image is rebuilt at least weekly) and the release tool's own source (how images
+    are built and smoke-run).
+    """
+
+    folder: Path
+    root: Path
+    base_image: str
+
+    def key(self, image: Image) -> str | None:
+        git = Git(self.root)
+        paths = [image.relative, *SHARED_PATHS, *SMOKE_DATA_PATHS]
+        if not git.is_clean(paths):
+            return None
+        trees = [git.run("rev-parse", f"HEAD:{path}").strip() for path in paths]
+        digest = hashlib.sha256()
+        for part in (*trees, self.base_image, _tool_digest()):
+            digest.update(part.encode() + b"\n")
+        return f"{image.name}-{digest.hexdigest()[:32]}"
+
+    def passed(self, image: Image) -> bool:
+        key = self.key(image)
+        return key is not None and (self.folder / key).exists()
+
+    def record(self, image: Image) -> None:
+        key = self.key(image)
+        if key is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / key).touch()
+
+
+def _tool_digest() -> str:
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def ci_to_build(images: Sequence[Image], passes: CiPasses) -> tuple[list[Image], list[Image]]:
+    """(to build, skipped): the images whose inputs have not passed a CI build here, and
+    at least the first one, so every CI run builds and smoke-runs an image."""
+    to_build = [image for image in images if not passes.passed(image)]
+    if not to_build and images:
+        to_build = [images[0]]
+    return to_build, [image for image in images if image not in to_build]

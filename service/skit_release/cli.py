@@ -40,7 +40,15 @@ import yaml
 
 from skit_pipelines.imagelock import LOCK_PATH, ImageLockError, LockEntry, load_lock, pin_images
 from skit_release.base_image import DEFAULT_CACHE_DIR, DEFAULT_SUITE, make_base_image
-from skit_release.builder import Builder, Outcome, ci_images, release
+from skit_release.builder import (
+    CI_PASSED_FOLDER,
+    Builder,
+    CiPasses,
+    Outcome,
+    ci_images,
+    ci_to_build,
+    release,
+)
 from skit_release.engines import Buildah, pick_engine
 from skit_release.forge import parse_tag, push_tagged, set_lock_entry, tag_problems, write_outputs
 from skit_release.git import ReleaseError, find_root
@@ -223,17 +231,27 @@ def _cmd_ci(args: argparse.Namespace, root: Path, out: TextIO) -> int:
     if problems:
         _print_problems(problems, sys.stderr)
         return EXIT_FAILURE
-    images = ci_images(found)
     changed = [c.image.name for c in found if c.changed]
+    builder = _builder(args, root, out)
+    passes = CiPasses(args.cache_dir / CI_PASSED_FOLDER, root, builder.base_image or "")
+    images, skipped = ci_to_build(ci_images(found), passes)
     out.write(f"changed images: {', '.join(changed) or 'none'}; building ")
     out.write(", ".join(image.name for image in images) + "\n")
-    builder = _builder(args, root, out)
+    if skipped:
+        out.write(
+            "the same inputs passed a CI build here (reproducible builds), not built again: "
+            + ", ".join(image.name for image in skipped)
+            + "\n"
+        )
     with tempfile.TemporaryDirectory(prefix="skit-ci-registry-") as registry_dir:
         registry = args.registry or f"oci:{registry_dir}"
         lock_path = Path(registry_dir) / "images.lock.json"
         outcomes = []
         for image in images:
-            outcomes += release(root, [image], builder, registry, lock_path=lock_path)
+            done = release(root, [image], builder, registry, lock_path=lock_path)
+            outcomes += done
+            if not any(outcome.error for outcome in done):
+                passes.record(image)
             if not args.keep:
                 builder.engine.remove(image.local_ref)
     failed = [o for o in outcomes if o.error]

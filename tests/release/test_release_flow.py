@@ -27,7 +27,7 @@ import pytest
 from skit_pipelines.imagelock import load_lock, pin_images
 from skit_release import cli, layout
 from skit_release.base_image import DEFAULT_CACHE_DIR, make_base_image
-from skit_release.builder import Builder, Outcome, ci_images, release
+from skit_release.builder import Builder, CiPasses, Outcome, ci_images, ci_to_build, release
 from skit_release.engines import Buildah, Engine, ImageConfig
 from skit_release.git import ReleaseError
 from skit_release.layout import Image
@@ -349,3 +349,31 @@ def test_ci_builds_the_changed_images_or_else_the_least_recently_released(clone)
     )
     git(clone, "tag", "images/fetch_calls/v0.1.0")
     assert [i.name for i in ci_images(layout.changes(clone))] == ["invalidate_situations"]
+
+
+def test_ci_skips_images_whose_inputs_passed_a_ci_build_here(clone, tmp_path):
+    passes = CiPasses(tmp_path / "passed", clone, "localhost/skit-pipelines-base:w1")
+    fetch, situations = _images(clone, *IMAGES)
+    assert ci_to_build([fetch, situations], passes) == ([fetch, situations], [])
+
+    passes.record(fetch)
+    passes.record(situations)
+    # Nothing new: still one image, so every CI run builds and smoke-runs something.
+    assert ci_to_build([fetch, situations], passes) == ([fetch], [situations])
+    assert ci_to_build([situations, fetch], passes) == ([situations], [fetch])
+
+    readme = clone / "images" / "fetch_calls" / "README.md"
+    readme.write_text(readme.read_text() + "\nedited\n")
+    assert ci_to_build([situations, fetch], passes) == ([fetch], [situations])  # uncommitted
+    git(clone, "commit", "--quiet", "-am", "fetch_calls: README")
+    assert ci_to_build([situations, fetch], passes) == ([fetch], [situations])  # committed
+
+    (clone / "lib" / "skit_components" / "extra.py").write_text("VALUE = 1\n")
+    git(clone, "add", "lib")
+    git(clone, "commit", "--quiet", "-m", "lib: extra")
+    assert ci_to_build([fetch, situations], passes)[0] == [fetch, situations]
+
+    passes.record(fetch)
+    passes.record(situations)
+    renewed = CiPasses(tmp_path / "passed", clone, "localhost/skit-pipelines-base:w2")
+    assert ci_to_build([fetch, situations], renewed)[0] == [fetch, situations]  # new base
