@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -59,6 +59,19 @@ logger = logging.getLogger(__name__)
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+
+
+class _PageRequest(Protocol):
+    page_token: str
+
+
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+_PageRequestT = TypeVar("_PageRequestT", bound=_PageRequest)
+_PageT = TypeVar("_PageT", bound=_Page)
 
 RUNS_PREFIX = "runs/"
 PIPELINES_PREFIX = "pipelines/"
@@ -363,6 +376,17 @@ class PipelinesClient:
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
 
+    def _pages(
+        self, method: grpc.UnaryUnaryMultiCallable[_PageRequestT, _PageT], request: _PageRequestT
+    ) -> Iterator[_PageT]:
+        """Each page of a List call, following next_page_token until there is none."""
+        while True:
+            response = self._call(method, request)
+            yield response
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
     def _run(self, message: run_pb2.Run) -> Run:
         """The message as a Run, its values typed (asking GetPipeline once per version)."""
         types = self._types.known(message)
@@ -376,14 +400,12 @@ class PipelinesClient:
 
     def list_pipelines(self) -> list[Pipeline]:
         """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
-        pipelines: list[Pipeline] = []
         request = pipeline_service_pb2.ListPipelinesRequest()
-        while True:
-            response = self._call(self._stub.ListPipelines, request)
-            pipelines.extend(Pipeline.of(p) for p in response.pipelines)
-            if not response.next_page_token:
-                return pipelines
-            request.page_token = response.next_page_token
+        return [
+            Pipeline.of(item)
+            for page in self._pages(self._stub.ListPipelines, request)
+            for item in page.pipelines
+        ]
 
     def get_pipeline(self, pipeline: str) -> Pipeline:
         """One pipeline, "x" or "pipelines/x", with its compiled IR."""
@@ -451,13 +473,9 @@ class PipelinesClient:
         request = _list_runs_request(
             pipeline, states, labels, created_after, created_before, page_size
         )
-        while True:
-            response = self._call(self._stub.ListRuns, request)
-            for message in response.runs:
+        for page in self._pages(self._stub.ListRuns, request):
+            for message in page.runs:
                 yield self._run(message)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
 
     def cancel_run(self, run: str) -> Run:
         """Asks the service to stop a run; returns it in CANCELLING.
@@ -646,14 +664,12 @@ class PipelinesClient:
 
     def list_schedules(self) -> list[Schedule]:
         """Every schedule, by name."""
-        schedules: list[Schedule] = []
         request = pipeline_service_pb2.ListSchedulesRequest()
-        while True:
-            response = self._call(self._stub.ListSchedules, request)
-            schedules.extend(Schedule.of(s) for s in response.schedules)
-            if not response.next_page_token:
-                return schedules
-            request.page_token = response.next_page_token
+        return [
+            Schedule.of(item)
+            for page in self._pages(self._stub.ListSchedules, request)
+            for item in page.schedules
+        ]
 
     def update_schedule(self, schedule: str, fields: list[str], **options: Any) -> Schedule:
         """Changes the `fields` of a schedule (e.g. ["trigger", "max_concurrency"]) to the
@@ -706,14 +722,12 @@ class PipelinesClient:
 
     def list_subscriptions(self) -> list[Subscription]:
         """Every subscription, by name."""
-        found: list[Subscription] = []
         request = pipeline_service_pb2.ListSubscriptionsRequest()
-        while True:
-            response = self._call(self._stub.ListSubscriptions, request)
-            found.extend(Subscription.of(s) for s in response.subscriptions)
-            if not response.next_page_token:
-                return found
-            request.page_token = response.next_page_token
+        return [
+            Subscription.of(item)
+            for page in self._pages(self._stub.ListSubscriptions, request)
+            for item in page.subscriptions
+        ]
 
     def delete_subscription(self, subscription: str) -> None:
         request = pipeline_service_pb2.DeleteSubscriptionRequest(
@@ -727,12 +741,11 @@ class PipelinesClient:
         request = pipeline_service_pb2.ListDeliveriesRequest(
             parent=subscription_name(subscription), page_size=min(limit or 1000, 1000)
         )
-        while True:
-            response = self._call(self._stub.ListDeliveries, request)
-            found.extend(Delivery.of(d) for d in response.deliveries)
-            if not response.next_page_token or (limit is not None and len(found) >= limit):
-                return found[:limit] if limit is not None else found
-            request.page_token = response.next_page_token
+        for page in self._pages(self._stub.ListDeliveries, request):
+            found.extend(Delivery.of(d) for d in page.deliveries)
+            if limit is not None and len(found) >= limit:
+                break
+        return found[:limit] if limit is not None else found
 
 
 def _create_run_request(
@@ -880,6 +893,19 @@ class AsyncPipelinesClient:
         except grpc.RpcError as error:
             raise RPCError.from_grpc(error) from error
 
+    async def _pages(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_PageRequestT, _PageT],
+        request: _PageRequestT,
+    ) -> AsyncIterator[_PageT]:
+        """Each page of a List call, following next_page_token until there is none."""
+        while True:
+            response = await self._call(method, request)
+            yield response
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
     async def _stream(
         self,
         method: grpc.aio.UnaryStreamMultiCallable[_Request, _Response],
@@ -908,14 +934,12 @@ class AsyncPipelinesClient:
 
     async def list_pipelines(self) -> list[Pipeline]:
         """Every pipeline that can be run, sorted by name (without pipeline_spec)."""
-        pipelines: list[Pipeline] = []
         request = pipeline_service_pb2.ListPipelinesRequest()
-        while True:
-            response = await self._call(self._stub.ListPipelines, request)
-            pipelines.extend(Pipeline.of(p) for p in response.pipelines)
-            if not response.next_page_token:
-                return pipelines
-            request.page_token = response.next_page_token
+        return [
+            Pipeline.of(item)
+            async for page in self._pages(self._stub.ListPipelines, request)
+            for item in page.pipelines
+        ]
 
     async def get_pipeline(self, pipeline: str) -> Pipeline:
         """One pipeline, "x" or "pipelines/x", with its compiled IR."""
@@ -958,13 +982,9 @@ class AsyncPipelinesClient:
         request = _list_runs_request(
             pipeline, states, labels, created_after, created_before, page_size
         )
-        while True:
-            response = await self._call(self._stub.ListRuns, request)
-            for message in response.runs:
+        async for page in self._pages(self._stub.ListRuns, request):
+            for message in page.runs:
                 yield await self._run(message)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
 
     async def cancel_run(self, run: str) -> Run:
         """Asks the service to stop a run; returns it in CANCELLING (see
@@ -1103,14 +1123,12 @@ class AsyncPipelinesClient:
 
     async def list_schedules(self) -> list[Schedule]:
         """Every schedule, by name."""
-        schedules: list[Schedule] = []
         request = pipeline_service_pb2.ListSchedulesRequest()
-        while True:
-            response = await self._call(self._stub.ListSchedules, request)
-            schedules.extend(Schedule.of(s) for s in response.schedules)
-            if not response.next_page_token:
-                return schedules
-            request.page_token = response.next_page_token
+        return [
+            Schedule.of(item)
+            async for page in self._pages(self._stub.ListSchedules, request)
+            for item in page.schedules
+        ]
 
     async def update_schedule(self, schedule: str, fields: list[str], **options: Any) -> Schedule:
         """Changes the `fields` of a schedule (e.g. ["trigger", "max_concurrency"]) to the
@@ -1154,14 +1172,12 @@ class AsyncPipelinesClient:
         return Subscription.of(await self._call(self._stub.GetSubscription, request))
 
     async def list_subscriptions(self) -> list[Subscription]:
-        found: list[Subscription] = []
         request = pipeline_service_pb2.ListSubscriptionsRequest()
-        while True:
-            response = await self._call(self._stub.ListSubscriptions, request)
-            found.extend(Subscription.of(s) for s in response.subscriptions)
-            if not response.next_page_token:
-                return found
-            request.page_token = response.next_page_token
+        return [
+            Subscription.of(item)
+            async for page in self._pages(self._stub.ListSubscriptions, request)
+            for item in page.subscriptions
+        ]
 
     async def delete_subscription(self, subscription: str) -> None:
         request = pipeline_service_pb2.DeleteSubscriptionRequest(
@@ -1175,9 +1191,8 @@ class AsyncPipelinesClient:
         request = pipeline_service_pb2.ListDeliveriesRequest(
             parent=subscription_name(subscription), page_size=min(limit or 1000, 1000)
         )
-        while True:
-            response = await self._call(self._stub.ListDeliveries, request)
-            found.extend(Delivery.of(d) for d in response.deliveries)
-            if not response.next_page_token or (limit is not None and len(found) >= limit):
-                return found[:limit] if limit is not None else found
-            request.page_token = response.next_page_token
+        async for page in self._pages(self._stub.ListDeliveries, request):
+            found.extend(Delivery.of(d) for d in page.deliveries)
+            if limit is not None and len(found) >= limit:
+                break
+        return found[:limit] if limit is not None else found
