@@ -8,6 +8,23 @@ at once, so tests can check what left the machine and how concurrent the client 
 
     with FakeChatServer(lambda request: chat_reply('{"breaches": []}')) as server:
         os.environ["LLM_BASE_URL"] = server.url
+
+Where its shapes come from (OpenAI's API reference, which OpenAI-compatible servers such as
+vLLM and llama.cpp's server follow):
+- `POST /v1/chat/completions` (https://platform.openai.com/docs/api-reference/chat/create):
+  the request is JSON with `model`, `messages` and optional `temperature` and
+  `response_format` (`{"type": "json_schema", "json_schema": {...}}` for structured output,
+  https://platform.openai.com/docs/guides/structured-outputs); the server does not enforce
+  the schema, the test's `respond` decides what comes back (malformed output included).
+- `chat_reply` is the chat completion object
+  (https://platform.openai.com/docs/api-reference/chat/object): `id`, `object`
+  "chat.completion", `model`, `choices[].message.{role, content}`, `finish_reason`,
+  `usage`.
+- Errors are whatever `Reply(status, body)` a test gives: OpenAI answers 401 for a bad key,
+  429 for rate limits (with `Retry-After` on some servers) and 5xx for server errors, with
+  a body `{"error": {"message", "type", "code"}}`
+  (https://platform.openai.com/docs/guides/error-codes). Paths other than the chat path get
+  a bare 404, which the components only report.
 """
 
 from __future__ import annotations
