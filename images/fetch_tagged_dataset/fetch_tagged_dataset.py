@@ -1,9 +1,12 @@
 """fetch_tagged_dataset: download annotated tasks from the annotation store as a CSV.
 
-Selects the Label Studio projects and Tog jobs given (every project and job of `task_type`
-when neither is given), and writes the annotations of their tasks tagged within the date
-range: by default one row per task with its latest annotation, or every annotation. Each
-row carries the task's data as JSON and flattened into `raw.*` columns.
+The store is a real Label Studio when LABEL_STUDIO_URL and LABEL_STUDIO_TOKEN are set (its
+export API), else the embedded store at ANNOTATIONS_DB_URL; both give the same columns
+(skit_components.annotations). Selects the Label Studio projects and Tog jobs given (every
+project and job of `task_type` when neither is given; Tog jobs exist only in the embedded
+store), and writes the annotations of their tasks tagged within the date range: by default
+one row per task with its latest annotation, or every annotation. Each row carries the
+task's data as JSON and flattened into `raw.*` columns.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -22,19 +26,23 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from skit_components import cli
-from skit_components.db import Database, DatabaseError, connect, utc_day_bounds
-from skit_components.migrations import ANNOTATIONS, SchemaError, require_schema
+from skit_components.annotations import (
+    LABEL_STUDIO,
+    TASK_TYPES,
+    TOG,
+    Annotation,
+    AnnotationStore,
+    AnnotationStoreError,
+    RequestRefused,
+    open_store,
+)
+from skit_components.db import utc_day_bounds
 from skit_components.outputs import output_path, write_parameter
 
 logger = logging.getLogger("fetch_tagged_dataset")
 
-DB_ENV = "ANNOTATIONS_DB_URL"
-SCHEMA_VERSION = 1
-"""The annotations schema version this component's queries need."""
-
-TASK_TYPES = ("intent", "entity", "transcription")
-LABEL_STUDIO = "label_studio"
-TOG = "tog"
+STORE_ENV = ("LABEL_STUDIO_URL", "LABEL_STUDIO_TOKEN", "ANNOTATIONS_DB_URL")
+"""The variables that choose and reach the annotation store (component.yaml declares them)."""
 
 COLUMNS = (
     "data_id",
@@ -63,7 +71,7 @@ class Selection:
     job_ids: tuple[int, ...] = ()
     """Tog job ids. With neither ids given, every project and job of `task_type`."""
     task_type: str = "intent"
-    """intent, entity or transcription; every selected project must be of this type."""
+    """One of skit_components.annotations.TASK_TYPES; every selected project must be of it."""
     start_date: date | None = None
     """First tagging date included, in `timezone`."""
     end_date: date | None = None
@@ -108,22 +116,21 @@ class Selection:
         return ", ".join(parts)
 
 
-def select_projects(db: Database, selection: Selection) -> list[int]:
+def select_projects(store: AnnotationStore, selection: Selection) -> list[int]:
     """The ids of the selected projects and jobs.
 
     Raises:
         cli.BadInput: an id is unknown or of another source or task type, or no project
             of the task type exists.
     """
-    rows = db.fetchall("SELECT id, source, task_type FROM annotation_projects ORDER BY id")
-    projects = {row[0]: (row[1], row[2]) for row in rows}
+    projects = {p.id: (p.source, p.task_type) for p in store.projects()}
     if not selection.project_ids and not selection.job_ids:
         chosen = [pid for pid, (_, kind) in projects.items() if kind == selection.task_type]
         if not chosen:
             raise cli.BadInput(
                 f"the annotation store has no {selection.task_type} projects or jobs"
             )
-        return chosen
+        return sorted(chosen)
     problems = []
     for ids, source, noun, other in (
         (selection.project_ids, LABEL_STUDIO, "Label Studio project", "job_ids"),
@@ -140,102 +147,85 @@ def select_projects(db: Database, selection: Selection) -> list[int]:
     chosen = sorted({*selection.project_ids, *selection.job_ids})
     other_type = [i for i in chosen if projects[i][1] != selection.task_type]
     if other_type:
-        kinds = ", ".join(f"{i} is {projects[i][1]}" for i in other_type[:_SHOWN_IDS])
+        kinds = ", ".join(f"{i} is {projects[i][1] or 'of no known type'}" for i in other_type)
         raise cli.BadInput(f"task_type is {selection.task_type} but {kinds}")
     return chosen
 
 
-def annotations_query(
-    db: Database, project_ids: list[int], selection: Selection
-) -> tuple[str, list[Any]]:
-    """The query of the selected annotations in task order, and its parameters."""
-    d = db.dialect
-    where = [d.any_of("t.project_id")]
-    params: list[Any] = [d.list_param(project_ids)]
-    start, end = selection.utc_bounds()
-    if start is not None:
-        where.append("a.tagged_at >= ?")
-        params.append(d.timestamp_param(start))
-    if end is not None:
-        where.append("a.tagged_at < ?")
-        params.append(d.timestamp_param(end))
-    if not selection.all_annotations:
-        # A task's label is its latest annotation (a reviewer's, on gold tasks).
-        where.append(
-            "a.id = (SELECT l.id FROM annotations l WHERE l.task_id = a.task_id "
-            "ORDER BY l.tagged_at DESC, l.id DESC LIMIT 1)"
-        )
-    query = f"""
-        SELECT t.id, p.id, p.source, p.task_type, a.id, a.annotator,
-               {d.json_text("t.data")}, {d.json_text("a.tag")}, t.is_gold, a.tagged_at,
-               t.reftime
-        FROM annotations a
-        JOIN annotation_tasks t ON t.id = a.task_id
-        JOIN annotation_projects p ON p.id = t.project_id
-        WHERE {" AND ".join(where)}
-        ORDER BY t.id, a.tagged_at, a.id
-    """
-    return query, params
+def as_row(annotation: Annotation, zone: ZoneInfo) -> dict[str, Any]:
+    """An annotation as a row of COLUMNS plus the task data under "raw"."""
+    data = dict(annotation.data)
+    return {
+        "data_id": annotation.task_id,
+        "project_id": annotation.project_id,
+        "source": annotation.source,
+        "task_type": annotation.task_type,
+        "annotation_id": annotation.annotation_id,
+        "annotator": annotation.annotator,
+        "data": json.dumps(data, ensure_ascii=False),
+        "tag": json.dumps(annotation.tag, ensure_ascii=False),
+        "is_gold": _cell(annotation.is_gold),
+        "tagged_time": _local(annotation.tagged_time, zone),
+        "reftime": _local(annotation.reftime, zone) if annotation.reftime else "",
+        "raw": data,
+    }
 
 
-def stream_rows(db: Database, query: str, params: list[Any], zone: ZoneInfo) -> Iterator[dict]:
-    """The selected annotations as rows of COLUMNS plus the task data under "raw"."""
-    d = db.dialect
-    for row in db.stream(query, params):
-        data = json.loads(row[6])
-        yield {
-            "data_id": row[0],
-            "project_id": row[1],
-            "source": row[2],
-            "task_type": row[3],
-            "annotation_id": row[4],
-            "annotator": row[5],
-            "data": row[6],
-            "tag": row[7],
-            "is_gold": _cell(bool(row[8])),
-            "tagged_time": _local(d.to_datetime(row[9]), zone),
-            "reftime": _local(d.to_datetime(row[10]), zone) if row[10] is not None else "",
-            "raw": data if isinstance(data, dict) else {},
-        }
-
-
-def fetch_tagged_dataset(database_url: str, selection: Selection, out_csv: Path) -> int:
-    """Writes the selected annotations to `out_csv`; returns the number of rows.
+def fetch_tagged_dataset(env: Mapping[str, str], selection: Selection, out_csv: Path) -> int:
+    """Writes the selected annotations of the store `env` names to `out_csv`; returns the
+    number of rows.
 
     Raises:
-        cli.BadInput: bad selection, or no annotation matches it.
-        cli.ComponentError: the database is unusable.
+        cli.BadInput: bad selection or store settings (a rejected token, an unknown project),
+            or no annotation matches.
+        cli.ComponentError: the store is unusable (unreachable, a broken database).
     """
     try:
-        with connect(database_url, readonly=True) as db:
-            require_schema(db, ANNOTATIONS, SCHEMA_VERSION)
-            project_ids = select_projects(db, selection)
-            query, params = annotations_query(db, project_ids, selection)
-            # The raw.* header needs every task's keys, so rows wait in a spill file
-            # (flat memory) until the header is known.
-            with tempfile.TemporaryFile("w+", encoding="utf-8") as spill:
-                keys: set[str] = set()
-                count = 0
-                for row in stream_rows(db, query, params, selection.zone):
-                    keys.update(row["raw"])
-                    spill.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    count += 1
-                if not count:
-                    raise cli.BadInput(f"no annotations match: {selection.describe()}")
-                raw_keys = sorted(keys)
-                spill.seek(0)
-                with output_path(out_csv).open("w", newline="", encoding="utf-8") as f:
-                    writer = csv.writer(f)
-                    writer.writerow([*COLUMNS, *(RAW_PREFIX + k for k in raw_keys)])
-                    for line in spill:
-                        row = json.loads(line)
-                        raw = row["raw"]
-                        writer.writerow(
-                            [_cell(row[c]) for c in COLUMNS] + [_cell(raw.get(k)) for k in raw_keys]
-                        )
-    except (DatabaseError, SchemaError) as exc:
-        raise cli.ComponentError(f"annotations database: {exc}") from exc
+        store = open_store(env)
+        try:
+            project_ids = select_projects(store, selection)
+            start, end = selection.utc_bounds()
+            annotations = store.annotations(
+                project_ids,
+                tagged_from=start,
+                tagged_until=end,
+                latest_only=not selection.all_annotations,
+            )
+            count = _write_csv(annotations, selection, out_csv)
+        finally:
+            store.close()
+    except RequestRefused as exc:
+        raise cli.BadInput(f"annotation store: {exc}") from exc
+    except AnnotationStoreError as exc:
+        raise cli.ComponentError(f"annotation store: {exc}") from exc
     logger.info("wrote %d annotations of %d projects/jobs to %s", count, len(project_ids), out_csv)
+    return count
+
+
+def _write_csv(annotations: Iterator[Annotation], selection: Selection, out_csv: Path) -> int:
+    # The raw.* header needs every task's keys, so rows wait in a spill file (flat memory)
+    # until the header is known.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spill:
+        keys: set[str] = set()
+        count = 0
+        for annotation in annotations:
+            row = as_row(annotation, selection.zone)
+            keys.update(row["raw"])
+            spill.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+        if not count:
+            raise cli.BadInput(f"no annotations match: {selection.describe()}")
+        raw_keys = sorted(keys)
+        spill.seek(0)
+        with output_path(out_csv).open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow([*COLUMNS, *(RAW_PREFIX + k for k in raw_keys)])
+            for line in spill:
+                row = json.loads(line)
+                raw = row["raw"]
+                writer.writerow(
+                    [_cell(row[c]) for c in COLUMNS] + [_cell(raw.get(k)) for k in raw_keys]
+                )
     return count
 
 
@@ -286,7 +276,6 @@ def _parse_args(argv: list[str] | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         args = _parse_args(argv)
-        database_url = cli.required_env(DB_ENV, "the annotation store's database URL")
         selection = Selection(
             project_ids=tuple(args.project_ids),
             job_ids=tuple(args.job_ids),
@@ -296,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             timezone=args.timezone.strip() or "UTC",
             all_annotations=args.all_annotations,
         )
-        count = fetch_tagged_dataset(database_url, selection, args.dataset)
+        env = {name: os.environ[name] for name in STORE_ENV if name in os.environ}
+        count = fetch_tagged_dataset(env, selection, args.dataset)
         write_parameter(args.row_count, count)
 
     return cli.run("fetch_tagged_dataset", body)

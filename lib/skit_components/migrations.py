@@ -194,11 +194,110 @@ _METRICS_MIGRATIONS = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "prompts and generated conversations keyed by content, linked to annotation projects",
+        (
+            # Keys are content hashes written by record_conversations, so a retried or rerun
+            # step records a prompt or a conversation once. Partial: the original system's
+            # rows and the demo's have no key.
+            "ALTER TABLE prompt_details ADD COLUMN prompt_key TEXT NOT NULL DEFAULT ''",
+            """
+            CREATE UNIQUE INDEX prompt_details_key
+                ON prompt_details (prompt_key) WHERE prompt_key <> ''
+            """,
+            "ALTER TABLE generated_conversations"
+            " ADD COLUMN conversation_key TEXT NOT NULL DEFAULT ''",
+            """
+            CREATE UNIQUE INDEX generated_conversations_key
+                ON generated_conversations (conversation_key) WHERE conversation_key <> ''
+            """,
+            # The annotation store's project the conversation was uploaded to (its id there).
+            "ALTER TABLE generated_conversations ADD COLUMN annotation_project_id BIGINT",
+        ),
+    ),
 )
 
 # The annotation store: projects (Label Studio projects and Tog jobs share one id space,
 # told apart by `source`), their tasks (the annotated item as the tool showed it, in `data`)
 # and every annotation made on a task, so disagreement between annotators is kept.
+
+_ANNOTATION_TASK_TYPES = "'intent', 'entity', 'transcription', 'call', 'conversation'"
+
+# Migration 2 widens annotation_projects.task_type's CHECK. PostgreSQL replaces the
+# constraint; SQLite cannot alter one, and its documented way (a new table, copy, drop,
+# rename: sqlite.org/lang_altertable.html) needs foreign_keys off, which cannot change inside
+# the migration's transaction -- with it on, dropping the old projects table would cascade
+# to every task. So SQLite rebuilds the three tables child-last: copies are made, the old
+# tables dropped leaves first, and renaming each copy rewrites the references to it
+# (SQLite >= 3.26 with legacy_alter_table off, the default).
+_ANNOTATIONS_V2_BY_DIALECT = {
+    "postgresql": (
+        "ALTER TABLE annotation_projects DROP CONSTRAINT annotation_projects_task_type_check",
+        "ALTER TABLE annotation_projects ADD CONSTRAINT annotation_projects_task_type_check"
+        f" CHECK (task_type IN ({_ANNOTATION_TASK_TYPES}))",
+    ),
+    "sqlite": (
+        f"""
+        CREATE TABLE annotation_projects_v2 (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL CHECK (source IN ('label_studio', 'tog')),
+            name TEXT NOT NULL,
+            task_type TEXT NOT NULL CHECK (task_type IN ({_ANNOTATION_TASK_TYPES})),
+            language TEXT NOT NULL DEFAULT '',
+            client_id BIGINT,
+            created_at TEXT NOT NULL DEFAULT {_TOKENS["sqlite"]["now"]},
+            UNIQUE (source, name)
+        )
+        """,
+        "INSERT INTO annotation_projects_v2 SELECT * FROM annotation_projects",
+        f"""
+        CREATE TABLE annotation_tasks_v2 (
+            id INTEGER PRIMARY KEY,
+            project_id BIGINT NOT NULL
+                REFERENCES annotation_projects_v2 (id) ON DELETE CASCADE,
+            data TEXT NOT NULL,
+            call_uuid TEXT NOT NULL DEFAULT '',
+            conversation_uuid TEXT NOT NULL DEFAULT '',
+            language TEXT NOT NULL DEFAULT '',
+            reftime TEXT,
+            is_gold BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TEXT NOT NULL DEFAULT {_TOKENS["sqlite"]["now"]}
+        )
+        """,
+        "INSERT INTO annotation_tasks_v2 SELECT * FROM annotation_tasks",
+        """
+        CREATE TABLE annotations_v2 (
+            id INTEGER PRIMARY KEY,
+            task_id BIGINT NOT NULL REFERENCES annotation_tasks_v2 (id) ON DELETE CASCADE,
+            annotator TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            tagged_at TEXT NOT NULL
+        )
+        """,
+        "INSERT INTO annotations_v2 SELECT * FROM annotations",
+        "DROP TABLE annotations",
+        "DROP TABLE annotation_tasks",
+        "DROP TABLE annotation_projects",
+        "ALTER TABLE annotation_projects_v2 RENAME TO annotation_projects",
+        "ALTER TABLE annotation_tasks_v2 RENAME TO annotation_tasks",
+        "ALTER TABLE annotations_v2 RENAME TO annotations",
+        "CREATE INDEX annotation_tasks_project_idx ON annotation_tasks (project_id)",
+        "CREATE INDEX annotations_task_idx ON annotations (task_id, tagged_at)",
+        "CREATE INDEX annotations_tagged_at_idx ON annotations (tagged_at)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _AnnotationsV2(Migration):
+    """Migration 2 of the annotations schema: its engine's own statements first (see
+    _ANNOTATIONS_V2_BY_DIALECT), then the shared ones."""
+
+    def render(self, dialect: Dialect) -> list[str]:
+        return [*_ANNOTATIONS_V2_BY_DIALECT[dialect.name], *super().render(dialect)]
+
+
 _ANNOTATIONS_MIGRATIONS = (
     Migration(
         1,
@@ -242,6 +341,29 @@ _ANNOTATIONS_MIGRATIONS = (
             """,
             "CREATE INDEX annotations_task_idx ON annotations (task_id, tagged_at)",
             "CREATE INDEX annotations_tagged_at_idx ON annotations (tagged_at)",
+        ),
+    ),
+    _AnnotationsV2(
+        2,
+        "call and conversation tasks, idempotency keys, labels and predictions",
+        (
+            "ALTER TABLE annotation_tasks ADD COLUMN task_key TEXT",
+            # NULL keys (tasks made before keys existed) never collide: both engines treat
+            # NULLs as distinct in a unique index.
+            "CREATE UNIQUE INDEX annotation_tasks_key_idx"
+            " ON annotation_tasks (project_id, task_key)",
+            "ALTER TABLE annotation_projects ADD COLUMN labels {json} NOT NULL DEFAULT '[]'",
+            """
+            CREATE TABLE annotation_predictions (
+                id {pk},
+                task_id BIGINT NOT NULL REFERENCES annotation_tasks (id) ON DELETE CASCADE,
+                model_version TEXT NOT NULL,
+                score DOUBLE PRECISION,
+                tag {json} NOT NULL,
+                created_at {timestamp} NOT NULL DEFAULT {now}
+            )
+            """,
+            "CREATE INDEX annotation_predictions_task_idx ON annotation_predictions (task_id)",
         ),
     ),
 )

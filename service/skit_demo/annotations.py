@@ -31,10 +31,20 @@ from skit_components.db import Database
 from skit_demo import vocabulary as v
 from skit_demo.calls import IST, Row
 
-PROJECT_COLUMNS = ("id", "source", "name", "task_type", "language", "client_id", "created_at")
+PROJECT_COLUMNS = (
+    "id",
+    "source",
+    "name",
+    "task_type",
+    "language",
+    "client_id",
+    "created_at",
+    "labels",
+)
 TASK_COLUMNS = (
     "id",
     "project_id",
+    "task_key",
     "data",
     "call_uuid",
     "conversation_uuid",
@@ -327,8 +337,35 @@ def _distance(
 def project_rows(created_at: Any) -> list[Row]:
     """The PROJECTS as rows of PROJECT_COLUMNS, all created at `created_at`."""
     return [
-        (p.id, p.source, p.name, p.task_type, p.language, p.client_id, created_at) for p in PROJECTS
+        (
+            p.id,
+            p.source,
+            p.name,
+            p.task_type,
+            p.language,
+            p.client_id,
+            created_at,
+            _json(list(project_labels(p))),
+        )
+        for p in PROJECTS
     ]
+
+
+def project_labels(project: Project) -> tuple[str, ...]:
+    """What the project's annotators choose from: the canonical intents callers answer
+    with in its flows' templates (and _oos_), the entity types, nothing for transcription."""
+    if project.task_type == "entity":
+        return _ENTITY_TYPES
+    if project.task_type != "intent":
+        return ()
+    templates = {f.template_id for f in v.FLOWS if f.id in project.flow_ids}
+    intents = {
+        intent
+        for template in templates
+        for state in v.TEMPLATES.get(template, {}).values()
+        for intent in (state.caller or {})
+    }
+    return (*sorted(intents - {"_oos_"}), "_oos_")
 
 
 class AnnotationSimulator:
@@ -388,6 +425,9 @@ class AnnotationSimulator:
         task = (
             self._task_id,
             project.id,
+            # The key the pipelines push this turn with, so a push of a demo turn into its
+            # demo project adds nothing twice.
+            f"turn:{turn.uuid}",
             _json(task_data(turn)),
             turn.call_uuid,
             turn.uuid,

@@ -42,7 +42,7 @@ def rows(db: Database, table: str) -> list[dict]:
     out = []
     for row in cursor.fetchall():
         record = dict(zip(names, row, strict=True))
-        for key in ("data", "tag"):
+        for key in ("data", "tag", "labels"):
             if isinstance(record.get(key), str):
                 record[key] = json.loads(record[key])
         for key in ("reftime", "created_at", "tagged_at"):
@@ -252,9 +252,9 @@ def test_summary_counts_and_generation_time(tmp_path):
 def test_migration_is_versioned_and_idempotent(tmp_path):
     with connect(sqlite_url(tmp_path / "a.db"), create=True) as db:
         assert schema_version(db, ANNOTATIONS) == 0
-        assert migrate(db, ANNOTATIONS) == [1]
+        assert migrate(db, ANNOTATIONS) == [1, 2]
         assert migrate(db, ANNOTATIONS) == []
-        assert schema_version(db, ANNOTATIONS) == latest_version(ANNOTATIONS) == 1
+        assert schema_version(db, ANNOTATIONS) == latest_version(ANNOTATIONS) == 2
 
 
 def test_ensure_demo_data_adds_the_store_to_an_existing_demo(tmp_path):

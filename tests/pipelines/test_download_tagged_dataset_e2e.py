@@ -8,10 +8,15 @@ import json
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
+
+from skit_components.annotations import NewTask, ProjectSpec, open_store
+from skit_components.annotations.labeling import tag_to_result
 from skit_components.db import connect
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "download_tagged_dataset"
+pytest_plugins = ["skit_testing.label_studio"]
 
 
 def output_csv(run: Run, name: str) -> list[dict]:
@@ -80,4 +85,32 @@ async def test_an_unknown_project_fails_the_run_with_one_clear_reason(run_pipeli
     (step,) = run.steps
     assert step.state is StepState.FAILED
     assert "unknown Label Studio project ids [999]" in run.error.message
+    assert not run.outputs
+
+
+@pytest.mark.xdist_group("label-studio-download-tagged-dataset")
+async def test_label_studio_step_env_reads_a_real_label_studio(run_pipeline, label_studio):
+    """With LABEL_STUDIO_URL/TOKEN in the step env (as SKIT_STEP_ENV_* gives them), the
+    step reads Label Studio instead of the demo store it also has."""
+    store = open_store(label_studio.env)
+    project = store.create_project(ProjectSpec("Pipeline intents", "intent", ("yes", "no")))
+    store.push_tasks(
+        project.id, [NewTask(f"turn:{n}", {"text": f"turn {n}", "n": n}) for n in range(4)]
+    )
+    store.close()
+    for task in label_studio.tasks(project.id)[:3]:
+        label_studio.annotate(task["id"], tag_to_result("intent", {"choices": ["yes"]}))
+
+    run = await run_pipeline(extra_env=label_studio.env)
+    assert run.state is RunState.SUCCEEDED, run.error
+    rows = output_csv(run, "dataset")
+    assert run.output_parameters["row_count"] == len(rows) == 3
+    assert {r["project_id"] for r in rows} == {str(project.id)}
+    assert {r["tag"] for r in rows} == {'{"choices": ["yes"]}'}
+    assert sorted(r["raw.n"] for r in rows) == ["0", "1", "2"]
+
+    wrong = {**label_studio.env, "LABEL_STUDIO_TOKEN": "0" * 40}
+    run = await run_pipeline(extra_env=wrong, project_ids=[project.id])
+    assert run.state is RunState.FAILED
+    assert "refused the token (HTTP 401" in run.error.message
     assert not run.outputs

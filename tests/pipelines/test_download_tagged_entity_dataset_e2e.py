@@ -10,11 +10,16 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
+
+from skit_components.annotations import NewTask, ProjectSpec, open_store
+from skit_components.annotations.labeling import tag_to_result
 from skit_components.db import connect
 from skit_demo import vocabulary
 from skit_pipelines.domain import Run, RunState, StepState
 
 PIPELINE = "download_tagged_entity_dataset"
+pytest_plugins = ["skit_testing.label_studio"]
 
 
 def output_csv(run: Run, name: str) -> list[dict]:
@@ -113,3 +118,38 @@ async def test_an_empty_date_range_fails_the_run(run_pipeline):
     assert "no annotations match: all entity projects and jobs, tagged from 2027-01-01" in (
         run.error.message
     )
+
+
+@pytest.mark.xdist_group("label-studio-download-tagged-entity-dataset")
+async def test_entities_tagged_in_label_studio_are_resolved(run_pipeline, label_studio):
+    """Entity spans an annotator marks in a real Label Studio (the step env names it) come
+    out resolved relative to the call's time, as the demo store's do."""
+    store = open_store(label_studio.env)
+    project = store.create_project(ProjectSpec("Dates and times", "entity"))
+    said = {"turn:1": ("i will pay tomorrow", "date", "tomorrow"),
+            "turn:2": ("call me at five pm", "time", "five pm")}  # fmt: skip
+    reftime = "2026-11-02T10:00:00.000+05:30"
+    store.push_tasks(
+        project.id,
+        [
+            NewTask(key, {"text": text, "reftime": reftime, "timezone": "Asia/Kolkata",
+                          "language": "en", "entities": []})
+            for key, (text, _, _) in said.items()
+        ],
+    )  # fmt: skip
+    store.close()
+    for task in label_studio.tasks(project.id):
+        text, kind, span = said[task["data"]["skit_key"]]
+        start = text.index(span)
+        entity = {"type": kind, "text": span, "start": start, "end": start + len(span)}
+        label_studio.annotate(task["id"], tag_to_result("entity", {"entities": [entity]}))
+
+    run = await run_pipeline(extra_env=label_studio.env, timezone="Asia/Kolkata")
+    assert run.state is RunState.SUCCEEDED, run.error
+    rows = output_csv(run, "dataset")
+    assert run.output_parameters["entity_count"] == 2
+    assert run.output_parameters["unresolved_count"] == 0
+    values = {e["text"]: e["value"] for r in rows for e in json.loads(r["normalized_entities"])}
+    assert values["tomorrow"] == "2026-11-03"
+    five_pm = datetime.fromisoformat(values["five pm"])
+    assert (five_pm.hour, five_pm.utcoffset()) == (17, timedelta(hours=5, minutes=30))

@@ -202,11 +202,17 @@ def test_bad_input_fails_with_exit_2_and_one_clear_line(run, capsys, args, messa
     assert message in line
 
 
-def test_missing_database_url_is_bad_input(monkeypatch, tmp_path, capsys):
-    monkeypatch.delenv("ANNOTATIONS_DB_URL", raising=False)
+def test_no_configured_store_is_bad_input(monkeypatch, tmp_path, capsys):
+    for name in ("ANNOTATIONS_DB_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     out = ["--dataset", str(tmp_path / "d.csv"), "--row-count", str(tmp_path / "n")]
     assert fetch_tagged_dataset.main(out) == 2
-    assert "ANNOTATIONS_DB_URL is not set" in one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
+    assert "no annotation store configured: set LABEL_STUDIO_URL and LABEL_STUDIO_TOKEN" in line
+    assert "or ANNOTATIONS_DB_URL" in line
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio.internal:8080")
+    assert fetch_tagged_dataset.main(out) == 2
+    assert "LABEL_STUDIO_TOKEN is not" in one_line(capsys.readouterr().err)
 
 
 def test_unusable_databases_fail_with_exit_13(run, tmp_path, capsys):
