@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from skit_demo import ensure_demo_data
-from skit_pipelines.artifacts import LocalArtifactStore
+from skit_pipelines.artifacts import ArtifactStore, LocalArtifactStore
 from skit_pipelines.backends.local import LocalBackend, StoreStepCache
 from skit_pipelines.catalog import Catalog, compile_pipeline, pipeline_from_spec
 from skit_pipelines.domain import Run
@@ -55,9 +55,15 @@ def demo_env(request: pytest.FixtureRequest, demo_root: Path, tmp_path: Path) ->
 @pytest.fixture
 def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
     """Runs the module's pipeline with the given parameters; returns the finished run.
-    `extra_env` adds step env vars (e.g. an LLM endpoint) to `demo_env`."""
+    `extra_env` adds step env vars (e.g. an LLM endpoint) to `demo_env`; `artifacts` replaces
+    the local artifact directory (e.g. an S3ArtifactStore: every output is uploaded and the
+    next step's inputs downloaded from there)."""
 
-    async def _run(extra_env: dict[str, str] | None = None, **parameters) -> Run:
+    async def _run(
+        extra_env: dict[str, str] | None = None,
+        artifacts: ArtifactStore | None = None,
+        **parameters,
+    ) -> Run:
         store = SqliteRunStore(tmp_path / "runs.db")
         executor = LocalExecutor(
             ExecutorConfig(
@@ -65,7 +71,7 @@ def run_pipeline(tmp_path: Path, demo_env: dict[str, str], catalog: Catalog):
                 work_root=tmp_path / "work",
                 step_env={**demo_env, **(extra_env or {})},
             ),
-            LocalArtifactStore(tmp_path / "artifacts"),
+            artifacts or LocalArtifactStore(tmp_path / "artifacts"),
             cache=StoreStepCache(store),
         )
         backend = LocalBackend(executor)

@@ -15,13 +15,9 @@ import pytest
 from skit_components.db import connect
 from skit_components.model_registry import ModelRegistry
 from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Settings
-from skit_pipelines.backends.local import LocalBackend, StoreStepCache
 from skit_pipelines.catalog import resolve_parameters
 from skit_pipelines.domain import Run, RunState, StepState
 from skit_pipelines.errors import InvalidArgument
-from skit_pipelines.executor import ExecutorConfig, LocalExecutor
-from skit_pipelines.runs import CreateRunInput, RunController
-from skit_pipelines.store.sqlite import SqliteRunStore
 
 PIPELINE = "sample_and_tag_calls"
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,41 +171,9 @@ def test_what_a_step_would_refuse_is_refused_at_create_run(catalog, given, field
     assert [v.field for v in refused.value.violations] == [f"run.parameters.{field}"]
 
 
-async def run_with_s3_artifacts(
-    catalog, tmp_path: Path, step_env: dict[str, str], store, **parameters
-) -> Run:
-    """The pipeline through the run controller with S3ArtifactStore: the executor uploads
-    every output to S3 and downloads the next step's inputs from there."""
-    runs = SqliteRunStore(tmp_path / "s3-runs.db")
-    executor = LocalExecutor(
-        ExecutorConfig(
-            images_root=ROOT / "images", work_root=tmp_path / "s3-work", step_env=step_env
-        ),
-        store,
-        cache=StoreStepCache(runs),
-    )
-    backend = LocalBackend(executor)
-    controller = RunController(runs, catalog, backend)
-    backend.start(controller)
-    try:
-        (pipeline,) = catalog.list()
-        run = await controller.create_run(
-            CreateRunInput(pipeline=pipeline.name, parameters=parameters)
-        )
-        async for snapshot in controller.watch_run(run.name):
-            if snapshot.state.terminal:
-                return snapshot
-        raise AssertionError("the watch ended before the run did")
-    finally:
-        await backend.shutdown()
-        await runs.close()
-
-
-async def test_with_s3_artifacts(catalog, tmp_path, demo_env, bucket, s3_endpoint, s3_client):
+async def test_with_s3_artifacts(run_pipeline, demo_env, bucket, s3_endpoint, s3_client):
     store = S3ArtifactStore.from_url(f"s3://{bucket}/runs", S3Settings(endpoint_url=s3_endpoint))
-    run = await run_with_s3_artifacts(
-        catalog, tmp_path, demo_env, store, call_quantity=5, turn_quantity=10
-    )
+    run = await run_pipeline(artifacts=store, call_quantity=5, turn_quantity=10)
     assert run.state is RunState.SUCCEEDED, run.error
     (turns,) = [a for a in run.outputs if a.name == "turns"]
     assert turns.uri.startswith(f"s3://{bucket}/runs/")
