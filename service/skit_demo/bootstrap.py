@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 CALLS_DB = "calls.db"
 METRICS_DB = "metrics.db"
 ANNOTATIONS_DB = "annotations.db"
+AUDIO_DIR = "audio"
+"""The demo calls' audio (skit_demo.audio), which the turns' audio_url point at."""
 _TEMP = re.compile(r"^(?P<name>.+\.db)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 # slu_model's registry directory and the prefix of the temporary one it builds first.
 _MODELS_DIR = "models"
@@ -61,6 +63,11 @@ def ensure_demo_data(demo_root: Path) -> dict[str, str]:
             for temporary in temporaries.values():
                 temporary.unlink(missing_ok=True)
     annotations_path = demo_root / ANNOTATIONS_DB
+    if not annotations_path.exists() or not (demo_root / AUDIO_DIR).is_dir():
+        # Before the annotation store, whose tasks copy the turns' audio URLs.
+        from skit_demo.audio import place_demo_audio
+
+        place_demo_audio(demo_root, calls_path)
     if not annotations_path.exists():
         _create_annotations(calls_path, annotations_path)
     for path, schema in (
