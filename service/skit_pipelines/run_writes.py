@@ -129,6 +129,14 @@ class RunWrites:
             await self._enqueue(run_id, backlog, change, durable)
             return
         change.stored(run)
+        if self._store.hub.watcher_count(run_id):
+            # Deliveries first: storing published the revision, which woke every watcher
+            # of the run in this process. Yielding once puts the reporter (the executor,
+            # about to prepare and spawn the next step, or to store the next change)
+            # behind them, so each watcher is sent the revision before the work that
+            # follows it takes the event loop. Without watchers there is nobody to wait
+            # for.
+            await asyncio.sleep(0)
 
     def _replace(self, backlog: _Backlog, change: Change) -> bool:
         if not change.key:

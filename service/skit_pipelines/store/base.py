@@ -247,11 +247,9 @@ class RevisionHub:
             self._changed[run.id] = asyncio.Event()
             changed.set()
 
-    async def wait_newer(self, run_id: str, revision: int) -> None:
-        """Returns once a revision after `revision` is known, or the hub is closed; only
-        for subscribed runs."""
-        while not self._closed and self.latest_revision(run_id) <= revision:
-            await self._changed[run_id].wait()
+    def changed(self, run_id: str) -> asyncio.Event:
+        """Set at the run's next publish (or close); only for subscribed runs."""
+        return self._changed[run_id]
 
     def latest_revision(self, run_id: str) -> int:
         recent = self._recent.get(run_id)
@@ -480,15 +478,19 @@ class RunStore(ABC):
                 current = run
             if not replay:
                 last = after_revision
+            hub = self.hub
             while not current.state.terminal or current.revision > last:
-                await self.hub.wait_newer(run_id, last)
-                if self.hub.closed:
+                # Waited for here, not in a coroutine of the hub's: one coroutine less
+                # for every revision each watcher is sent.
+                while not hub.closed and hub.latest_revision(run_id) <= last:
+                    await hub.changed(run_id).wait()
+                if hub.closed:
                     raise Unavailable(
                         "the server is shutting down; reconnect with after_revision"
                         f" = {last} to continue",
                         reason="SHUTTING_DOWN",
                     )
-                newer = self.hub.recent_after(run_id, last)
+                newer = hub.recent_after(run_id, last)
                 if newer is None:
                     newer = await self.revisions_after(run_id, last) or [await self.get_run(run_id)]
                 for run in newer:

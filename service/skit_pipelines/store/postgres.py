@@ -624,8 +624,10 @@ class PostgresRunStore(RunStore):
 
         outcome = await self._run(attempt, what="create_run")
         if outcome.created:
-            self.change_signal.advance(appended)
+            # Watchers of the run first: the change feed's readers (WatchRuns, the
+            # notifier, which queries the store) wake after them.
             self.hub.publish(run)
+            self.change_signal.advance(appended)
         return outcome
 
     async def get_run(self, run_id: str) -> Run:
@@ -665,8 +667,10 @@ class PostgresRunStore(RunStore):
             return updated
 
         updated = await self._run(attempt, what="update_run")
-        self.change_signal.advance(appended)
+        # Watchers of the run first: the change feed's readers (WatchRuns, the
+        # notifier, which queries the store) wake after them.
         self.hub.publish(updated)
+        self.change_signal.advance(appended)
         return updated
 
     async def _append_change(

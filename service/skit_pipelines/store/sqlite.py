@@ -307,8 +307,10 @@ class SqliteRunStore(RunStore):
                     (run.creator, run.request_id, request_hash, run.id),
                 )
             cursor = self._append_change(run, snapshot, deleted=False)
-        self.change_signal.advance(cursor)
+        # Watchers of the run first: the change feed's readers (WatchRuns, the
+        # notifier, which queries the store) wake after them.
         self.hub.publish(run)
+        self.change_signal.advance(cursor)
         return CreateOutcome(run=run, created=True)
 
     def _append_change(self, run: Run, snapshot: str, *, deleted: bool) -> int:
@@ -417,8 +419,10 @@ class SqliteRunStore(RunStore):
                     (run_id, updated.revision - self._history_limit),
                 )
             cursor = self._append_change(updated, snapshot, deleted=False)
-        self.change_signal.advance(cursor)
+        # Watchers of the run first: the change feed's readers (WatchRuns, the
+        # notifier, which queries the store) wake after them.
         self.hub.publish(updated)
+        self.change_signal.advance(cursor)
         return updated
 
     async def delete_run(self, run_id: str) -> None:

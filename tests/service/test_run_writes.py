@@ -1,0 +1,55 @@
+"""RunWrites: a stored change reaches the run's watchers before its reporter goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from skit_pipelines.domain import Run, RunState
+from skit_pipelines.run_writes import Change, RunWrites
+from skit_pipelines.store.sqlite import SqliteRunStore
+from skit_testing.waiting import until
+
+
+def _run() -> Run:
+    now = datetime.now(UTC)
+    return Run(
+        id="r1",
+        pipeline="p",
+        pipeline_version="v",
+        parameters={},
+        labels={},
+        state=RunState.RUNNING,
+        create_time=now,
+        update_time=now,
+        revision=1,
+    )
+
+
+async def test_watchers_are_sent_a_stored_revision_before_the_reporter_goes_on(
+    tmp_path: Path,
+) -> None:
+    store = SqliteRunStore(tmp_path / "runs.db")
+    await store.create_run(_run())
+    writes = RunWrites(store)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        async for run in store.watch("r1"):
+            seen.append(run.revision)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await until(lambda: seen == [1], what="the first snapshot")
+        # The executor reports, then goes straight on to its next (blocking) work: by
+        # then the watcher must have had its turn with the new revision.
+        await writes.write("r1", Change(lambda r: replace(r, labels={"a": "1"}), lambda _: None))
+        assert seen == [1, 2]
+        await writes.write("r1", Change(lambda r: replace(r, labels={"a": "2"}), lambda _: None))
+        assert seen == [1, 2, 3]
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await store.close()
