@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from skit_components.db import connect
+from skit_pipelines.artifacts.s3 import S3ArtifactStore, S3Settings
 from skit_pipelines.domain import Run, RunState, StepState
 from skit_testing.fake_openai import FakeChatServer, Reply, Request, chat_reply
 
@@ -103,3 +104,16 @@ async def test_an_invalidated_situation_is_refused(run_pipeline, demo_env):
     run = await run_pipeline(situation_ids=[row[0]], generator="template")
     assert run.state is RunState.FAILED
     assert f"situations [{row[0]}] are invalidated" in run.error.message
+
+
+async def test_with_s3_artifacts(run_pipeline, bucket, s3_endpoint, s3_client):
+    """The executor uploads the conversations and the report to S3; the run names them there."""
+    store = S3ArtifactStore.from_url(f"s3://{bucket}/runs", S3Settings(endpoint_url=s3_endpoint))
+    run = await run_pipeline(artifacts=store, situation_limit=2, conversations_per_situation=2)
+    assert run.state is RunState.SUCCEEDED, run.error
+    (artifact,) = [a for a in run.outputs if a.name == "conversations"]
+    assert artifact.uri.startswith(f"s3://{bucket}/runs/")
+    key = artifact.uri.removeprefix(f"s3://{bucket}/")
+    lines = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+    assert len(lines) == 4 == run.output_parameters["generated_count"]
+    assert all(json.loads(line)["turns"] for line in lines)
