@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from skit_components.annotations import (
     UnknownProject,
     open_store,
 )
+from skit_components.conversations import conversation_key
 from skit_components.outputs import write_json, write_parameter
 
 logger = logging.getLogger("push_annotation_tasks")
@@ -265,20 +265,6 @@ def _conversation_tasks(path: Path) -> Iterator[NewTask]:
                     f"(generate_conversations): {type(exc).__name__}: {exc}"
                 ) from None
             yield NewTask(key=f"conversation:{conversation_key(record)}", data=data)
-
-
-def conversation_key(record: Mapping[str, Any]) -> str:
-    """A conversation's identity: a hash of its situation, index, prompt and turns (the same
-    conversation pushed or recorded again has the same key)."""
-    identity = {
-        "situation_id": record.get("situation_id"),
-        "index": record.get("index"),
-        "generator": record.get("generator"),
-        "prompt": record.get("prompt"),
-        "turns": record.get("turns"),
-    }
-    text = json.dumps(identity, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _dialogue(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

@@ -18,12 +18,11 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from skit_components import cli
+from skit_components.conversations import conversation_key
 from skit_components.db import DatabaseError, connect
 from skit_components.migrations import METRICS, SchemaError, require_schema
 from skit_components.outputs import write_json, write_parameter
@@ -67,23 +66,6 @@ class Recorded:
     existing: int
     """Conversations recorded before (by an earlier attempt or run)."""
     prompt_ids: list[int]
-
-
-def conversation_key(record: Mapping[str, Any]) -> str:
-    """A conversation's identity: a hash of its situation, index, generator, prompt and turns.
-
-    The same function as push_annotation_tasks' (whose task keys are "conversation:<key>"),
-    so a recorded conversation names its annotation task; tests/pipelines checks they agree.
-    """
-    identity = {
-        "situation_id": record.get("situation_id"),
-        "index": record.get("index"),
-        "generator": record.get("generator"),
-        "prompt": record.get("prompt"),
-        "turns": record.get("turns"),
-    }
-    text = json.dumps(identity, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def read_records(path: Path) -> list[Record]:
