@@ -11,7 +11,6 @@ task's data as JSON and flattened into `raw.*` columns.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -251,14 +250,6 @@ def _show(ids: tuple[int, ...] | list[int]) -> str:
     return f"[{', '.join(map(str, ids[:_SHOWN_IDS]))}, ...] ({len(ids)} in all)"
 
 
-def _boolean(text: str) -> bool:
-    """A Boolean input, as KFP renders it (true/false)."""
-    value = text.strip().lower()
-    if value not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value == "true"
-
-
 def _parse_args(argv: list[str] | None) -> Any:
     parser = cli.ArgumentParser(prog="fetch_tagged_dataset", description=__doc__)
     parser.add_argument("--project-ids", type=cli.json_list(int), default=[])
@@ -267,7 +258,7 @@ def _parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--start-date", type=cli.iso_date_or_empty, default=None)
     parser.add_argument("--end-date", type=cli.iso_date_or_empty, default=None)
     parser.add_argument("--timezone", default="UTC")
-    parser.add_argument("--all-annotations", type=_boolean, default=False)
+    parser.add_argument("--all-annotations", type=cli.boolean, default=False)
     parser.add_argument("--dataset", type=Path, required=True, help="output: the CSV")
     parser.add_argument("--row-count", type=Path, required=True, help="output: rows in it")
     return parser.parse_args(argv)

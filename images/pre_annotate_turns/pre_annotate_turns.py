@@ -152,21 +152,12 @@ def summary(selected: Selected) -> dict[str, Any]:
     }
 
 
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="pre_annotate_turns", description=__doc__)
     parser.add_argument("--calls", type=Path, required=True, help="input: turns CSV")
     parser.add_argument("--turn-quantity", type=cli.integer, default=Options.turn_quantity)
     parser.add_argument("--seed", type=cli.integer, default=Options.seed)
-    parser.add_argument("--pre-annotate", type=_boolean, default=Options.pre_annotate)
+    parser.add_argument("--pre-annotate", type=cli.boolean, default=Options.pre_annotate)
     parser.add_argument("--model-version", default="")
     parser.add_argument("--turns", type=Path, required=True, help="output: turns CSV")
     parser.add_argument("--turn-count", type=Path, required=True, help="output")

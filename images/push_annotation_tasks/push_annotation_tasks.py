@@ -409,22 +409,13 @@ def _time_or_none(text: str) -> datetime | None:
     return moment if moment is None or moment.tzinfo is not None else None
 
 
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="push_annotation_tasks", description=__doc__)
     parser.add_argument("--tasks", type=Path, required=True, help="input: the dataset")
     parser.add_argument("--task-type", required=True)
     parser.add_argument("--project-id", type=cli.integer, default=0)
     parser.add_argument("--project-title", default="")
-    parser.add_argument("--create-project", type=_boolean, default=False)
+    parser.add_argument("--create-project", type=cli.boolean, default=False)
     parser.add_argument("--labels", type=cli.json_list(str), default=[])
     parser.add_argument("--language", default="")
     parser.add_argument("--pushed-project-id", type=Path, required=True, help="output")

@@ -82,6 +82,16 @@ def integer(text: str) -> int:
     return int(value)
 
 
+def boolean(text: str) -> bool:
+    """A Boolean input ("true"/"false", as KFP renders them; also 1/0)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def number(text: str) -> float:
     """A Float input."""
     try:

@@ -191,7 +191,7 @@ def test_dates_are_inclusive_local_tagging_days(run, store):
         (["--start-date", "2026-10-20", "--end-date", "2026-10-01"], "is before start_date"),
         (["--project-ids", "11"], "expected a JSON array"),
         (["--job-ids", "[-4]"], "must be positive ids"),
-        (["--all-annotations", "yes"], "expected true or false"),
+        (["--all-annotations", "maybe"], "expected true or false"),
     ],
 )
 def test_bad_input_fails_with_exit_2_and_one_clear_line(run, capsys, args, message):
