@@ -32,15 +32,10 @@ from skit_release.engines import Buildah, Engine, ImageConfig
 from skit_release.git import ReleaseError
 from skit_release.layout import Image
 from skit_release.smoke import SmokeResult, SmokeSpec
+from skit_testing.git import GIT_ENV, git
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ("fetch_calls", "invalidate_situations")
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "release test",
-    "GIT_AUTHOR_EMAIL": "release-test@example.invalid",
-    "GIT_COMMITTER_NAME": "release test",
-    "GIT_COMMITTER_EMAIL": "release-test@example.invalid",
-}
 REAL_BUILDAH = os.environ.get("SKIT_TEST_BUILDAH") == "1"
 pytestmark = [
     pytest.mark.xdist_group("buildah"),  # one worker: real builds share storage
@@ -49,18 +44,6 @@ pytestmark = [
 ]
 # The base image cache is shared with `skit-release` (CI keeps it between runs).
 cache_dir = Path(os.environ.get("SKIT_CACHE_DIR", DEFAULT_CACHE_DIR))
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        check=False,
-    )
-    assert result.returncode == 0, f"git {args}: {result.stderr}"
-    return result.stdout
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -29,33 +29,16 @@ from skit_release.forge import parse_tag, push_tagged, set_lock_entry, tag_probl
 from skit_release.git import ReleaseError
 from skit_release.layout import select_images
 from skit_release.smoke import SmokeResult, SmokeSpec
+from skit_testing.git import git
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "fetch_calls"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "release test",
-    "GIT_AUTHOR_EMAIL": "release-test@example.invalid",
-    "GIT_COMMITTER_NAME": "release test",
-    "GIT_COMMITTER_EMAIL": "release-test@example.invalid",
-}
 REAL_BUILDAH = os.environ.get("SKIT_TEST_BUILDAH") == "1"
 pytestmark = [
     pytest.mark.xdist_group("buildah"),  # one worker: real builds share storage
     pytest.mark.timeout(900 if REAL_BUILDAH else 120),
 ]
 cache_dir = Path(os.environ.get("SKIT_CACHE_DIR", DEFAULT_CACHE_DIR))
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        check=False,
-    )
-    assert result.returncode == 0, f"git {args}: {result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture
