@@ -585,3 +585,26 @@ async def test_draining_server_refuses_new_runs_with_unavailable(service) -> Non
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert details(caught.value)[0].reason == "SHUTTING_DOWN"
     assert (await service.stub.GetRun(pb.GetRunRequest(name=run.name))).name == run.name
+
+
+def test_methods_are_served_by_the_generic_handler_alone() -> None:
+    """Registered methods make grpc.aio's server loop wait on one pending request per
+    method for every incoming call: PipelineService's methods must not be registered."""
+
+    class RecordingServer:
+        def __init__(self) -> None:
+            self.generic: list[object] = []
+            self.registered: list[str] = []
+
+        def add_generic_rpc_handlers(self, handlers: tuple[object, ...]) -> None:
+            self.generic.extend(handlers)
+
+        def add_registered_method_handlers(self, service: str, handlers: object) -> None:
+            self.registered.append(service)
+
+    server = RecordingServer()
+    servicer_module.add_to_server(
+        servicer_module.PipelineServicer.__new__(servicer_module.PipelineServicer),
+        server,  # type: ignore[arg-type]
+    )
+    assert len(server.generic) == 1 and server.registered == []
