@@ -27,6 +27,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import re
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
@@ -192,14 +193,43 @@ def _is_time_zone(name: str) -> bool:
     # What the steps do (ZoneInfo(name)), for names the tz database lists: ZoneInfo also
     # loads any file below the zoneinfo directory, such as "posixrules". Without a list
     # (no tz database found) ZoneInfo alone decides, as it does in the steps.
-    zones = _time_zones()
-    if zones and name not in zones:
-        return False
+    if not _surely_listed(name):
+        zones = _time_zones()
+        if zones and name not in zones:
+            return False
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+_ZONE_FILE_MAGIC = b"TZif"
+_UNLISTED_ZONE_DIRS = frozenset({"right", "posix"})
+
+
+def _surely_listed(name: str) -> bool:
+    """Whether zoneinfo.available_timezones() lists `name`, told from the key's own file:
+    the listing opens every file of the tz database (~30 ms), and the catalog checks the
+    pipelines' time zone defaults at every start. False means "ask the listing". It
+    follows the listing's walk of each zoneinfo directory: top-level right/ and posix/
+    and symlinked directories skipped, files starting with TZif, "posixrules" dropped."""
+    parts = name.split("/")
+    if name == "posixrules" or parts[0] in _UNLISTED_ZONE_DIRS or not _ZONE_KEY.fullmatch(name):
+        return False
+    for root in zoneinfo.TZPATH:
+        path = os.path.join(root, name)
+        directories = (os.path.join(root, *parts[:i]) for i in range(1, len(parts)))
+        if any(os.path.islink(d) for d in directories):
+            continue
+        try:
+            with open(path, "rb") as file:
+                if file.read(len(_ZONE_FILE_MAGIC)) == _ZONE_FILE_MAGIC:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass(frozen=True, init=False)

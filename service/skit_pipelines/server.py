@@ -34,7 +34,6 @@ from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
 from skit_pipelines.notifications.controller import SubscriptionController
 from skit_pipelines.notifications.worker import DeliveryWorker
-from skit_pipelines.retention import RetentionSweeper
 from skit_pipelines.runs import RunController
 from skit_pipelines.schedules import ScheduleController, Scheduler
 from skit_pipelines.servicer import PipelineServicer, add_to_server
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from skit_pipelines.artifacts import ArtifactStore
     from skit_pipelines.console import ConsoleServer
     from skit_pipelines.imagelock import ImageLock
+    from skit_pipelines.retention import RetentionSweeper
 
 logger = logging.getLogger(__name__)
 
@@ -524,6 +524,9 @@ async def build_application(
     backend.start(controller)
     retention = None
     if config.retention_days is not None:
+        # Imported here: only a configured retention period needs it.
+        from skit_pipelines.retention import RetentionSweeper
+
         retention = RetentionSweeper(controller, store, timedelta(days=config.retention_days))
 
     scheduler = Scheduler(controller)

@@ -26,7 +26,8 @@ __all__ = ["build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in `argv` (default sys.argv[1:]) and returns the exit code."""
-    parser = build_parser(os.environ)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(os.environ, command=argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -10,6 +11,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -18,6 +20,7 @@ from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines.config import ServerConfig
 from skit_pipelines_cli import live
 from skit_pipelines_cli import main as cli
+from skit_pipelines_cli.parser import build_parser
 from skit_pipelines_client import PipelinesClient
 
 RUNNING = run_pb2.STEP_STATE_RUNNING
@@ -657,6 +660,32 @@ def test_json_watch_prints_one_snapshot_per_line(server, fake, succeeding, capsy
 # serve and demo-data (their implementations are stand-ins here)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--port", "7000", "--retention-days", "7.5", "--backend", "kubeflow"],
+        ["serve", "--max-labels", "3", "--import-root", "a", "--import-root", "b"],
+        ["tokens", "add", "reports", "--role", "viewer", "--tokens-file", "t.json"],
+        ["demo-data", "--seed", "7", "--calls-db-url", "postgresql://db/calls"],
+    ],
+)
+def test_a_local_command_parses_alike_with_only_its_parser_built(argv):
+    # main builds only the named command's parser when the arguments start with one.
+    alone = build_parser({}, command=argv[0])
+
+    assert vars(alone.parse_args(argv)) == vars(build_parser({}).parse_args(argv))
+
+
+def test_a_local_command_rejects_bad_arguments_as_the_whole_parser_does(capsys):
+    assert cli.main(["serve", "--port", "seven"]) == 2
+    alone = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser({}).parse_args(["serve", "--port", "seven"])
+
+    assert alone == capsys.readouterr().err
+    assert "skit-pipelines serve: error: argument --port: invalid int value" in alone
+
+
 def test_serve_flags_override_the_environment(monkeypatch, tmp_path: Path):
     seen: list[ServerConfig] = []
     fake_server = types.ModuleType("skit_pipelines.server")
@@ -670,6 +699,37 @@ def test_serve_flags_override_the_environment(monkeypatch, tmp_path: Path):
 
     (config,) = seen
     assert (config.host, config.port, config.home) == ("0.0.0.0", 7000, tmp_path / "from-env")
+
+
+class _CountingServerModule(types.ModuleType):
+    """Records whether the collector runs when `serve` is imported from it."""
+
+    def __init__(self) -> None:
+        super().__init__("skit_pipelines.server")
+        self.collecting: list[bool] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "serve":
+            raise AttributeError(name)
+        self.collecting.append(gc.isenabled())
+        return lambda config: 0
+
+
+def test_serve_imports_the_server_with_the_collector_off_and_freezes_what_it_made(
+    monkeypatch,
+):
+    fake_server = _CountingServerModule()
+    monkeypatch.setitem(sys.modules, "skit_pipelines.server", fake_server)
+    frozen = gc.get_freeze_count()
+
+    try:
+        assert cli.main(["serve"]) == 0
+
+        assert fake_server.collecting == [False]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_serve_retention_days_from_the_flag_or_the_environment(monkeypatch):

@@ -13,15 +13,15 @@ import asyncio
 import json
 import logging
 import urllib.error
-from typing import Any
-
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from typing import TYPE_CHECKING, Any
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.notifications.model import Delivery, SlackSink, Subscription
 from skit_pipelines.notifications.secrets import SecretNotFound, Secrets
 from skit_pipelines.notifications.sinks.base import Sender, SendResult
+
+if TYPE_CHECKING:
+    from slack_sdk.errors import SlackApiError
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,11 @@ class SlackSender(Sender):
         return await asyncio.to_thread(self._post, token, sink, message_text(delivery.run))
 
     def _post(self, token: str, sink: SlackSink, text: str) -> SendResult:
+        # Imported at the first send: slack_sdk takes ~25 ms to import, which the server's
+        # start would pay even where no subscription ever names Slack.
+        from slack_sdk import WebClient
+        from slack_sdk.errors import SlackApiError
+
         client = WebClient(
             token=token,
             base_url=self._base_url,

@@ -11,14 +11,14 @@ at least once, so receivers deduplicate on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from google.protobuf import json_format
@@ -28,6 +28,9 @@ from skit_pipelines.domain import Run
 from skit_pipelines.notifications.model import Delivery, Subscription, WebhookSink
 from skit_pipelines.notifications.secrets import SecretNotFound, Secrets
 from skit_pipelines.notifications.sinks.base import Sender, SendResult
+
+if TYPE_CHECKING:
+    import urllib.request
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +84,29 @@ def where(url: str) -> str:
     return f"{parsed.scheme}://{parsed.hostname or '?'}{f':{parsed.port}' if parsed.port else ''}"
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not a new target: urllib would re-send a POST as a GET."""
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    # Built at the first send: urllib.request (with http.client and email) takes ~10 ms
+    # to import, which the server's start would pay before any webhook is due.
+    import urllib.request
 
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        """A redirect is an answer, not a new target: urllib would re-send a POST as a GET."""
 
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
 
-_OPENER = urllib.request.build_opener(_NoRedirects())
+    return urllib.request.build_opener(NoRedirects())
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
+    import urllib.error
+    import urllib.request
+
+    opener = _opener()
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as error:
         status = error.code
