@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks.report import Figure, spread
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
-REPETITIONS = 5
+REPETITIONS = 9
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 2.0
 """The target: at most this many times the bare server's start, on a warm home."""

@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,6 +140,10 @@ def add_token(path: Path, name: str, role: str) -> str:
         raise InvalidArgument(
             f"role must be one of {', '.join(r.name.lower() for r in Role)}", field="role"
         ) from None
+    # Imported here: only the tokens command writes tokens; serve only reads them.
+    import secrets
+    import tempfile
+
     data: dict[str, Any] = {"principals": []}
     if path.exists():
         data = json.loads(path.read_text())

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 from skit_pipelines import rules as parameter_rules
 from skit_pipelines.domain import ParameterType, Pipeline, PipelineParameter, Step
 from skit_pipelines.errors import FieldViolation, InvalidArgument, NotFound
-from skit_pipelines.images import components_from
 from skit_pipelines.rules import ParameterRule, shown, unknown_name_hint
 
 logger = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ _IR_TYPES = {
     "STRUCT": ParameterType.STRUCT,
 }
 _PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-_CACHE_FORMAT = b"catalog cache 2: spec and rules\n"
+_CACHE_FORMAT = b"catalog cache 3: spec, rules and version\n"
 """Part of the cache's hash: a cache written in another layout is never read."""
 _RULES_BY_TYPE: dict[ParameterType, tuple[type, ...]] = {
     ParameterType.STRING: parameter_rules.STRING_RULES,
@@ -63,9 +61,12 @@ def _coerce_default(kind: ParameterType, value: Any) -> Any:
 def pipeline_from_spec(
     spec: Mapping[str, Any],
     rules: Mapping[str, ParameterRule | Sequence[ParameterRule]] | None = None,
+    *,
+    version: str | None = None,
 ) -> Pipeline:
     """The pipeline of a compiled IR, with the parameter `rules` its module declares (by
-    parameter name, one rule or several).
+    parameter name, one rule or several). `version` is the spec's ir_version when known
+    already (the catalog cache keeps it: hashing every spec again costs each start ~1 ms).
 
     Raises ValueError for a bad pipeline name, or rules that name no parameter, do not
     fit its type or that its default breaks: a mistake in a pipeline module fails the
@@ -101,7 +102,7 @@ def pipeline_from_spec(
         id=pipeline_id,
         display_name=info.get("displayName") or pipeline_id.replace("-", " ").capitalize(),
         description=description,
-        version=ir_version(spec),
+        version=version or ir_version(spec),
         parameters=tuple(parameters),
         spec=spec,
     )
@@ -142,15 +143,18 @@ def _check_defaults_meet_rules(pipeline_id: str, parameters: Sequence[PipelinePa
 
 @dataclass(frozen=True)
 class CompiledPipeline:
-    """What a pipeline module gives the catalog: its IR and its parameter rules."""
+    """What a pipeline module gives the catalog: its IR, its parameter rules and the IR's
+    version (ir_version)."""
 
     spec: dict[str, Any]
     rules: dict[str, tuple[ParameterRule, ...]]
+    version: str
 
     def to_json(self) -> dict[str, Any]:
         return {
             "spec": self.spec,
             "rules": {name: [r.to_json() for r in rules] for name, rules in self.rules.items()},
+            "version": self.version,
         }
 
     @classmethod
@@ -162,13 +166,17 @@ class CompiledPipeline:
         }
         if not isinstance(data["spec"], dict):
             raise ValueError("spec is not an object")
-        return cls(data["spec"], rules)
+        if not isinstance(data["version"], str):
+            raise ValueError("version is not a string")
+        return cls(data["spec"], rules, data["version"])
 
 
 def compile_pipeline(path: Path) -> CompiledPipeline:
     """Imports a pipeline module by path, compiles its `pipeline` function to IR and reads
     its `rules`."""
-    # Slow to import, and a start with the compiled IR cached needs neither.
+    # Slow to import, and a start with the compiled IR cached needs none of them.
+    import tempfile
+
     import yaml
     from kfp import compiler
 
@@ -185,7 +193,7 @@ def compile_pipeline(path: Path) -> CompiledPipeline:
         package = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline_func, str(package))
         spec: dict[str, Any] = yaml.safe_load(package.read_text())
-    return CompiledPipeline(spec, rules)
+    return CompiledPipeline(spec, rules, ir_version(spec))
 
 
 def compile_module(path: Path) -> dict[str, Any]:
@@ -270,13 +278,16 @@ class Catalog:
             cached = cache_dir / f"catalog-{_sources_hash(pipelines_root, images_root)}.json"
         compiled = _read_cache(cached) if cached is not None else None
         if compiled is None:
+            # Imported here: only compiling reads the images' component specs.
+            from skit_pipelines.images import components_from
+
             with components_from(images_root):
                 compiled = [compile_pipeline(path) for path in modules]
             if cached is not None:
                 _write_cache(cached, compiled)
         pipelines: dict[str, Pipeline] = {}
         for entry in compiled:
-            pipeline = pipeline_from_spec(entry.spec, entry.rules)
+            pipeline = pipeline_from_spec(entry.spec, entry.rules, version=entry.version)
             if pipeline.id in pipelines:
                 raise ValueError(f"two pipelines are named {pipeline.id!r}")
             pipelines[pipeline.id] = pipeline

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
@@ -78,6 +78,9 @@ def _from_value(message: struct_pb2.Value, field: str) -> Any:
 
 
 def value(item: Any) -> struct_pb2.Value:
+    # Imported at the first conversion: it costs the server's start a few ms.
+    from google.protobuf import json_format
+
     message = struct_pb2.Value()
     json_format.ParseDict(item, message)
     return message

@@ -9,18 +9,26 @@ wire-identical.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from skit_pipelines.grpc_types import MethodHandler
+
+if TYPE_CHECKING:
+    from google.protobuf import descriptor_pool
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+V1ALPHA_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
 _V1ALPHA_PACKAGE = "grpc.reflection.v1alpha"
 _V1_PACKAGE = "grpc.reflection.v1"
+_METHOD = "ServerReflectionInfo"
 
 
 def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
     try:
         pool.FindServiceByName(V1_SERVICE_NAME)
         return
@@ -42,22 +50,39 @@ def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
-def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
+class _Reflection(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # stubs' generics are not subscriptable at run time
+    """Both versions' handlers, built at the first reflection call: grpcio-reflection and
+    the descriptors it needs take a few ms to import, which every start would pay for a
+    call that few clients make."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        self._service_names = service_names
+        self._handler: MethodHandler | None = None
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
+        method = handler_call_details.method
+        if method not in (f"/{V1ALPHA_SERVICE_NAME}/{_METHOD}", f"/{V1_SERVICE_NAME}/{_METHOD}"):
+            return None
+        if self._handler is None:
+            self._handler = _handler(self._service_names)
+        return self._handler
+
+
+def _handler(service_names: tuple[str, ...]) -> MethodHandler:
+    """v1 and v1alpha are served alike: their messages are wire-identical."""
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+    from grpc_reflection.v1alpha._async import ReflectionServicer
+
     _register_v1_descriptor(descriptor_pool.Default())
-    servicer = ReflectionServicer(names)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                V1_SERVICE_NAME,
-                {
-                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                        servicer.ServerReflectionInfo,
-                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-                    )
-                },
-            ),
-        )
+    servicer = ReflectionServicer(service_names)
+    return grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
+
+
+def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+    names = (*service_names, V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME)
+    server.add_generic_rpc_handlers((_Reflection(names),))

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
 if TYPE_CHECKING:
     # The type protobuf's stubs give the descriptors of generated messages (upb's own).
     from google._upb._message import FileDescriptor as _UpbFileDescriptor
+    from google.protobuf import descriptor_pb2
 
 _STRUCT = "google.protobuf.Struct"
 _VALUE = "google.protobuf.Value"
@@ -38,6 +39,8 @@ class _Twin:
 
 
 def _loosen(message: descriptor_pb2.DescriptorProto, scope: str, twin: _TwinBuilder) -> None:
+    from google.protobuf import descriptor_pb2
+
     name = f"{scope}.{message.name}" if scope else message.name
     entries = {f".{name}.{n.name}" for n in message.nested_type if n.options.map_entry}
     for field in message.field:
@@ -62,6 +65,10 @@ class _TwinBuilder:
     def add(self, file: FileDescriptor | _UpbFileDescriptor) -> None:
         if file.name in self._added:
             return
+        # Imported here: only a refused request needs a twin, and descriptor_pb2 costs the
+        # server's start a few ms.
+        from google.protobuf import descriptor_pb2
+
         for dependency in file.dependencies:
             self.add(dependency)
         proto = descriptor_pb2.FileDescriptorProto()

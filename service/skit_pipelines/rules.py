@@ -23,7 +23,6 @@ value its step would reject never becomes a FAILED run. GetPipeline shows them.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import functools
 import json
 import math
@@ -68,6 +67,9 @@ def did_you_mean(word: str, known: Iterable[str]) -> str | None:
     folded = {candidate.casefold(): candidate for candidate in candidates}
     if word.casefold() in folded:
         return folded[word.casefold()]
+    # Imported here: only an error message needs it, and it is 2-4 ms of the server's start.
+    import difflib
+
     matches = difflib.get_close_matches(word, candidates, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
     return matches[0] if matches else None
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlparse
 
 import grpc
@@ -24,28 +25,28 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 
 from skit.pipelines.v1 import pipeline_service_pb2
 from skit_pipelines import jsonlog, reflection
-from skit_pipelines.artifact_imports import ImportPolicy
 from skit_pipelines.auth import AuthInterceptor, TokenFile
 from skit_pipelines.backends.base import Backend
 from skit_pipelines.backends.deferred import DeferredBackend
-from skit_pipelines.backends.local_checks import LocalRunChecks
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
-from skit_pipelines.notifications.controller import SubscriptionController
-from skit_pipelines.notifications.worker import DeliveryWorker
 from skit_pipelines.runs import RunController
-from skit_pipelines.schedules import ScheduleController, Scheduler
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
 from skit_pipelines.store.sqlite import SqliteRunStore
 from skit_pipelines.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from skit_pipelines.artifact_imports import ImportPolicy
     from skit_pipelines.artifacts import ArtifactStore
+    from skit_pipelines.backends.local_checks import LocalRunChecks
     from skit_pipelines.console import ConsoleServer
     from skit_pipelines.imagelock import ImageLock
+    from skit_pipelines.notifications.controller import SubscriptionController
+    from skit_pipelines.notifications.worker import DeliveryWorker
     from skit_pipelines.retention import RetentionSweeper
+    from skit_pipelines.schedules import ScheduleController, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,34 @@ def prepare_config(config: ServerConfig) -> ServerConfig:
     return replace(config, step_env={**demo_env, **config.step_env})
 
 
+_T = TypeVar("_T")
+
+
+class LaterPart(Generic[_T]):
+    """A part of the service that no call needs before SERVING, built at its first use
+    (or, for the schedules' and the subscriptions' parts, right after SERVING by
+    Application.start, whichever comes first): its modules stay off the start. Those of
+    schedules, notifications and the local run checks define dozens of dataclasses, each
+    ~0.5 ms to create.
+
+    Args:
+        build: Builds the part, on the event loop; quick once `imports` are imported.
+        imports: Modules `build` needs, which Application.start imports in a thread after
+            SERVING so the event loop goes on answering meanwhile.
+    """
+
+    def __init__(self, build: Callable[[], _T], *, imports: tuple[str, ...] = ()) -> None:
+        self._build = build
+        self.imports = imports
+        self.built: _T | None = None
+        """The part, once built."""
+
+    def __call__(self) -> _T:
+        if self.built is None:
+            self.built = self._build()
+        return self.built
+
+
 @dataclass
 class Application:
     config: ServerConfig
@@ -103,12 +132,15 @@ class Application:
     """The plaintext health port (config.health_port), if any."""
     retention: RetentionSweeper | None = None
     """Deletes old finished runs in the background (config.retention_days), if on."""
-    scheduler: Scheduler | None = None
-    """Makes the runs of schedules' ticks (one replica at a time on PostgreSQL)."""
-    notifier: DeliveryWorker | None = None
-    """Sends subscriptions' notifications (each by exactly one replica)."""
+    scheduling: LaterPart[tuple[ScheduleController, Scheduler]] | None = None
+    """The Schedule RPCs' controller, and the Scheduler making the runs of schedules'
+    ticks (one replica at a time on PostgreSQL)."""
+    notifications: LaterPart[tuple[SubscriptionController, DeliveryWorker]] | None = None
+    """The Subscription RPCs' controller, and the worker sending their notifications
+    (each by exactly one replica)."""
     console: ConsoleServer | None = None
     """The web console on config.console_port, if on."""
+    _later: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -119,10 +151,6 @@ class Application:
         await self.controller.resume()
         if self.retention is not None:
             self.retention.start()
-        if self.scheduler is not None:
-            self.scheduler.start()
-        if self.notifier is not None:
-            self.notifier.start()
         await self.server.start()
         if self.health_only is not None:
             await self.health_only.server.start()
@@ -136,6 +164,23 @@ class Application:
             # Built now rather than at the first run: a starting executor also stops the
             # steps a killed server left running.
             self.backend.load()
+        self._later = asyncio.get_running_loop().create_task(
+            self._start_later_parts(), name="later-parts"
+        )
+        self._later.add_done_callback(_log_failure)
+
+    async def _start_later_parts(self) -> None:
+        # The scheduler and the worker start from what the store holds (schedules'
+        # cursors, subscriptions' feed cursors): the changes made before they run are
+        # theirs all the same.
+        parts = [part for part in (self.scheduling, self.notifications) if part is not None]
+        for part in parts:
+            for module in part.imports:
+                await asyncio.to_thread(importlib.import_module, module)
+        if self.scheduling is not None:
+            self.scheduling()[1].start()
+        if self.notifications is not None:
+            self.notifications()[1].start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health NOT_SERVING first, then calls and streams get `grace` seconds."""
@@ -153,15 +198,23 @@ class Application:
             await self.health_only.server.stop(None)
         if self.retention is not None:
             await self.retention.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
-        if self.notifier is not None:
+        if self._later is not None:
+            self._later.cancel()
+            await asyncio.gather(self._later, return_exceptions=True)
+        if self.scheduling is not None and self.scheduling.built is not None:
+            await self.scheduling.built[1].stop()
+        if self.notifications is not None and self.notifications.built is not None:
             # Sends in flight get a few seconds to finish; the rest are cancelled: their
             # claims expire and another replica (or the restart) sends them again.
-            await self.notifier.stop()
+            await self.notifications.built[1].stop()
         await self.backend.shutdown()
         await self.store.close()
         await self.telemetry.shutdown()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("cannot start the schedules or notifications", exc_info=task.exception())
 
 
 class ExposureError(ConfigError):
@@ -206,11 +259,12 @@ async def create_grpc_server(
     config: ServerConfig,
     telemetry: Telemetry | None = None,
     *,
-    schedules: ScheduleController | None = None,
-    subscriptions: SubscriptionController | None = None,
+    schedules: Callable[[], ScheduleController] | None = None,
+    subscriptions: Callable[[], SubscriptionController] | None = None,
 ) -> tuple[grpc.aio.Server, int, AsyncHealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
-    reflection, bound to config.host:config.port (port 0 picks one)."""
+    reflection, bound to config.host:config.port (port 0 picks one). `schedules` and
+    `subscriptions` give their RPCs' controllers (built at the first such call)."""
     # Telemetry first: rejected calls are traced and measured too.
     interceptors = telemetry.server_interceptors(SERVICE_NAME) if telemetry else []
     if config.tokens_file is not None:
@@ -333,7 +387,7 @@ def open_artifact_store(config: ServerConfig) -> ArtifactStore:
 
 def replica_id() -> str:
     """This process among the replicas: the owner name of its leases."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def load_images_lock(config: ServerConfig) -> ImageLock:
@@ -428,12 +482,20 @@ def _kubeflow_backend(
 def import_policy(config: ServerConfig) -> ImportPolicy:
     """Where dsl.importer may read on the local executor: the import roots and the
     artifact store."""
+    from skit_pipelines.artifact_imports import ImportPolicy
+
     s3 = config.artifacts_url.startswith("s3://")
     return ImportPolicy(
         roots=tuple(root.resolve() for root in config.import_roots),
         artifacts_root=None if s3 else config.artifacts_root,
         artifacts_url=config.artifacts_url if s3 else "",
     )
+
+
+def _local_run_checks(config: ServerConfig) -> LocalRunChecks:
+    from skit_pipelines.backends.local_checks import LocalRunChecks
+
+    return LocalRunChecks(import_policy(config))
 
 
 def _local_backend(config: ServerConfig, store: RunStore, telemetry: Telemetry) -> Backend:
@@ -491,7 +553,6 @@ async def build_application(
         raise ConfigError("--retention-days (SKIT_RETENTION_DAYS) must be more than 0")
     # Read before anything is opened or compiled, so a bad lock fails the start at once.
     images = load_images_lock(config) if config.backend == "kubeflow" else {}
-    config = prepare_config(config)
     check_layout(config)
     catalog = await asyncio.to_thread(
         Catalog.load,
@@ -501,15 +562,19 @@ async def build_application(
     )
     store = await open_run_store(config)
     if config.backend == "kubeflow":
-        backend = _kubeflow_backend(config, store, catalog, images)
+        backend = _kubeflow_backend(prepare_config(config), store, catalog, images)
     elif config.uses_postgres:
-        backend = _replicated_local_backend(config, store, catalog, telemetry)
+        backend = _replicated_local_backend(prepare_config(config), store, catalog, telemetry)
     else:
+        # The demo data only the steps read is checked (or generated) after SERVING too.
+        prepared = LaterPart(lambda: prepare_config(config))
+        local_checks = LaterPart(lambda: _local_run_checks(config))
         backend = DeferredBackend(
             "local",
-            lambda: _local_backend(config, store, telemetry),
+            lambda: _local_backend(prepared(), store, telemetry),
             imports=("skit_pipelines.backends.local", "skit_pipelines.executor"),
-            check=LocalRunChecks(import_policy(config)).check,
+            prepare=prepared,
+            check=lambda pipeline, parameters: local_checks().check(pipeline, parameters),
         )
     controller = RunController(
         store,
@@ -529,13 +594,20 @@ async def build_application(
 
         retention = RetentionSweeper(controller, store, timedelta(days=config.retention_days))
 
-    scheduler = Scheduler(controller)
-    schedules = ScheduleController(
-        controller, catalog, limits=config.request_limits, on_change=scheduler.wake
+    scheduling = LaterPart(
+        lambda: build_scheduling(config, controller, catalog), imports=SCHEDULING_IMPORTS
     )
-    subscriptions, notifier = build_notifications(config, store)
+    # Checked now: a configuration that cannot send fails the start, not a later call.
+    check_notifications(config)
+    notifications = LaterPart(
+        lambda: build_notifications(config, store), imports=NOTIFICATION_IMPORTS
+    )
     server, port, health_servicer = await create_grpc_server(
-        controller, config, telemetry, schedules=schedules, subscriptions=subscriptions
+        controller,
+        config,
+        telemetry,
+        schedules=lambda: scheduling()[0],
+        subscriptions=lambda: notifications()[0],
     )
     health_only = create_health_server(health_servicer, config)
     console = None
@@ -560,23 +632,41 @@ async def build_application(
         telemetry=telemetry,
         health_only=health_only,
         retention=retention,
-        scheduler=scheduler,
-        notifier=notifier,
+        scheduling=scheduling,
+        notifications=notifications,
         console=console,
     )
 
 
-def build_notifications(
-    config: ServerConfig, store: RunStore
-) -> tuple[SubscriptionController, DeliveryWorker]:
-    """The Subscription RPCs' controller and the worker delivering their notifications,
-    with the secrets and sink settings of the configuration."""
-    from skit_pipelines.notifications.model import SlackSink, WebhookSink
-    from skit_pipelines.notifications.secrets import Secrets
-    from skit_pipelines.notifications.sinks.slack import SlackSender
-    from skit_pipelines.notifications.sinks.webhook import WebhookSender
-    from skit_pipelines.notifications.worker import DeliverySettings
+SCHEDULING_IMPORTS = ("skit_pipelines.schedules", "skit_pipelines.schedule_convert")
+"""What build_scheduling and the Schedule RPCs import."""
 
+
+def build_scheduling(
+    config: ServerConfig, controller: RunController, catalog: Catalog
+) -> tuple[ScheduleController, Scheduler]:
+    """The Schedule RPCs' controller and the scheduler making their runs."""
+    from skit_pipelines.schedules import ScheduleController, Scheduler
+
+    scheduler = Scheduler(controller)
+    schedules = ScheduleController(
+        controller, catalog, limits=config.request_limits, on_change=scheduler.wake
+    )
+    return schedules, scheduler
+
+
+NOTIFICATION_IMPORTS = (
+    "skit_pipelines.notifications.controller",
+    "skit_pipelines.notifications.worker",
+    "skit_pipelines.notifications.sinks.slack",
+    "skit_pipelines.notifications.sinks.webhook",
+    "skit_pipelines.subscription_convert",
+)
+"""What build_notifications and the Subscription RPCs import."""
+
+
+def check_notifications(config: ServerConfig) -> None:
+    """Raises ConfigError if the notification settings cannot work."""
     if config.notify_retry_base_seconds <= 0 or config.notify_concurrency <= 0:
         raise ConfigError(
             "SKIT_NOTIFY_RETRY_BASE_SECONDS and SKIT_NOTIFY_CONCURRENCY must be more than 0"
@@ -585,6 +675,21 @@ def build_notifications(
         raise ConfigError(
             f"--secrets-dir (SKIT_SECRETS_DIR) {config.secrets_dir} is not a directory"
         )
+
+
+def build_notifications(
+    config: ServerConfig, store: RunStore
+) -> tuple[SubscriptionController, DeliveryWorker]:
+    """The Subscription RPCs' controller and the worker delivering their notifications,
+    with the secrets and sink settings of the configuration."""
+    from skit_pipelines.notifications.controller import SubscriptionController
+    from skit_pipelines.notifications.model import SlackSink, WebhookSink
+    from skit_pipelines.notifications.secrets import Secrets
+    from skit_pipelines.notifications.sinks.slack import SlackSender
+    from skit_pipelines.notifications.sinks.webhook import WebhookSender
+    from skit_pipelines.notifications.worker import DeliverySettings, DeliveryWorker
+
+    check_notifications(config)
     secrets = Secrets(config.secrets_dir, config.secrets)
     worker = DeliveryWorker(
         store,
@@ -605,6 +710,9 @@ def build_notifications(
 
 
 async def _serve(config: ServerConfig) -> None:
+    # From the start: the threads that load the executor and the schedules' and
+    # notifications' parts right after SERVING hold the GIL against the loop too.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = await build_application(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -615,7 +723,6 @@ async def _serve(config: ServerConfig) -> None:
     # process: frozen out of the collector's sight, a full collection stops walking it
     # (~20 ms with kfp loaded) while calls wait.
     gc.freeze()
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     await stopping.wait()
     logger.info("shutting down; open calls get %ss", config.shutdown_grace_seconds)
     await app.stop()

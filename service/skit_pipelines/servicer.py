@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2, empty_pb2, message_factory
@@ -25,7 +25,7 @@ from skit.pipelines.v1 import (
     schedule_pb2,
     subscription_pb2,
 )
-from skit_pipelines import convert, request_fields, schedule_convert, subscription_convert
+from skit_pipelines import convert, request_fields
 from skit_pipelines.auth import current_principal
 from skit_pipelines.domain import Run
 from skit_pipelines.errors import (
@@ -40,10 +40,13 @@ from skit_pipelines.errors import (
     Unavailable,
 )
 from skit_pipelines.grpc_types import ServicerContext, abort_with_status
-from skit_pipelines.notifications.controller import SubscriptionController
+from skit_pipelines.memory import MemoryReclaimer
 from skit_pipelines.run_feed import FeedKind, encode_cursor
 from skit_pipelines.runs import CreateRunInput, ListRunsInput, RunController, WatchRunsInput
-from skit_pipelines.schedules import ScheduleController
+
+if TYPE_CHECKING:
+    from skit_pipelines.notifications.controller import SubscriptionController
+    from skit_pipelines.schedules import ScheduleController
 
 logger = logging.getLogger(__name__)
 
@@ -358,10 +361,12 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         controller: RunController,
         *,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
-        schedules: ScheduleController | None = None,
-        subscriptions: SubscriptionController | None = None,
+        schedules: Callable[[], ScheduleController] | None = None,
+        subscriptions: Callable[[], SubscriptionController] | None = None,
+        reclaimer: MemoryReclaimer | None = None,
     ) -> None:
         self._controller = controller
+        self._reclaimer = reclaimer or MemoryReclaimer()
         self._schedules = schedules
         self._subscriptions = subscriptions
         self._max_message_bytes = max_message_bytes
@@ -479,6 +484,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
                     yield self._convert(run).data
         except Exception as exc:
             await abort_with_status(context, rpc_status.to_status(error_status(exc)))
+        finally:
+            self._reclaimer.stream_closed()
 
     @_streaming
     async def WatchRuns(
@@ -537,19 +544,22 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
                 lines=[convert.log_line(line) for line in batch]
             )
 
-    # Schedules (schedules.py)
+    # Schedules (schedules.py). Their modules, schedule_convert's included, are imported
+    # at the first call (or after SERVING), not by the server's start.
 
     def _schedule_controller(self) -> ScheduleController:
         if self._schedules is None:
             raise FailedPrecondition(
                 "this server runs no scheduler", reason="SCHEDULES_UNAVAILABLE"
             )
-        return self._schedules
+        return self._schedules()
 
     @_unary
     async def CreateSchedule(
         self, request: pipeline_service_pb2.CreateScheduleRequest, context: ServicerContext
     ) -> schedule_pb2.Schedule:
+        from skit_pipelines import schedule_convert
+
         schedule = await self._schedule_controller().create_schedule(
             schedule_convert.spec(request.schedule),
             schedule_id=request.schedule_id,
@@ -562,6 +572,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def GetSchedule(
         self, request: pipeline_service_pb2.GetScheduleRequest, context: ServicerContext
     ) -> schedule_pb2.Schedule:
+        from skit_pipelines import schedule_convert
+
         schedule = await self._schedule_controller().get_schedule(request.name)
         return schedule_convert.schedule(schedule)
 
@@ -569,6 +581,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListSchedules(
         self, request: pipeline_service_pb2.ListSchedulesRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListSchedulesResponse:
+        from skit_pipelines import schedule_convert
+
         schedules, next_token = await self._schedule_controller().list_schedules(
             request.page_size, request.page_token
         )
@@ -581,6 +595,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def UpdateSchedule(
         self, request: pipeline_service_pb2.UpdateScheduleRequest, context: ServicerContext
     ) -> schedule_pb2.Schedule:
+        from skit_pipelines import schedule_convert
+
         schedule = await self._schedule_controller().update_schedule(
             request.schedule.name,
             schedule_convert.spec(request.schedule),
@@ -593,6 +609,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def PauseSchedule(
         self, request: pipeline_service_pb2.PauseScheduleRequest, context: ServicerContext
     ) -> schedule_pb2.Schedule:
+        from skit_pipelines import schedule_convert
+
         schedule = await self._schedule_controller().pause_schedule(
             request.name, request.reason, principal=current_principal()
         )
@@ -602,6 +620,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ResumeSchedule(
         self, request: pipeline_service_pb2.ResumeScheduleRequest, context: ServicerContext
     ) -> schedule_pb2.Schedule:
+        from skit_pipelines import schedule_convert
+
         schedule = await self._schedule_controller().resume_schedule(
             request.name, principal=current_principal()
         )
@@ -634,19 +654,21 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             runs=[convert.run(run) for run in runs]
         )
 
-    # Subscriptions (notifications/)
+    # Subscriptions (notifications/). Imported as the schedules' modules are.
 
     def _subscription_controller(self) -> SubscriptionController:
         if self._subscriptions is None:
             raise FailedPrecondition(
                 "this server sends no notifications", reason="SUBSCRIPTIONS_UNAVAILABLE"
             )
-        return self._subscriptions
+        return self._subscriptions()
 
     @_unary
     async def CreateSubscription(
         self, request: pipeline_service_pb2.CreateSubscriptionRequest, context: ServicerContext
     ) -> subscription_pb2.Subscription:
+        from skit_pipelines import subscription_convert
+
         subscription = await self._subscription_controller().create_subscription(
             subscription_convert.spec(request.subscription),
             subscription_id=request.subscription_id,
@@ -659,6 +681,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def GetSubscription(
         self, request: pipeline_service_pb2.GetSubscriptionRequest, context: ServicerContext
     ) -> subscription_pb2.Subscription:
+        from skit_pipelines import subscription_convert
+
         subscription = await self._subscription_controller().get_subscription(request.name)
         return subscription_convert.subscription(subscription)
 
@@ -666,6 +690,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListSubscriptions(
         self, request: pipeline_service_pb2.ListSubscriptionsRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListSubscriptionsResponse:
+        from skit_pipelines import subscription_convert
+
         subscriptions, next_token = await self._subscription_controller().list_subscriptions(
             request.page_size, request.page_token
         )
@@ -687,6 +713,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def ListDeliveries(
         self, request: pipeline_service_pb2.ListDeliveriesRequest, context: ServicerContext
     ) -> pipeline_service_pb2.ListDeliveriesResponse:
+        from skit_pipelines import subscription_convert
+
         deliveries, next_token = await self._subscription_controller().list_deliveries(
             request.parent, request.page_size, request.page_token
         )

@@ -3,6 +3,7 @@ for it, and reach the backend it built."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,3 +108,21 @@ async def test_shutdown_before_anything_was_built_builds_nothing() -> None:
     deferred.start(_Sink())
     await deferred.shutdown()
     assert builds == []
+
+
+async def test_prepare_runs_in_a_thread_before_the_build() -> None:
+    loop_thread = threading.get_ident()
+    order: list[str] = []
+
+    def prepare() -> None:
+        order.append("prepare in a thread" if threading.get_ident() != loop_thread else "prepare")
+
+    def build() -> Backend:
+        order.append("build")
+        return _Recording()
+
+    deferred = DeferredBackend("recording", build, prepare=prepare)
+    deferred.start(_Sink())
+    await deferred.load()
+    assert order == ["prepare in a thread", "build"]
+    await deferred.shutdown()

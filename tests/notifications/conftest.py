@@ -117,7 +117,9 @@ class NotifyService:
 @pytest.fixture
 async def notify_service(notifying: Notifying, tmp_path: Path) -> AsyncIterator[NotifyService]:
     server, port, health = await create_grpc_server(
-        notifying.runs, ServerConfig(port=0, home=tmp_path), subscriptions=notifying.subscriptions
+        notifying.runs,
+        ServerConfig(port=0, home=tmp_path),
+        subscriptions=lambda: notifying.subscriptions,
     )
     await server.start()
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

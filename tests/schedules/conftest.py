@@ -107,7 +107,7 @@ async def schedule_service(
     scheduling: Scheduling, service_config: ServerConfig
 ) -> AsyncIterator[ScheduleService]:
     server, port, health = await create_grpc_server(
-        scheduling.runs, service_config, schedules=scheduling.schedules
+        scheduling.runs, service_config, schedules=lambda: scheduling.schedules
     )
     await server.start()
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

@@ -17,6 +17,7 @@ from skit.pipelines.v1 import pipeline_pb2, run_pb2
 from skit.pipelines.v1 import pipeline_service_pb2 as pb
 from skit_pipelines import servicer as servicer_module
 from skit_pipelines.domain import ErrorInfo, LogLine, Step, StepState
+from skit_pipelines.memory import MemoryReclaimer
 from skit_pipelines.server import SERVICE_NAME
 
 
@@ -298,6 +299,21 @@ async def test_watchers_of_a_revision_share_one_conversion(service, monkeypatch)
     assert converted == [1, 2]
     for stream in streams:
         stream.cancel()
+
+
+async def test_a_closed_watch_is_counted_for_memory_reclaim(service, monkeypatch) -> None:
+    closed: list[int] = []
+    monkeypatch.setattr(MemoryReclaimer, "stream_closed", lambda self: closed.append(1))
+    run = await service.stub.CreateRun(create_request())
+    stream = service.stub.WatchRun(pb.WatchRunRequest(name=run.name))
+    assert (await next_message(stream)).revision == 1
+    assert closed == []
+    stream.cancel()
+    for _ in range(50):
+        if closed:
+            break
+        await asyncio.sleep(0.02)
+    assert closed == [1]
 
 
 async def test_watch_unknown_run_is_not_found(service) -> None:

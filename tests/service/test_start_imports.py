@@ -32,6 +32,37 @@ def test_the_server_and_its_notification_senders_import_none_of_them():
     )
 
 
+_AFTER_SERVING = (
+    "skit_pipelines.schedules",
+    "skit_pipelines.triggers",
+    "skit_pipelines.notifications.model",
+    "skit_pipelines.notifications.worker",
+    "skit_pipelines.backends.local_checks",
+    "skit_demo",
+    "grpc_reflection.v1alpha",
+    "google.protobuf.descriptor_pb2",
+    "google.protobuf.json_format",
+    "uuid",
+    "difflib",
+    "ctypes",
+)
+"""Imported after SERVING (schedules, notifications, the executor's demo data), at the
+first call that needs them (reflection, a refused request, a run's parameters, the first
+memory reclaim after a burst of closed streams), or not by `serve` at all (uuid: a run
+id takes os.urandom; difflib: an error's hint)."""
+
+
+def test_the_server_leaves_what_serving_does_not_need_for_later():
+    script = (
+        "import skit_pipelines_cli.local, skit_pipelines.server\nimport json, sys\n"
+        f"print(json.dumps([m for m in {_AFTER_SERVING!r} if m in sys.modules]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == []
+
+
 def test_a_cron_trigger_imports_croniter_when_checked():
     assert _imported(
         "from skit_pipelines.triggers import Trigger\n"

@@ -26,6 +26,8 @@ class DeferredBackend(Backend):
         build: Builds the backend, on the event loop; quick once `imports` are imported.
         imports: Modules `build` needs, imported in a thread so the event loop goes on
             answering meanwhile.
+        prepare: Work `build` needs done first, run in a thread after the imports (the
+            demo databases, which a first start generates).
         check: The built backend's `check_runnable`, light enough to run before it is
             built (the local backend's LocalRunChecks.check).
     """
@@ -36,11 +38,13 @@ class DeferredBackend(Backend):
         build: Callable[[], Backend],
         *,
         imports: Sequence[str] = (),
+        prepare: Callable[[], object] | None = None,
         check: Callable[[Pipeline, Mapping[str, Any] | None], None] | None = None,
     ) -> None:
         self.name = name
         self._build = build
         self._imports = tuple(imports)
+        self._prepare = prepare
         self._check = check
         self._loading: asyncio.Task[Backend] | None = None
 
@@ -54,6 +58,8 @@ class DeferredBackend(Backend):
     async def _load(self) -> Backend:
         for module in self._imports:
             await asyncio.to_thread(importlib.import_module, module)
+        if self._prepare is not None:
+            await asyncio.to_thread(self._prepare)
         backend = self._build()
         backend.start(self.sink)
         return backend

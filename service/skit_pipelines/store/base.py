@@ -10,19 +10,22 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skit_pipelines.domain import Run, RunFilter, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
-from skit_pipelines.notifications.model import (
-    Delivery,
-    DeliveryPage,
-    Subscription,
-    SubscriptionOutcome,
-    SubscriptionPage,
-)
 from skit_pipelines.store.leases import RunLeases
-from skit_pipelines.triggers import Schedule
+
+if TYPE_CHECKING:
+    # Types only: the server imports schedules' and notifications' models after SERVING.
+    from skit_pipelines.notifications.model import (
+        Delivery,
+        DeliveryPage,
+        Subscription,
+        SubscriptionOutcome,
+        SubscriptionPage,
+    )
+    from skit_pipelines.triggers import Schedule
 
 
 def schedule_exists(schedule_id: str) -> AlreadyExists:
@@ -102,7 +105,7 @@ class CreateOutcome:
 
 RunMutation = Callable[[Run], Run]
 
-ScheduleMutation = Callable[[Schedule], Schedule]
+ScheduleMutation = Callable[["Schedule"], "Schedule"]
 
 
 @dataclass(frozen=True)

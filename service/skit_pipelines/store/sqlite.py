@@ -15,23 +15,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.errors import AlreadyExists, NotFound
-from skit_pipelines.notifications.model import (
-    Delivery,
-    DeliveryPage,
-    DeliveryState,
-    Subscription,
-    SubscriptionHealth,
-    SubscriptionOutcome,
-    SubscriptionPage,
-    delivery_from_dict,
-    delivery_to_dict,
-    subscription_from_dict,
-    subscription_to_dict,
-)
 from skit_pipelines.store import codec
 from skit_pipelines.store.base import (
     DEFAULT_CHANGE_LIMIT,
@@ -55,7 +42,19 @@ from skit_pipelines.store.base import (
 )
 from skit_pipelines.store.leases import LeaseTable, LocalRunLeases
 from skit_pipelines.store.listing import Dialect, list_runs_statement
-from skit_pipelines.triggers import Schedule, schedule_from_dict, schedule_to_dict
+
+# The models of schedules and notifications are imported by the methods that read or
+# write them: the server's start (runs only) does without their dataclasses.
+if TYPE_CHECKING:
+    from skit_pipelines.notifications.model import (
+        Delivery,
+        DeliveryPage,
+        Subscription,
+        SubscriptionHealth,
+        SubscriptionOutcome,
+        SubscriptionPage,
+    )
+    from skit_pipelines.triggers import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -477,6 +476,8 @@ class SqliteRunStore(RunStore):
         return [codec.run_from_dict(json.loads(r[1])) for r in rows]
 
     async def create_schedule(self, schedule: Schedule, request_hash: str = "") -> ScheduleOutcome:
+        from skit_pipelines.triggers import schedule_from_dict, schedule_to_dict
+
         with self._transaction():
             if schedule.request_id:
                 row = self._db.execute(
@@ -503,6 +504,8 @@ class SqliteRunStore(RunStore):
         return ScheduleOutcome(schedule, created=True)
 
     def _load_schedule(self, schedule_id: str) -> Schedule:
+        from skit_pipelines.triggers import schedule_from_dict
+
         row = self._db.execute(
             "SELECT snapshot FROM schedules WHERE id = ?", (schedule_id,)
         ).fetchone()
@@ -514,6 +517,8 @@ class SqliteRunStore(RunStore):
         return self._load_schedule(schedule_id)
 
     async def update_schedule(self, schedule_id: str, mutate: ScheduleMutation) -> Schedule:
+        from skit_pipelines.triggers import schedule_to_dict
+
         with self._transaction():
             current = self._load_schedule(schedule_id)
             changed = mutate(current)
@@ -533,6 +538,8 @@ class SqliteRunStore(RunStore):
             raise schedule_not_found(schedule_id)
 
     async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
+        from skit_pipelines.triggers import schedule_from_dict
+
         rows = self._db.execute(
             "SELECT snapshot FROM schedules WHERE id > ? ORDER BY id LIMIT ?",
             (after, page_size + 1),
@@ -545,6 +552,12 @@ class SqliteRunStore(RunStore):
     async def create_subscription(
         self, subscription: Subscription, request_hash: str = ""
     ) -> SubscriptionOutcome:
+        from skit_pipelines.notifications.model import (
+            SubscriptionOutcome,
+            subscription_from_dict,
+            subscription_to_dict,
+        )
+
         with self._transaction():
             if subscription.request_id:
                 row = self._db.execute(
@@ -575,6 +588,8 @@ class SqliteRunStore(RunStore):
         return SubscriptionOutcome(subscription, created=True)
 
     def _subscription_health(self, subscription_id: str) -> SubscriptionHealth:
+        from skit_pipelines.notifications.model import DeliveryState, SubscriptionHealth
+
         counts = dict(
             self._db.execute(
                 "SELECT state, count(*) FROM deliveries WHERE subscription_id = ? GROUP BY state",
@@ -596,6 +611,8 @@ class SqliteRunStore(RunStore):
         )
 
     def _subscription_of(self, row: Sequence[Any]) -> Subscription:
+        from skit_pipelines.notifications.model import subscription_from_dict
+
         subscription = subscription_from_dict(json.loads(row[0]))
         return replace(
             subscription, cursor=row[1], health=self._subscription_health(subscription.id)
@@ -610,6 +627,8 @@ class SqliteRunStore(RunStore):
         return self._subscription_of(row)
 
     async def list_subscriptions(self, page_size: int, after: str = "") -> SubscriptionPage:
+        from skit_pipelines.notifications.model import SubscriptionPage
+
         rows = self._db.execute(
             "SELECT snapshot, cursor FROM subscriptions WHERE id > ? ORDER BY id LIMIT ?",
             (after, page_size + 1),
@@ -629,6 +648,8 @@ class SqliteRunStore(RunStore):
     async def advance_subscription(
         self, subscription_id: str, from_cursor: int, to_cursor: int, deliveries: Sequence[Delivery]
     ) -> bool:
+        from skit_pipelines.notifications.model import delivery_to_dict
+
         with self._transaction():
             moved = self._db.execute(
                 "UPDATE subscriptions SET cursor = ? WHERE id = ? AND cursor = ?",
@@ -663,6 +684,8 @@ class SqliteRunStore(RunStore):
         *,
         per_subscription: int = 4,
     ) -> list[Delivery]:
+        from skit_pipelines.notifications.model import DeliveryState, delivery_from_dict
+
         if limit <= 0:
             return []
         with self._transaction():
@@ -683,6 +706,8 @@ class SqliteRunStore(RunStore):
         return [delivery_from_dict(json.loads(r[2])) for r in rows]
 
     async def record_attempt(self, delivery: Delivery) -> bool:
+        from skit_pipelines.notifications.model import DeliveryState, delivery_to_dict
+
         last = delivery.attempts[-1] if delivery.attempts else None
         with self._transaction():
             updated = self._db.execute(
@@ -707,6 +732,8 @@ class SqliteRunStore(RunStore):
     async def list_deliveries(
         self, subscription_id: str, page_size: int, before_cursor: int | None = None
     ) -> DeliveryPage:
+        from skit_pipelines.notifications.model import DeliveryPage, delivery_from_dict
+
         if not self._db.execute(
             "SELECT 1 FROM subscriptions WHERE id = ?", (subscription_id,)
         ).fetchone():

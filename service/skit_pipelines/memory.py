@@ -1,0 +1,98 @@
+"""Gives memory back after a burst of watch streams has closed.
+
+Thousands of streams closing leave their memory in the allocators, not in objects: an idle
+server allocates nothing, so the collector's full pass (which also empties the
+interpreter's free lists) never runs, and the few survivors of the burst (cyclic garbage,
+free-list entries) each keep one of pymalloc's 1 MiB arenas alive. glibc, for its part,
+keeps freed pages inside its heaps until asked to trim them. Measured on 10,000 held
+WatchRun streams (docs/benchmarks.md, "Held streams"): a full collection freed 17-21 of
+the arenas the burst left, a trim after it a further ~6 MB.
+
+So once many streams have closed and closing has stopped for a moment, the server runs one
+full collection and one malloc_trim: event-driven, at most once per burst, nothing on the
+path of a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BURST = 1000
+"""Closed streams that make a burst worth reclaiming after (a full collection costs a few
+milliseconds; a handful of closes leave too little behind to matter)."""
+DEFAULT_QUIET_SECONDS = 0.25
+"""How long closing must have stopped before reclaiming: the burst is over, and the
+objects of its last streams have been released."""
+
+
+def _glibc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), or None with another C library (musl has none).
+
+    Looked up at the first reclaim, among the symbols the process has loaded (its C
+    library's among them): importing ctypes (with tempfile, shutil and compression modules)
+    and ctypes.util.find_library (which runs `ldconfig -p`) would add to every start.
+    """
+    import ctypes
+
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+def _no_trim() -> None:
+    return None
+
+
+class MemoryReclaimer:
+    """Counts closed streams; after a burst of them, once quiet, collects and trims."""
+
+    def __init__(
+        self,
+        *,
+        burst: int = DEFAULT_BURST,
+        quiet_seconds: float = DEFAULT_QUIET_SECONDS,
+        trim: Callable[[], object] | None = None,
+        collect: Callable[[], object] = gc.collect,
+    ) -> None:
+        self._burst = burst
+        self._quiet = quiet_seconds
+        self._trim = trim
+        self._collect = collect
+        self._closed = 0
+        """Streams closed since the last reclaim."""
+        self._closed_at_check = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.reclaims = 0
+        """How many times memory was reclaimed (for tests and metrics)."""
+
+    def stream_closed(self) -> None:
+        """Called as each stream ends (on the event loop)."""
+        self._closed += 1
+        if self._closed >= self._burst and self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._closed_at_check = self._closed
+        self._timer = asyncio.get_running_loop().call_later(self._quiet, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._closed != self._closed_at_check:
+            # Still closing: wait for the burst to end (each check costs one comparison).
+            self._schedule()
+            return
+        self._closed = 0
+        self.reclaims += 1
+        collected = self._collect()
+        if self._trim is None:
+            self._trim = _glibc_trim() or _no_trim
+        self._trim()
+        logger.debug("reclaimed memory after a burst of closed streams (%s collected)", collected)
