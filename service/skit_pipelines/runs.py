@@ -667,45 +667,50 @@ class RunController:
 
         await self._writes.write(run_id, Change(started, stored))
 
-    async def step_changed(self, run_id: str, step: Step) -> None:
-        applied = False
-        previous: Step | None = None
+    async def step_changed(self, run_id: str, *steps: Step) -> None:
+        if not steps:
+            return
+        applied: list[tuple[Step, Step | None]] = []
+        """Each step stored, with the value it replaced (None for a new step)."""
 
-        def with_step(run: Run) -> Run:
+        def with_steps(run: Run) -> Run:
             # A store may call this again (a retried transaction): start afresh each time.
-            nonlocal applied, previous
-            applied, previous = False, None
+            applied.clear()
             if run.state.terminal:
                 return run
-            steps = list(run.steps)
-            for index, existing in enumerate(steps):
-                if existing.name == step.name:
-                    previous = existing
-                    steps[index] = step
-                    break
-            else:
-                index = len(steps)
-                steps.append(step)
-            if previous is None or previous.start_time != step.start_time:
-                self._place_step(run, steps, index)
-            applied = True
-            return replace(run, steps=tuple(steps))
+            stored_steps = list(run.steps)
+            for step in steps:
+                previous = None
+                for index, existing in enumerate(stored_steps):
+                    if existing.name == step.name:
+                        previous = existing
+                        stored_steps[index] = step
+                        break
+                else:
+                    index = len(stored_steps)
+                    stored_steps.append(step)
+                if previous is None or previous.start_time != step.start_time:
+                    self._place_step(run, stored_steps, index)
+                applied.append((step, previous))
+            return replace(run, steps=tuple(stored_steps))
 
         def stored(run: Run) -> None:
-            if not applied:
-                return
-            if previous is None or previous.state is not step.state:
-                logger.log(
-                    logging.DEBUG if step.state is StepState.PENDING else logging.INFO,
-                    "%s step %s is %s",
-                    run.name,
-                    step.name,
-                    step.state.name,
-                    extra={"run": run_id, "step": step.name, "attempt": step.attempt},
-                )
-            self._observer.step_changed(run, step, previous)
+            for step, previous in applied:
+                if previous is None or previous.state is not step.state:
+                    logger.log(
+                        logging.DEBUG if step.state is StepState.PENDING else logging.INFO,
+                        "%s step %s is %s",
+                        run.name,
+                        step.name,
+                        step.state.name,
+                        extra={"run": run_id, "step": step.name, "attempt": step.attempt},
+                    )
+                self._observer.step_changed(run, step, previous)
 
-        await self._writes.write(run_id, Change(with_step, stored, key=f"step:{step.name}"))
+        # A waiting change of one step gives way to its newer state; several steps
+        # reported together stay one change, which nothing replaces.
+        key = f"step:{steps[0].name}" if len(steps) == 1 else ""
+        await self._writes.write(run_id, Change(with_steps, stored, key=key))
 
     def _place_step(self, run: Run, steps: list[Step], index: int) -> None:
         """Moves steps[index], new or just started, to its place in execution order (the

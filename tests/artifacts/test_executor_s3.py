@@ -40,8 +40,8 @@ class Recorder:
     def __init__(self) -> None:
         self.steps: dict[str, Step] = {}
 
-    async def step_changed(self, step: Step) -> None:
-        self.steps[step.name] = step
+    async def step_changed(self, *steps: Step) -> None:
+        self.steps.update((step.name, step) for step in steps)
 
 
 def compiled(tmp_path: Path) -> dict[str, Any]:

@@ -34,8 +34,8 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[Step] = []
 
-    async def step_changed(self, step: Step) -> None:
-        self.events.append(step)
+    async def step_changed(self, *steps: Step) -> None:
+        self.events.extend(steps)
 
     def final(self) -> dict[str, Step]:
         return {step.name: step for step in self.events}

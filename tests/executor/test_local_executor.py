@@ -35,9 +35,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[Step] = []
+        self.reports: list[tuple[Step, ...]] = []
+        """The steps of each call, as reported together."""
 
-    async def step_changed(self, step: Step) -> None:
-        self.events.append(step)
+    async def step_changed(self, *steps: Step) -> None:
+        self.events.extend(steps)
+        self.reports.append(steps)
 
     def final(self) -> dict[str, Step]:
         return {step.name: step for step in self.events}
@@ -167,6 +170,11 @@ async def test_linear_chain_passes_parameters_and_artifacts(tmp_path: Path) -> N
         assert steps[name].image == IMAGE
     assert steps["append-text"].component == "append-text"
     assert not (tmp_path / "work" / "runs" / "run-1").exists()
+    # The DAG's steps are reported PENDING together (one revision), then one at a time.
+    assert sorted((s.name, s.state) for s in recorder.reports[0]) == [
+        (name, StepState.PENDING) for name in ("append-text", "append-text-2", "write-text")
+    ]
+    assert all(len(report) == 1 for report in recorder.reports[1:])
 
 
 async def test_unconsumed_artifacts_are_the_outputs_when_none_are_declared(

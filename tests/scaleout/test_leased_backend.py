@@ -59,7 +59,7 @@ class Recorder:
     async def run_started(self, run_id: str) -> None:
         self.calls.append(("started", run_id))
 
-    async def step_changed(self, run_id: str, step: Step) -> None:
+    async def step_changed(self, run_id: str, *steps: Step) -> None:
         self.calls.append(("step", run_id))
 
     async def run_succeeded(

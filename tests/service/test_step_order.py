@@ -91,6 +91,23 @@ async def test_pending_steps_are_stored_in_dag_order_not_as_reported(controller)
     assert await names_after(controller, run.id) == EXECUTION_ORDER
 
 
+async def test_steps_reported_together_are_one_revision_in_dag_order(controller) -> None:
+    run = await controller.create_run(CreateRunInput(pipeline="pipelines/ordered"))
+    await controller.step_changed(run.id, *(Step(name=n) for n in reversed(EXECUTION_ORDER)))
+
+    stored = await controller.get_run(f"runs/{run.id}")
+    assert stored.revision == run.revision + 1
+    assert [step.name for step in stored.steps] == EXECUTION_ORDER
+    # A later change of one of them replaces it in place.
+    await controller.step_changed(run.id, Step(name="alpha-train", state=StepState.RUNNING))
+    stored = await controller.get_run(f"runs/{run.id}")
+    assert stored.revision == run.revision + 2
+    assert [step.state for step in stored.steps] == [
+        StepState.RUNNING if step.name == "alpha-train" else StepState.PENDING
+        for step in stored.steps
+    ]
+
+
 async def test_steps_of_one_level_are_ordered_by_start_time(controller) -> None:
     run = await controller.create_run(CreateRunInput(pipeline="pipelines/ordered"))
     for name in EXECUTION_ORDER:

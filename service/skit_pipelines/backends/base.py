@@ -19,7 +19,9 @@ class RunSink(Protocol):
 
     async def run_started(self, run_id: str) -> None: ...
 
-    async def step_changed(self, run_id: str, step: Step) -> None: ...
+    async def step_changed(self, run_id: str, *steps: Step) -> None:
+        """Each step's new value (a new step, or a known one by name), stored as one change
+        of the run: steps reported together become one revision."""
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]

@@ -272,8 +272,8 @@ class _ReleasingSink:
     async def run_started(self, run_id: str) -> None:
         await self._sink.run_started(run_id)
 
-    async def step_changed(self, run_id: str, step: Step) -> None:
-        await self._sink.step_changed(run_id, step)
+    async def step_changed(self, run_id: str, *steps: Step) -> None:
+        await self._sink.step_changed(run_id, *steps)
 
     async def run_succeeded(
         self, run_id: str, outputs: Sequence[Artifact], output_parameters: Mapping[str, Any]

@@ -28,11 +28,11 @@ class _SinkObserver:
         self._run_id = run_id
         self._abandoned = abandoned
 
-    async def step_changed(self, step: Step) -> None:
+    async def step_changed(self, *steps: Step) -> None:
         # An abandoned run executes on another replica now: what its steps do here as
         # they stop (CANCELLED) is not the run's news.
         if not self._abandoned():
-            await self._sink.step_changed(self._run_id, step)
+            await self._sink.step_changed(self._run_id, *steps)
 
 
 class StoreStepCache:

@@ -94,8 +94,9 @@ class InMemoryStepCache:
 class RunObserver(Protocol):
     """Receives every state change of every step of one run."""
 
-    async def step_changed(self, step: Step) -> None:
-        """Called with the full Step value: PENDING, RUNNING, then a terminal state."""
+    async def step_changed(self, *steps: Step) -> None:
+        """Called with full Step values: PENDING, RUNNING, then a terminal state. Steps
+        reported together (a DAG's new steps, PENDING) are one change of the run."""
 
 
 StepTraceContext = Callable[[str], Mapping[str, str]]

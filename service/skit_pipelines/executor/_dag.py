@@ -81,13 +81,17 @@ class DagWalker:
             )
         except (ParameterTypeError, InputError) as exc:
             return Outcome.failed(run.fail(call.label, rejected_error(str(exc))))
+        pending = []
         for key, task in tasks:
             if run.ir.reports_step(task):
                 name = call.prefix + task_name(key, task)
                 if not call.fresh and name in run.reuse:
                     run.awaiting_reuse[name] = run.reuse[name]
                 else:
-                    await run.report(run.new_step(name, task))
+                    pending.append(run.new_step(name, task))
+        if pending:
+            # One revision with the whole DAG: watchers are sent it once, not once a step.
+            await run.report(*pending)
         futures: dict[str, asyncio.Task[Outcome]] = {}
         for key, task in tasks:
             futures[key] = _spawn(self._run_task(call.prefix, key, task, scope, futures))

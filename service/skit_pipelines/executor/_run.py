@@ -55,13 +55,14 @@ class RunState:
         """Reuse candidates not reported yet: their PENDING would regress a completed step
         (after a resume the store already holds it), so they wait for the decision."""
 
-    async def report(self, step: Step) -> None:
-        self.awaiting_reuse.pop(step.name, None)
-        if step.state.terminal:
-            self.live.pop(step.name, None)
-        else:
-            self.live[step.name] = step
-        await self.observer.step_changed(step)
+    async def report(self, *steps: Step) -> None:
+        for step in steps:
+            self.awaiting_reuse.pop(step.name, None)
+            if step.state.terminal:
+                self.live.pop(step.name, None)
+            else:
+                self.live[step.name] = step
+        await self.observer.step_changed(*steps)
 
     def fail(self, task: str, error: ErrorInfo, *, attempts: int = 1) -> ErrorInfo:
         """The run's error for a failed task (the first one sticks as `failure`)."""
