@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PENDING = 1024
 """Changes of one run that may wait for the store before its reporter has to wait too."""
 RETRY_PAUSE_SECONDS = 0.2
+DELIVERY_WAIT_SECONDS = 0.1
+"""How long a reporter waits at most for a stored change to reach the run's watchers
+(a thousand watchers take some 30-60 ms on 2 cores; steps run for seconds or more)."""
 """Between two attempts to store a backlog (each attempt has the store's retry budget)."""
 
 
@@ -129,14 +132,13 @@ class RunWrites:
             await self._enqueue(run_id, backlog, change, durable)
             return
         change.stored(run)
-        if self._store.hub.watcher_count(run_id):
-            # Deliveries first: storing published the revision, which woke every watcher
-            # of the run in this process. Yielding once puts the reporter (the executor,
-            # about to prepare and spawn the next step, or to store the next change)
-            # behind them, so each watcher is sent the revision before the work that
-            # follows it takes the event loop. Without watchers there is nobody to wait
-            # for.
-            await asyncio.sleep(0)
+        # Deliveries first: storing published the revision to every watcher of the run in
+        # this process. The reporter (the executor, about to prepare and spawn the next
+        # step, or to store the next change) waits until each of them has been sent it,
+        # so that work, on the event loop or in threads holding the interpreter, does not
+        # slow the delivery down; a slow reader holds it up for DELIVERY_WAIT_SECONDS
+        # at most. Without watchers there is nobody to wait for.
+        await self._store.hub.wait_delivered(run_id, DELIVERY_WAIT_SECONDS)
 
     def _replace(self, backlog: _Backlog, change: Change) -> bool:
         if not change.key:

@@ -474,6 +474,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         The error mapping of `_streaming` is inlined, and the store's iterator read here
         directly: one generator between a revision and each of its streams.
         """
+        self._reclaimer.stream_opened()
         try:
             _reject_refused(request)
             watching = self._controller.watching(

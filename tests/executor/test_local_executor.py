@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import psutil
 import pytest
 import yaml
 from kfp import compiler, components, dsl
@@ -175,6 +176,50 @@ async def test_linear_chain_passes_parameters_and_artifacts(tmp_path: Path) -> N
         (name, StepState.PENDING) for name in ("append-text", "append-text-2", "write-text")
     ]
     assert all(len(report) == 1 for report in recorder.reports[1:])
+
+
+async def test_running_is_reported_before_the_process_starts(tmp_path: Path) -> None:
+    """Reporting RUNNING waits for the run's watchers to be sent it (RunWrites): the step's
+    process, which would compete with that delivery for the CPU, starts after it."""
+    go = tmp_path / "go"
+    processes_at_running: list[int] = []
+
+    def step_processes() -> int:
+        return sum(
+            str(go) in " ".join(child.cmdline())
+            for child in psutil.Process().children(recursive=True)
+            if child.is_running()
+        )
+
+    class Checking(Recorder):
+        async def step_changed(self, *steps: Step) -> None:
+            if any(step.state is StepState.RUNNING for step in steps):
+                processes_at_running.append(step_processes())
+                go.touch()  # the step waits for it
+            await super().step_changed(*steps)
+
+    @dsl.container_component
+    def wait_for(path: str):
+        return dsl.ContainerSpec(
+            image=IMAGE,
+            command=["sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.01; done'],
+            args=[path],
+        )
+
+    @dsl.pipeline(name="waiting")
+    def waiting(path: str):
+        wait_for(path=path)
+
+    recorder = Checking()
+    await make_executor(tmp_path).execute(
+        "run-1", compile_spec(waiting, tmp_path), {"path": str(go)}, recorder
+    )
+    assert processes_at_running == [0]
+    assert recorder.states("wait-for") == [
+        StepState.PENDING,
+        StepState.RUNNING,
+        StepState.SUCCEEDED,
+    ]
 
 
 async def test_unconsumed_artifacts_are_the_outputs_when_none_are_declared(

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from skit_pipelines.backends.deferred import DeferredBackend
 from skit_pipelines.config import ServerConfig
 from skit_pipelines.server import Application, build_application
 
@@ -41,6 +42,20 @@ async def test_schedules_and_notifications_are_built_and_run_after_serving(
         _, scheduler = scheduling()
         _, worker = notifications()
         await _until(lambda: scheduler.passes > 0 and worker.passes > 0)
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_later_parts_end_once_the_backend_too_is_built(tmp_path: Path) -> None:
+    """`serve` freezes what they loaded out of the collector's sight when they end."""
+    app = await _application(tmp_path)
+    await app.start()
+    try:
+        later = app.later_parts
+        assert later is not None
+        await asyncio.wait_for(asyncio.shield(later), WAIT_SECONDS)
+        assert isinstance(app.backend, DeferredBackend)
+        assert app.backend.load().done() and app.backend.load().exception() is None
     finally:
         await app.stop(grace=0)
 

@@ -30,6 +30,21 @@ async def test_a_burst_of_closes_is_reclaimed_once_closing_stops() -> None:
     assert events == ["collect", "trim"] and memory.reclaims == 1
 
 
+async def test_a_burst_of_opens_is_collected_once_quiet_without_a_trim() -> None:
+    """The full collection a burst of new streams makes due runs in the quiet after it,
+    not on their first delivery; nothing was freed, so nothing is trimmed."""
+    events: list[str] = []
+    memory = reclaimer(3, events)
+    for _ in range(3):
+        memory.stream_opened()
+    await asyncio.sleep(QUIET * 3)
+    assert events == ["collect"] and memory.reclaims == 1
+    memory.stream_opened()
+    memory.stream_closed()
+    await asyncio.sleep(QUIET * 3)
+    assert memory.reclaims == 1  # a handful is no burst
+
+
 async def test_closes_below_the_burst_reclaim_nothing() -> None:
     events: list[str] = []
     memory = reclaimer(3, events)

@@ -252,6 +252,47 @@ async def test_many_watchers_each_see_every_revision(store: RunStore) -> None:
         assert revisions == [2, 3, 4, 5, 6, 7]
 
 
+async def test_wait_delivered_waits_for_every_watcher_to_take_the_revision(
+    store: RunStore,
+) -> None:
+    """What the executor waits for before its next work (RunWrites): every watcher has been
+    sent the latest revision, i.e. has asked for the one after it, or has gone."""
+    await store.create_run(make_run())
+    await store.hub.wait_delivered("run-a", timeout=30)  # nobody watches: no wait
+    queue: asyncio.Queue = asyncio.Queue()
+    prompt = asyncio.create_task(collect(store.watch("run-a"), queue))
+    slow = store.watch("run-a")
+    assert (await anext(slow)).revision == 1
+    assert (await asyncio.wait_for(queue.get(), 5)).revision == 1
+
+    await store.update_run("run-a", set_state(RunState.RUNNING))
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", timeout=30))
+    assert (await asyncio.wait_for(queue.get(), 5)).revision == 2
+    # The prompt watcher has taken revision 2; the slow one has not asked for it yet.
+    done, _ = await asyncio.wait({delivered}, timeout=0.2)
+    assert not done
+    assert (await anext(slow)).revision == 2
+    done, _ = await asyncio.wait({delivered}, timeout=0.2)
+    assert not done  # handed over, but not asked past (gRPC asks once it has sent it)
+    asking = asyncio.create_task(anext(slow))
+    await asyncio.wait_for(delivered, 5)
+    assert not asking.done()
+
+    # A slow reader holds nobody up for longer than the timeout; one that goes away, not
+    # at all.
+    await store.update_run("run-a", set_state(RunState.CANCELLING))
+    assert (await asyncio.wait_for(queue.get(), 5)).revision == 3
+    await asyncio.wait_for(store.hub.wait_delivered("run-a", timeout=0.05), 5)
+    assert (await asyncio.wait_for(asking, 5)).revision == 3
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", timeout=30))
+    await slow.aclose()
+    await asyncio.wait_for(delivered, 5)
+    prompt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await prompt
+    assert store.hub.watcher_count() == 0
+
+
 async def test_step_cache_round_trip(store: RunStore) -> None:
     assert store.cache_get("k") is None
     store.cache_put("k", {"a": [1, 2]})

@@ -364,7 +364,7 @@ class StepRunner:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, run: RunState, step: Step, attempt: int, work: _Work) -> _Attempt:
-        """One run of the step's command. Reports RUNNING once the process has started."""
+        """One run of the step's command. Reports RUNNING as the process starts."""
         step_dir = StepDir(run.work_dir / step.name)
         component = work.task.component
         local_inputs = await asyncio.to_thread(self._prepare, step_dir, work, fresh=attempt > 1)
@@ -398,7 +398,18 @@ class StepRunner:
         env = self._environment.for_step(work.folder, work.task.container, step_dir.tmp, trace)
         if work.python is not None and work.python.lightweight:
             env.update(_KFP_RUNTIME)
+        running = replace(
+            step,
+            state=StepState.RUNNING,
+            attempt=attempt,
+            start_time=step.start_time or now(),
+            error=None,
+        )
         try:
+            # Reported just before the process starts: storing it waits until the run's
+            # watchers have been sent it (RunWrites), so the starting process (often an
+            # interpreter importing its modules) does not compete with that delivery.
+            await run.report(running)
             process = await StepProcess.start(
                 argv,
                 cwd=work.folder.path,
@@ -408,24 +419,12 @@ class StepRunner:
             )
         except OSError as exc:
             log.close()
-            return _Attempt(step, AttemptFailed(step_error(f"cannot start {argv[0]}: {exc}")))
+            return _Attempt(running, AttemptFailed(step_error(f"cannot start {argv[0]}: {exc}")))
         except BaseException:
             log.close()
             raise
         self._processes.record(process.pid, run=run.id, step=step.name)
-        running = replace(
-            step,
-            state=StepState.RUNNING,
-            attempt=attempt,
-            start_time=step.start_time or now(),
-            error=None,
-        )
         try:
-            try:
-                await run.report(running)
-            except BaseException:
-                await process.stop()
-                raise
             limit = work.timeout_seconds
             try:
                 if limit is None:

@@ -211,6 +211,12 @@ class RevisionHub:
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, int] = {}
         self._recent: dict[str, deque[Run]] = {}
+        self._publishes: dict[str, int] = {}
+        """Revisions published per watched run: which ones a watcher has caught up with."""
+        self._behind: dict[str, int] = {}
+        """Watchers not yet sent the run's latest revision (counted at each publish)."""
+        self._delivered: dict[str, asyncio.Event] = {}
+        """Set once every watcher counted at the latest publish has been sent it."""
         self._recent_per_run = recent_per_run
         self._closed = False
 
@@ -248,7 +254,33 @@ class RevisionHub:
         changed = self._changed.get(run.id)
         if changed is not None:
             self._changed[run.id] = asyncio.Event()
+            self._publishes[run.id] += 1
+            self._behind[run.id] = self._watchers[run.id]
+            if self._delivered[run.id].is_set():
+                self._delivered[run.id] = asyncio.Event()
             changed.set()
+
+    def publishes(self, run_id: str) -> int:
+        """How many revisions of a subscribed run were published since it was first
+        watched: a watcher remembers it to tell whether it owes `caught_up`."""
+        return self._publishes[run_id]
+
+    def caught_up(self, run_id: str) -> None:
+        """A watcher counted at the latest publish has been sent it (or has gone)."""
+        behind = self._behind[run_id] - 1
+        self._behind[run_id] = behind
+        if behind <= 0:
+            self._delivered[run_id].set()
+
+    async def wait_delivered(self, run_id: str, timeout: float) -> None:
+        """Returns once every watcher of the run has been sent its latest revision, or
+        after `timeout` seconds (a slow reader holds up nobody for longer)."""
+        delivered = self._delivered.get(run_id)
+        if delivered is None or delivered.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await delivered.wait()
 
     def changed(self, run_id: str) -> asyncio.Event:
         """Set at the run's next publish (or close); only for subscribed runs."""
@@ -270,6 +302,11 @@ class RevisionHub:
         self._changed.setdefault(run_id, asyncio.Event())
         self._watchers[run_id] = self._watchers.get(run_id, 0) + 1
         self._recent.setdefault(run_id, deque(maxlen=self._recent_per_run))
+        self._publishes.setdefault(run_id, 0)
+        self._behind.setdefault(run_id, 0)
+        if run_id not in self._delivered:
+            self._delivered[run_id] = asyncio.Event()
+            self._delivered[run_id].set()
 
     def unsubscribe(self, run_id: str) -> None:
         remaining = self._watchers.get(run_id, 0) - 1
@@ -279,6 +316,11 @@ class RevisionHub:
         self._watchers.pop(run_id, None)
         self._changed.pop(run_id, None)
         self._recent.pop(run_id, None)
+        self._publishes.pop(run_id, None)
+        self._behind.pop(run_id, None)
+        delivered = self._delivered.pop(run_id, None)
+        if delivered is not None:
+            delivered.set()
 
 
 class RunStore(ABC):
@@ -465,7 +507,11 @@ class RunStore(ABC):
         """The WatchRun contract: the current snapshot first (or every revision after
         `after_revision`, or the current snapshot when that is too old to replay), then
         each later revision exactly once, ending after a terminal state."""
-        await self.hub.subscribe(run_id)
+        hub = self.hub
+        await hub.subscribe(run_id)
+        # Publishes this watcher has been sent (or that came before it): it owes the hub
+        # a caught_up once more have been published and it has sent them too.
+        accounted = hub.publishes(run_id)
         try:
             current = await self.get_run(run_id)
             last = 0
@@ -481,11 +527,13 @@ class RunStore(ABC):
                 current = run
             if not replay:
                 last = after_revision
-            hub = self.hub
             while not current.state.terminal or current.revision > last:
                 # Waited for here, not in a coroutine of the hub's: one coroutine less
                 # for every revision each watcher is sent.
                 while not hub.closed and hub.latest_revision(run_id) <= last:
+                    if hub.publishes(run_id) > accounted:
+                        accounted = hub.publishes(run_id)
+                        hub.caught_up(run_id)
                     await hub.changed(run_id).wait()
                 if hub.closed:
                     raise Unavailable(
@@ -501,4 +549,6 @@ class RunStore(ABC):
                     last = run.revision
                     current = run
         finally:
-            self.hub.unsubscribe(run_id)
+            if not hub.closed and hub.publishes(run_id) > accounted:
+                hub.caught_up(run_id)
+            hub.unsubscribe(run_id)
