@@ -322,6 +322,57 @@ def test_postgresql_streams_and_reports_errors(run, postgres_dsn, capsys):
     assert "no calls match" in one_line(capsys.readouterr().err)
 
 
+def export(url: str, out: Path, **slicing: int) -> tuple[int, bytes]:
+    """copy_turns of every call in `url` into `out`: (rows, bytes)."""
+    with connect(url) as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM calls ORDER BY id")]
+        with out.open("wb") as f:
+            rows = fetch_calls.copy_turns(db, ids, "Asia/Kolkata", f, **slicing)
+    return rows, out.read_bytes()
+
+
+@pytest.mark.postgres
+def test_postgresql_export_in_slices_writes_the_bytes_of_one_copy(postgres_dsn, tmp_path):
+    generate(postgres_dsn, postgres_dsn, seed=2, calls=300)
+    one = export(postgres_dsn, tmp_path / "one.csv", connections=1)
+    sliced = export(
+        postgres_dsn, tmp_path / "sliced.csv", connections=3, min_calls_per_connection=1
+    )
+    with connect(postgres_dsn) as db:
+        turns = db.execute("SELECT count(*) FROM turns").fetchone()[0]
+    assert one[0] == turns > 300
+    assert sliced == one
+    # The slices' temporary files are gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "sliced.csv"]
+
+
+@pytest.mark.postgres
+def test_postgresql_slices_read_the_snapshot_of_the_export(postgres_dsn, tmp_path, monkeypatch):
+    """A change committed after the export began, before a slice's connection reads, is
+    not in the CSV: every slice reads the snapshot the export took."""
+    generate(postgres_dsn, postgres_dsn, seed=2, calls=40)
+    before = export(postgres_dsn, tmp_path / "before.csv", connections=1)
+    copy_slice = fetch_calls._copy_from_snapshot
+    deleted = []
+
+    def after_a_delete(url, snapshot, call_ids, timezone, out):
+        with connect(url) as other:
+            other.execute("DELETE FROM turns WHERE call_id = ?", [call_ids[-1]])
+        deleted.append(call_ids[-1])
+        return copy_slice(url, snapshot, call_ids, timezone, out)
+
+    monkeypatch.setattr(fetch_calls, "_copy_from_snapshot", after_a_delete)
+    during = export(
+        postgres_dsn, tmp_path / "during.csv", connections=2, min_calls_per_connection=1
+    )
+    assert len(deleted) == 1
+    assert during == before
+    # The turns are gone for an export that starts now.
+    after = export(postgres_dsn, tmp_path / "after.csv", connections=1)
+    assert f"\n{deleted[0]},".encode() in before[1]
+    assert f"\n{deleted[0]},".encode() not in after[1]
+
+
 EDGE_CALL = {
     "id": 1,
     "uuid": "call-1",
