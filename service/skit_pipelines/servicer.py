@@ -233,15 +233,10 @@ def _reject_refused(request: Any) -> None:
         raise request.error
 
 
-def _serialized(message: bytes) -> bytes:
-    """GetRun's and WatchRun's response serializer: their handlers answer with each
-    revision's bytes, encoded once for every call and stream (see
-    PipelineServicer._converted)."""
-    return message
-
-
 _PRESERIALIZED = frozenset({"GetRun", "WatchRun"})
-"""Methods whose handlers answer with already-serialized responses."""
+"""Methods whose handlers answer with each revision's bytes, encoded once for every call and
+stream (see PipelineServicer._convert): registered with no response serializer, which gRPC
+then sends as they are (a pass-through function would cost a call per message)."""
 
 
 def add_to_server(
@@ -265,8 +260,8 @@ def add_to_server(
         parse = _lenient_parser(
             message_factory.GetMessageClass(method.input_type), max_request_bytes
         )
-        serialize: Callable[[Any], bytes] = (
-            _serialized
+        serialize: Callable[[Any], bytes] | None = (
+            None
             if method.name in _PRESERIALIZED
             else message_factory.GetMessageClass(method.output_type).SerializeToString
         )
