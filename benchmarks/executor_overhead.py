@@ -57,7 +57,7 @@ def _chain_spec(steps: int, tmp: Path) -> dict[str, Any]:
 
 
 class _Quiet:
-    async def step_changed(self, step: Step) -> None:
+    async def step_changed(self, *steps: Step) -> None:
         return None
 
 

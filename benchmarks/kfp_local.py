@@ -74,7 +74,7 @@ PIPELINES = (
 
 
 class _Quiet:
-    async def step_changed(self, step: Step) -> None:
+    async def step_changed(self, *steps: Step) -> None:
         return None
 
 
