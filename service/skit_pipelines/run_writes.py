@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PENDING = 1024
 """Changes of one run that may wait for the store before its reporter has to wait too."""
 RETRY_PAUSE_SECONDS = 0.2
+"""Between two attempts to store a backlog (each attempt has the store's retry budget)."""
 DELIVERY_WAIT_SECONDS = 0.1
 """How long a reporter waits at most for a stored change to reach the run's watchers
 (a thousand watchers take some 30-60 ms on 2 cores; steps run for seconds or more)."""
-"""Between two attempts to store a backlog (each attempt has the store's retry budget)."""
 
 
 @dataclass(frozen=True)

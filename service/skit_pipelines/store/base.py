@@ -211,8 +211,6 @@ class RevisionHub:
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, int] = {}
         self._recent: dict[str, deque[Run]] = {}
-        self._publishes: dict[str, int] = {}
-        """Revisions published per watched run: which ones a watcher has caught up with."""
         self._behind: dict[str, int] = {}
         """Watchers not yet sent the run's latest revision (counted at each publish)."""
         self._delivered: dict[str, asyncio.Event] = {}
@@ -254,16 +252,10 @@ class RevisionHub:
         changed = self._changed.get(run.id)
         if changed is not None:
             self._changed[run.id] = asyncio.Event()
-            self._publishes[run.id] += 1
             self._behind[run.id] = self._watchers[run.id]
             if self._delivered[run.id].is_set():
                 self._delivered[run.id] = asyncio.Event()
             changed.set()
-
-    def publishes(self, run_id: str) -> int:
-        """How many revisions of a subscribed run were published since it was first
-        watched: a watcher remembers it to tell whether it owes `caught_up`."""
-        return self._publishes[run_id]
 
     def caught_up(self, run_id: str) -> None:
         """A watcher counted at the latest publish has been sent it (or has gone)."""
@@ -302,7 +294,6 @@ class RevisionHub:
         self._changed.setdefault(run_id, asyncio.Event())
         self._watchers[run_id] = self._watchers.get(run_id, 0) + 1
         self._recent.setdefault(run_id, deque(maxlen=self._recent_per_run))
-        self._publishes.setdefault(run_id, 0)
         self._behind.setdefault(run_id, 0)
         if run_id not in self._delivered:
             self._delivered[run_id] = asyncio.Event()
@@ -316,7 +307,6 @@ class RevisionHub:
         self._watchers.pop(run_id, None)
         self._changed.pop(run_id, None)
         self._recent.pop(run_id, None)
-        self._publishes.pop(run_id, None)
         self._behind.pop(run_id, None)
         delivered = self._delivered.pop(run_id, None)
         if delivered is not None:
@@ -509,9 +499,10 @@ class RunStore(ABC):
         each later revision exactly once, ending after a terminal state."""
         hub = self.hub
         await hub.subscribe(run_id)
-        # Publishes this watcher has been sent (or that came before it): it owes the hub
-        # a caught_up once more have been published and it has sent them too.
-        accounted = hub.publishes(run_id)
+        # The newest revision published that this watcher has been sent, or that came
+        # before it: it owes the hub a caught_up for each newer publish it has sent too
+        # (publishing counted it among the watchers behind).
+        accounted = hub.latest_revision(run_id)
         try:
             current = await self.get_run(run_id)
             last = 0
@@ -531,8 +522,8 @@ class RunStore(ABC):
                 # Waited for here, not in a coroutine of the hub's: one coroutine less
                 # for every revision each watcher is sent.
                 while not hub.closed and hub.latest_revision(run_id) <= last:
-                    if hub.publishes(run_id) > accounted:
-                        accounted = hub.publishes(run_id)
+                    if hub.latest_revision(run_id) > accounted:
+                        accounted = hub.latest_revision(run_id)
                         hub.caught_up(run_id)
                     await hub.changed(run_id).wait()
                 if hub.closed:
@@ -549,6 +540,6 @@ class RunStore(ABC):
                     last = run.revision
                     current = run
         finally:
-            if not hub.closed and hub.publishes(run_id) > accounted:
+            if not hub.closed and hub.latest_revision(run_id) > accounted:
                 hub.caught_up(run_id)
             hub.unsubscribe(run_id)
