@@ -369,8 +369,14 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         # one once, not once per stream. The creation time is in the key: a deleted run's
         # id may be used again.
         self._converted: OrderedDict[tuple[str, int, datetime], _Converted] = OrderedDict()
+        # A revision's watchers are all sent the one snapshot the hub keeps, one after the
+        # other: the same object, converted last time, needs no key built and hashed.
+        self._last_converted: tuple[Run, _Converted] | None = None
 
     def _convert(self, run: Run) -> _Converted:
+        last = self._last_converted
+        if last is not None and last[0] is run:
+            return last[1]
         key = (run.id, run.revision, run.create_time)
         converted = self._converted.get(key)
         if converted is None:
@@ -381,6 +387,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             self._converted[key] = converted
             if len(self._converted) > _CONVERTED_REVISIONS:
                 self._converted.popitem(last=False)
+        self._last_converted = (run, converted)
         return converted
 
     @_unary
