@@ -377,16 +377,12 @@ def _copy_from_snapshot(
     url: str, snapshot: str, call_ids: Sequence[int], timezone: str, out: BinaryIO
 ) -> int:
     """One slice's rows into `out`, over a new connection reading `snapshot`."""
-    import psycopg
     from psycopg import sql
 
-    with (
-        psycopg.connect(url, autocommit=True, connect_timeout=30) as connection,
-        connection.transaction(),
-    ):
-        connection.execute(_SNAPSHOT_ISOLATION)
-        connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        rows = _copy(connection, call_ids, timezone, out)
+    with connect(url, readonly=True) as db, db.connection.transaction():
+        db.connection.execute(_SNAPSHOT_ISOLATION)
+        db.connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        rows = _copy(db.connection, call_ids, timezone, out)
     out.flush()
     return rows
 
