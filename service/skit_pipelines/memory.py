@@ -83,6 +83,21 @@ class MemoryReclaimer:
         self.reclaims = 0
         """How many times memory was reclaimed (for tests and metrics)."""
 
+    def prepare(self) -> None:
+        """Looks up malloc_trim now, in a quiet moment (serve does it right after SERVING),
+        rather than at the first reclaim. What the lookup allocates (ctypes' modules and
+        types, ~700 objects) lives as long as the process: allocated at that reclaim, it
+        landed in the burst's emptied arenas, a few objects in each, and kept several of
+        them (each 1 MiB) from being given back. Safe from a thread: the reclaim, on the
+        event loop, only reads the result (and looks it up itself if it is not there)."""
+        if self._trim is None:
+            self._trim = _glibc_trim() or _no_trim
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the trim function has been looked up (or was given)."""
+        return self._trim is not None
+
     def stream_opened(self) -> None:
         """Called as each stream starts (on the event loop)."""
         self._opened += 1

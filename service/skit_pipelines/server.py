@@ -32,6 +32,7 @@ from skit_pipelines.backends.deferred import DeferredBackend
 from skit_pipelines.catalog import Catalog
 from skit_pipelines.config import ConfigError, ServerConfig
 from skit_pipelines.errors import FailedPrecondition, NotFound
+from skit_pipelines.memory import MemoryReclaimer
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
@@ -141,6 +142,8 @@ class Application:
     (each by exactly one replica)."""
     console: ConsoleServer | None = None
     """The web console on config.console_port, if on."""
+    reclaimer: MemoryReclaimer | None = None
+    """Gives memory back after bursts of watch streams; prepared after SERVING."""
     _later: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -174,6 +177,8 @@ class Application:
         # The scheduler and the worker start from what the store holds (schedules'
         # cursors, subscriptions' feed cursors): the changes made before they run are
         # theirs all the same.
+        if self.reclaimer is not None:
+            await asyncio.to_thread(self.reclaimer.prepare)
         parts = [part for part in (self.scheduling, self.notifications) if part is not None]
         for part in parts:
             for module in part.imports:
@@ -272,10 +277,12 @@ async def create_grpc_server(
     *,
     schedules: Callable[[], ScheduleController] | None = None,
     subscriptions: Callable[[], SubscriptionController] | None = None,
+    reclaimer: MemoryReclaimer | None = None,
 ) -> tuple[grpc.aio.Server, int, AsyncHealthServicer]:
     """The gRPC server with PipelineService, health (NOT_SERVING until started) and
     reflection, bound to config.host:config.port (port 0 picks one). `schedules` and
-    `subscriptions` give their RPCs' controllers (built at the first such call)."""
+    `subscriptions` give their RPCs' controllers (built at the first such call);
+    `reclaimer` counts the watch streams (a new one when not given)."""
     # Telemetry first: rejected calls are traced and measured too.
     interceptors = telemetry.server_interceptors(SERVICE_NAME) if telemetry else []
     if config.tokens_file is not None:
@@ -287,6 +294,7 @@ async def create_grpc_server(
             max_message_bytes=config.max_message_bytes,
             schedules=schedules,
             subscriptions=subscriptions,
+            reclaimer=reclaimer,
         ),
         server,
         max_request_bytes=config.max_request_bytes,
@@ -613,12 +621,14 @@ async def build_application(
     notifications = LaterPart(
         lambda: build_notifications(config, store), imports=NOTIFICATION_IMPORTS
     )
+    reclaimer = MemoryReclaimer()
     server, port, health_servicer = await create_grpc_server(
         controller,
         config,
         telemetry,
         schedules=lambda: scheduling()[0],
         subscriptions=lambda: notifications()[0],
+        reclaimer=reclaimer,
     )
     health_only = create_health_server(health_servicer, config)
     console = None
@@ -646,6 +656,7 @@ async def build_application(
         scheduling=scheduling,
         notifications=notifications,
         console=console,
+        reclaimer=reclaimer,
     )
 
 

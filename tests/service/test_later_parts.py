@@ -60,6 +60,20 @@ async def test_later_parts_end_once_the_backend_too_is_built(tmp_path: Path) -> 
         await app.stop(grace=0)
 
 
+async def test_the_memory_reclaimer_looks_up_malloc_trim_after_serving(tmp_path: Path) -> None:
+    """Not at the first reclaim: what the lookup allocates would pin the burst's arenas."""
+    app = await _application(tmp_path)
+    assert app.reclaimer is not None and not app.reclaimer.prepared
+    await app.start()
+    try:
+        later = app.later_parts
+        assert later is not None
+        await asyncio.wait_for(asyncio.shield(later), WAIT_SECONDS)
+        assert app.reclaimer.prepared
+    finally:
+        await app.stop(grace=0)
+
+
 async def test_parts_a_call_built_before_serving_are_the_ones_that_run(tmp_path: Path) -> None:
     app = await _application(tmp_path)
     assert app.scheduling is not None and app.notifications is not None

@@ -75,3 +75,10 @@ def test_glibc_malloc_trim_is_found_among_the_loaded_symbols() -> None:
     trim = memory_module._glibc_trim()
     assert trim is not None
     trim()
+
+
+def test_prepare_looks_up_the_trim_function_before_any_reclaim() -> None:
+    memory = MemoryReclaimer()
+    assert not memory.prepared
+    memory.prepare()
+    assert memory.prepared
