@@ -53,3 +53,34 @@ async def test_watchers_are_sent_a_stored_revision_before_the_reporter_goes_on(
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await store.close()
+
+
+async def test_a_change_is_logged_and_observed_after_its_watchers_are_sent_it(
+    tmp_path: Path,
+) -> None:
+    store = SqliteRunStore(tmp_path / "runs.db")
+    await store.create_run(_run())
+    writes = RunWrites(store)
+    seen: list[int] = []
+    seen_when_stored: list[list[int]] = []
+
+    async def watch() -> None:
+        async for run in store.watch("r1"):
+            seen.append(run.revision)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await until(lambda: seen == [1], what="the first snapshot")
+        await writes.write(
+            "r1",
+            Change(
+                lambda r: replace(r, labels={"a": "1"}),
+                lambda _: seen_when_stored.append(list(seen)),
+            ),
+        )
+        # The log line and the observer (a file write, spans) are not on the watchers' path.
+        assert seen_when_stored == [[1, 2]]
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await store.close()
