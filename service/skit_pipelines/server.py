@@ -174,11 +174,11 @@ class Application:
         self._later.add_done_callback(_log_failure)
 
     async def _start_later_parts(self) -> None:
+        if self.reclaimer is not None:
+            await asyncio.to_thread(self.reclaimer.prepare)
         # The scheduler and the worker start from what the store holds (schedules'
         # cursors, subscriptions' feed cursors): the changes made before they run are
         # theirs all the same.
-        if self.reclaimer is not None:
-            await asyncio.to_thread(self.reclaimer.prepare)
         parts = [part for part in (self.scheduling, self.notifications) if part is not None]
         for part in parts:
             for module in part.imports:

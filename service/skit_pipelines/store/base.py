@@ -213,6 +213,7 @@ class WatchedRun:
         self.changed = asyncio.Event()
         """Set at the run's next publish (or close), and replaced by a new one."""
         self.closed = False
+        """Set when the hub closes: its watchers end (the server is shutting down)."""
         self.behind = 0
         """Watchers not yet sent the latest revision (counted at each publish)."""
         self.delivered = asyncio.Event()
@@ -290,10 +291,6 @@ class RevisionHub:
         changed, watched.changed = watched.changed, asyncio.Event()
         changed.set()
 
-    def caught_up(self, run_id: str) -> None:
-        """A watcher counted at the latest publish has been sent it (or has gone)."""
-        self._runs[run_id].caught_up()
-
     async def wait_delivered(self, run_id: str, timeout: float) -> None:
         """Returns once every watcher of the run has been sent its latest revision, or
         after `timeout` seconds (a slow reader holds up nobody for longer)."""
@@ -305,18 +302,9 @@ class RevisionHub:
             async with asyncio.timeout(timeout):
                 await delivered.wait()
 
-    def changed(self, run_id: str) -> asyncio.Event:
-        """Set at the run's next publish (or close); only for subscribed runs."""
-        return self._runs[run_id].changed
-
     def latest_revision(self, run_id: str) -> int:
         watched = self._runs.get(run_id)
         return watched.latest if watched is not None else 0
-
-    def recent_after(self, run_id: str, revision: int) -> list[Run] | None:
-        """The in-memory revisions after `revision`, or None when memory cannot tell."""
-        watched = self._runs.get(run_id)
-        return watched.after(revision) if watched is not None else None
 
     async def subscribe(self, run_id: str) -> WatchedRun:
         """Counts a watcher of the run; what it returns is what that watcher reads."""
