@@ -12,10 +12,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 import grpc
@@ -300,7 +300,7 @@ async def create_grpc_server(
         max_request_bytes=config.max_request_bytes,
     )
     health_servicer = AsyncHealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, _GenericHandlersOnly(server))
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
@@ -323,6 +323,24 @@ class HealthOnlyServer:
     server: grpc.aio.Server
     port: int
     """The port it listens on (the one picked when --health-port is 0)."""
+
+
+class _GenericHandlersOnly:
+    """Hands a server only the generic handler of what generated code (grpcio >= 1.63)
+    registers. As for PipelineService (servicer.add_to_server), grpc.aio's server loop
+    keeps one pending request per registered method and waits on all of them for every
+    incoming call: health's two methods would cost every call two more futures."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        return None
 
 
 def create_health_server(
