@@ -131,3 +131,21 @@ async def test_runs_stored_before_version_3_list_by_label_and_state_in_time_orde
         await store.close()
     version = sqlite3.connect(tmp_path / "runs.db").execute("PRAGMA user_version").fetchone()[0]
     assert version == len(MIGRATIONS)
+
+
+async def test_reading_a_run_leaves_no_read_snapshot_open(tmp_path: Path) -> None:
+    """Reads share one cursor: each must end its statement, or the file's WAL could not
+    be checkpointed (and would grow) while the server idles after a read."""
+    store = SqliteRunStore(tmp_path / "runs.db")
+    await store.create_run(make_run())
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("CREATE TABLE probe (x)")
+    try:
+        for _ in range(2):  # the first read decodes, the second checks the revision
+            await store.get_run("run-a")
+            other.execute("INSERT INTO probe VALUES (1)")
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
+    finally:
+        other.close()
+        await store.close()

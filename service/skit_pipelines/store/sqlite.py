@@ -228,6 +228,13 @@ class SqliteRunStore(RunStore):
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        # Every read of a run goes through this one cursor: sqlite3 keeps a weak reference
+        # to each cursor a connection makes, in a list it prunes only every 200 cursors,
+        # so a burst of WatchRuns and GetRuns (a new cursor each) leaves up to 200 dead
+        # references, allocated across the burst's memory, that keep its emptied arenas.
+        # Only lookups by primary key use it: fetchone steps past their one row, so the
+        # statement is done and holds no read snapshot between calls.
+        self._reads = self._db.cursor()
         self.change_signal.advance(self._latest_change())
 
     def _migrate(self) -> None:
@@ -377,11 +384,13 @@ class SqliteRunStore(RunStore):
         # snapshot's kilobytes copied out of the page.
         cached = self._decoded.get(run_id)
         if cached is not None:
-            row = self._db.execute("SELECT revision FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = self._reads.execute(
+                "SELECT revision FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
             if row is not None and row[0] == cached.revision:
                 self._decoded.move_to_end(run_id)
                 return cached
-        row = self._db.execute(
+        row = self._reads.execute(
             "SELECT revision, snapshot FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
         if row is None:
