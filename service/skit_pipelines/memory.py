@@ -90,8 +90,12 @@ class MemoryReclaimer:
         landed in the burst's emptied arenas, a few objects in each, and kept several of
         them (each 1 MiB) from being given back. Safe from a thread: the reclaim, on the
         event loop, only reads the result (and looks it up itself if it is not there)."""
+        self._trimmer()
+
+    def _trimmer(self) -> Callable[[], object]:
         if self._trim is None:
             self._trim = _glibc_trim() or _no_trim
+        return self._trim
 
     @property
     def prepared(self) -> bool:
@@ -126,7 +130,5 @@ class MemoryReclaimer:
         self.reclaims += 1
         collected = self._collect()
         if closed:
-            if self._trim is None:
-                self._trim = _glibc_trim() or _no_trim
-            self._trim()
+            self._trimmer()()
         logger.debug("collected after a burst of streams (%s collected)", collected)
