@@ -223,22 +223,26 @@ class SqliteRunStore(RunStore):
         self._decoded: OrderedDict[str, Run] = OrderedDict()
         self._leases: LeaseTable = {}
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        # Every statement goes through this one cursor. sqlite3 keeps a weak reference to
+        # each cursor a connection makes (Connection.execute makes one per call), in a
+        # list it prunes only every 200 cursors: the server's periodic reads (schedules,
+        # subscriptions, deliveries: several a second) and a burst of WatchRuns and
+        # GetRuns left up to 200 dead references, allocated across a burst of streams'
+        # memory, that kept its emptied arenas (docs/benchmarks.md, "Held streams").
+        # Sharing is safe: the store runs on the event loop, each method consumes its
+        # results before its next statement, and every SELECT it fetches one row of is
+        # a lookup of one row (fetchone steps past it, so the statement is done and holds
+        # no read snapshot between calls).
+        self._sql = self._db.cursor()
+        self._sql.execute("PRAGMA journal_mode=WAL")
+        self._sql.execute("PRAGMA synchronous=NORMAL")
+        self._sql.execute("PRAGMA foreign_keys=ON")
+        self._sql.execute("PRAGMA busy_timeout=5000")
         self._migrate()
-        # Every read of a run goes through this one cursor: sqlite3 keeps a weak reference
-        # to each cursor a connection makes, in a list it prunes only every 200 cursors,
-        # so a burst of WatchRuns and GetRuns (a new cursor each) leaves up to 200 dead
-        # references, allocated across the burst's memory, that keep its emptied arenas.
-        # Only lookups by primary key use it: fetchone steps past their one row, so the
-        # statement is done and holds no read snapshot between calls.
-        self._reads = self._db.cursor()
         self.change_signal.advance(self._latest_change())
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._sql.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise RuntimeError(
                 f"run store schema version {version} is newer than this service "
@@ -249,11 +253,11 @@ class SqliteRunStore(RunStore):
             with self._transaction():
                 for statement in script.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={target}")
+                        self._sql.execute(statement)
+                self._sql.execute(f"PRAGMA user_version={target}")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._sql)
 
     async def close(self) -> None:
         self._db.close()
@@ -265,7 +269,7 @@ class SqliteRunStore(RunStore):
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
         with self._transaction():
             if run.request_id:
-                row = self._db.execute(
+                row = self._sql.execute(
                     "SELECT r.snapshot, q.request_hash FROM requests q"
                     " JOIN runs r ON r.id = q.run_id"
                     " WHERE q.principal = ? AND q.request_id = ?",
@@ -274,7 +278,7 @@ class SqliteRunStore(RunStore):
                 if row is not None:
                     earlier = codec.run_from_dict(json.loads(row[0]))
                     return CreateOutcome(run=earlier, created=False, request_hash=row[1])
-            exists = self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone()
+            exists = self._sql.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone()
             if exists:
                 raise AlreadyExists(
                     f"run runs/{run.id} already exists",
@@ -283,7 +287,7 @@ class SqliteRunStore(RunStore):
                 )
             snapshot = codec.dumps(codec.run_to_dict(run))
             create_time = sortable_time(run.create_time)
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO runs"
                 " (id, pipeline, state, create_time, revision, request_id, snapshot)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -297,17 +301,17 @@ class SqliteRunStore(RunStore):
                     snapshot,
                 ),
             )
-            self._db.executemany(
+            self._sql.executemany(
                 "INSERT INTO run_labels (run_id, key, value, create_time) VALUES (?, ?, ?, ?)",
                 [(run.id, k, v, create_time) for k, v in run.labels.items()],
             )
             self._write_steps(run, previous=None)
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO run_events (run_id, revision, snapshot) VALUES (?, ?, ?)",
                 (run.id, run.revision, snapshot),
             )
             if run.request_id:
-                self._db.execute(
+                self._sql.execute(
                     "INSERT INTO requests (principal, request_id, request_hash, run_id)"
                     " VALUES (?, ?, ?, ?)",
                     (run.creator, run.request_id, request_hash, run.id),
@@ -323,19 +327,19 @@ class SqliteRunStore(RunStore):
         """Adds the feed's row for a write, inside its transaction. One connection writes,
         so AUTOINCREMENT numbers changes in commit order (a rollback takes its number
         back with it, so there are no gaps either)."""
-        cursor = self._db.execute(
+        cursor = self._sql.execute(
             "INSERT INTO run_changes (run_id, revision, deleted, snapshot) VALUES (?, ?, ?, ?)",
             (run.id, run.revision, int(deleted), snapshot),
         ).lastrowid
         assert cursor is not None
         if cursor % change_prune_interval(self._change_limit) == 0:
-            self._db.execute(
+            self._sql.execute(
                 "DELETE FROM run_changes WHERE cursor <= ?", (cursor - self._change_limit,)
             )
         return cursor
 
     def _latest_change(self) -> int:
-        row = self._db.execute("SELECT MAX(cursor) FROM run_changes").fetchone()
+        row = self._sql.execute("SELECT MAX(cursor) FROM run_changes").fetchone()
         return int(row[0] or 0)
 
     async def latest_change_cursor(self) -> int:
@@ -344,8 +348,8 @@ class SqliteRunStore(RunStore):
     async def changes_after(self, after_cursor: int, limit: int) -> ChangePage:
         # Both reads run with no await in between, and only this connection writes: the
         # span and the page agree.
-        span = self._db.execute("SELECT MIN(cursor), MAX(cursor) FROM run_changes").fetchone()
-        rows = self._db.execute(
+        span = self._sql.execute("SELECT MIN(cursor), MAX(cursor) FROM run_changes").fetchone()
+        rows = self._sql.execute(
             "SELECT cursor, deleted, snapshot FROM run_changes WHERE cursor > ?"
             " ORDER BY cursor LIMIT ?",
             (after_cursor, max(0, limit)),
@@ -370,7 +374,7 @@ class SqliteRunStore(RunStore):
             for position, step in enumerate(run.steps)
             if before.get(step.name) != step
         ]
-        self._db.executemany(
+        self._sql.executemany(
             "INSERT INTO steps (run_id, name, position, state, detail) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (run_id, name) DO UPDATE SET position = excluded.position,"
             " state = excluded.state, detail = excluded.detail",
@@ -384,13 +388,13 @@ class SqliteRunStore(RunStore):
         # snapshot's kilobytes copied out of the page.
         cached = self._decoded.get(run_id)
         if cached is not None:
-            row = self._reads.execute(
+            row = self._sql.execute(
                 "SELECT revision FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             if row is not None and row[0] == cached.revision:
                 self._decoded.move_to_end(run_id)
                 return cached
-        row = self._reads.execute(
+        row = self._sql.execute(
             "SELECT revision, snapshot FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
         if row is None:
@@ -412,17 +416,17 @@ class SqliteRunStore(RunStore):
                 return current
             updated = _bump(current, changed)
             snapshot = codec.dumps(codec.run_to_dict(updated))
-            self._db.execute(
+            self._sql.execute(
                 "UPDATE runs SET state = ?, revision = ?, snapshot = ? WHERE id = ?",
                 (int(updated.state), updated.revision, snapshot, run_id),
             )
             self._write_steps(updated, previous=current)
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO run_events (run_id, revision, snapshot) VALUES (?, ?, ?)",
                 (run_id, updated.revision, snapshot),
             )
             if updated.revision > self._history_limit:
-                self._db.execute(
+                self._sql.execute(
                     "DELETE FROM run_events WHERE run_id = ? AND revision <= ?",
                     (run_id, updated.revision - self._history_limit),
                 )
@@ -436,12 +440,12 @@ class SqliteRunStore(RunStore):
     async def delete_run(self, run_id: str) -> None:
         cursor = 0
         with self._transaction():
-            last = self._db.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
+            last = self._sql.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
             # Explicit rather than through ON DELETE CASCADE: that needs the foreign_keys
             # pragma, which a connection opened elsewhere may not set.
             for table in ("run_labels", "steps", "run_events", "requests"):
-                self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            deleted = self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+                self._sql.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            deleted = self._sql.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
             if deleted and last is not None:
                 run = codec.run_from_dict(json.loads(last[0]))
                 cursor = self._append_change(run, last[0], deleted=True)
@@ -453,13 +457,13 @@ class SqliteRunStore(RunStore):
 
     async def list_runs(self, query: RunQuery) -> RunPage:
         statement = list_runs_statement(query, _DIALECT)
-        rows = self._db.execute(statement.text, statement.args).fetchall()
+        rows = self._sql.execute(statement.text, statement.args).fetchall()
         runs = [codec.run_from_dict(json.loads(r[0])) for r in rows[: query.page_size]]
         return RunPage(runs=runs, more=len(rows) > query.page_size)
 
     async def list_unfinished_runs(self) -> list[Run]:
         terminal = [int(s) for s in RunState if s.terminal]
-        rows = self._db.execute(
+        rows = self._sql.execute(
             f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(terminal))})"
             " ORDER BY create_time, id",
             terminal,
@@ -467,7 +471,7 @@ class SqliteRunStore(RunStore):
         return [codec.run_from_dict(json.loads(r[0])) for r in rows]
 
     async def revisions_after(self, run_id: str, revision: int) -> list[Run] | None:
-        rows = self._db.execute(
+        rows = self._sql.execute(
             "SELECT revision, snapshot FROM run_events WHERE run_id = ? AND revision > ?"
             " ORDER BY revision",
             (run_id, revision),
@@ -475,7 +479,7 @@ class SqliteRunStore(RunStore):
         if rows and rows[0][0] != revision + 1:
             return None
         if not rows:
-            latest = self._db.execute(
+            latest = self._sql.execute(
                 "SELECT revision FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             if latest is None:
@@ -489,7 +493,7 @@ class SqliteRunStore(RunStore):
 
         with self._transaction():
             if schedule.request_id:
-                row = self._db.execute(
+                row = self._sql.execute(
                     "SELECT snapshot, request_hash FROM schedules"
                     " WHERE creator = ? AND request_id = ?",
                     (schedule.creator, schedule.request_id),
@@ -497,9 +501,9 @@ class SqliteRunStore(RunStore):
                 if row is not None:
                     earlier = schedule_from_dict(json.loads(row[0]))
                     return ScheduleOutcome(earlier, created=False, request_hash=row[1])
-            if self._db.execute("SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)).fetchone():
+            if self._sql.execute("SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)).fetchone():
                 raise schedule_exists(schedule.id)
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO schedules (id, creator, request_id, request_hash, snapshot)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (
@@ -515,7 +519,7 @@ class SqliteRunStore(RunStore):
     def _load_schedule(self, schedule_id: str) -> Schedule:
         from skit_pipelines.triggers import schedule_from_dict
 
-        row = self._db.execute(
+        row = self._sql.execute(
             "SELECT snapshot FROM schedules WHERE id = ?", (schedule_id,)
         ).fetchone()
         if row is None:
@@ -532,7 +536,7 @@ class SqliteRunStore(RunStore):
             current = self._load_schedule(schedule_id)
             changed = mutate(current)
             if changed != current:
-                self._db.execute(
+                self._sql.execute(
                     "UPDATE schedules SET snapshot = ? WHERE id = ?",
                     (codec.dumps(schedule_to_dict(changed)), schedule_id),
                 )
@@ -540,7 +544,7 @@ class SqliteRunStore(RunStore):
 
     async def delete_schedule(self, schedule_id: str) -> None:
         with self._transaction():
-            deleted = self._db.execute(
+            deleted = self._sql.execute(
                 "DELETE FROM schedules WHERE id = ?", (schedule_id,)
             ).rowcount
         if not deleted:
@@ -549,7 +553,7 @@ class SqliteRunStore(RunStore):
     async def list_schedules(self, page_size: int, after: str = "") -> SchedulePage:
         from skit_pipelines.triggers import schedule_from_dict
 
-        rows = self._db.execute(
+        rows = self._sql.execute(
             "SELECT snapshot FROM schedules WHERE id > ? ORDER BY id LIMIT ?",
             (after, page_size + 1),
         ).fetchall()
@@ -569,7 +573,7 @@ class SqliteRunStore(RunStore):
 
         with self._transaction():
             if subscription.request_id:
-                row = self._db.execute(
+                row = self._sql.execute(
                     "SELECT snapshot, request_hash, cursor FROM subscriptions"
                     " WHERE creator = ? AND request_id = ?",
                     (subscription.creator, subscription.request_id),
@@ -577,11 +581,11 @@ class SqliteRunStore(RunStore):
                 if row is not None:
                     earlier = replace(subscription_from_dict(json.loads(row[0])), cursor=row[2])
                     return SubscriptionOutcome(earlier, created=False, request_hash=row[1])
-            if self._db.execute(
+            if self._sql.execute(
                 "SELECT 1 FROM subscriptions WHERE id = ?", (subscription.id,)
             ).fetchone():
                 raise subscription_exists(subscription.id)
-            self._db.execute(
+            self._sql.execute(
                 "INSERT INTO subscriptions"
                 " (id, creator, request_id, request_hash, cursor, snapshot)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -600,12 +604,12 @@ class SqliteRunStore(RunStore):
         from skit_pipelines.notifications.model import DeliveryState, SubscriptionHealth
 
         counts = dict(
-            self._db.execute(
+            self._sql.execute(
                 "SELECT state, count(*) FROM deliveries WHERE subscription_id = ? GROUP BY state",
                 (subscription_id,),
             ).fetchall()
         )
-        last = self._db.execute(
+        last = self._sql.execute(
             "SELECT last_outcome, last_attempt_time FROM deliveries"
             " WHERE subscription_id = ? AND last_attempt_time IS NOT NULL"
             " ORDER BY last_attempt_time DESC LIMIT 1",
@@ -628,7 +632,7 @@ class SqliteRunStore(RunStore):
         )
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
-        row = self._db.execute(
+        row = self._sql.execute(
             "SELECT snapshot, cursor FROM subscriptions WHERE id = ?", (subscription_id,)
         ).fetchone()
         if row is None:
@@ -638,7 +642,7 @@ class SqliteRunStore(RunStore):
     async def list_subscriptions(self, page_size: int, after: str = "") -> SubscriptionPage:
         from skit_pipelines.notifications.model import SubscriptionPage
 
-        rows = self._db.execute(
+        rows = self._sql.execute(
             "SELECT snapshot, cursor FROM subscriptions WHERE id > ? ORDER BY id LIMIT ?",
             (after, page_size + 1),
         ).fetchall()
@@ -647,8 +651,8 @@ class SqliteRunStore(RunStore):
 
     async def delete_subscription(self, subscription_id: str) -> None:
         with self._transaction():
-            self._db.execute("DELETE FROM deliveries WHERE subscription_id = ?", (subscription_id,))
-            deleted = self._db.execute(
+            self._sql.execute("DELETE FROM deliveries WHERE subscription_id = ?", (subscription_id,))
+            deleted = self._sql.execute(
                 "DELETE FROM subscriptions WHERE id = ?", (subscription_id,)
             ).rowcount
         if not deleted:
@@ -660,13 +664,13 @@ class SqliteRunStore(RunStore):
         from skit_pipelines.notifications.model import delivery_to_dict
 
         with self._transaction():
-            moved = self._db.execute(
+            moved = self._sql.execute(
                 "UPDATE subscriptions SET cursor = ? WHERE id = ? AND cursor = ?",
                 (to_cursor, subscription_id, from_cursor),
             ).rowcount
             if not moved:
                 return False
-            self._db.executemany(
+            self._sql.executemany(
                 "INSERT INTO deliveries (subscription_id, cursor, dedupe, state,"
                 " next_attempt_time, detail) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -698,7 +702,7 @@ class SqliteRunStore(RunStore):
         if limit <= 0:
             return []
         with self._transaction():
-            rows = self._db.execute(
+            rows = self._sql.execute(
                 "SELECT subscription_id, cursor, detail FROM ("
                 " SELECT subscription_id, cursor, detail, next_attempt_time, row_number()"
                 " OVER (PARTITION BY subscription_id ORDER BY next_attempt_time, cursor) AS n"
@@ -707,7 +711,7 @@ class SqliteRunStore(RunStore):
                 " WHERE n <= ? ORDER BY next_attempt_time LIMIT ?",
                 (int(DeliveryState.PENDING), sortable_time(now), *skip, per_subscription, limit),
             ).fetchall()
-            self._db.executemany(
+            self._sql.executemany(
                 "UPDATE deliveries SET next_attempt_time = ?"
                 " WHERE subscription_id = ? AND cursor = ?",
                 [(sortable_time(claim_until), r[0], r[1]) for r in rows],
@@ -719,7 +723,7 @@ class SqliteRunStore(RunStore):
 
         last = delivery.attempts[-1] if delivery.attempts else None
         with self._transaction():
-            updated = self._db.execute(
+            updated = self._sql.execute(
                 "UPDATE deliveries SET state = ?, next_attempt_time = ?, last_attempt_time = ?,"
                 " last_outcome = ?, detail = ?"
                 " WHERE subscription_id = ? AND cursor = ? AND state = ?",
@@ -743,11 +747,11 @@ class SqliteRunStore(RunStore):
     ) -> DeliveryPage:
         from skit_pipelines.notifications.model import DeliveryPage, delivery_from_dict
 
-        if not self._db.execute(
+        if not self._sql.execute(
             "SELECT 1 FROM subscriptions WHERE id = ?", (subscription_id,)
         ).fetchone():
             raise subscription_not_found(subscription_id)
-        rows = self._db.execute(
+        rows = self._sql.execute(
             "SELECT detail FROM deliveries WHERE subscription_id = ? AND cursor < ?"
             " ORDER BY cursor DESC LIMIT ?",
             (
@@ -760,18 +764,18 @@ class SqliteRunStore(RunStore):
         return DeliveryPage(found, more=len(rows) > page_size)
 
     def cache_get(self, key: str) -> Any | None:
-        row = self._db.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()
+        row = self._sql.execute("SELECT value FROM step_cache WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def cache_put(self, key: str, value: Any) -> None:
-        self._db.execute(
+        self._sql.execute(
             "INSERT INTO step_cache (key, value, create_time) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, codec.dumps(value), _now().isoformat()),
         )
 
     def cache_delete(self, key: str) -> None:
-        self._db.execute("DELETE FROM step_cache WHERE key = ?", (key,))
+        self._sql.execute("DELETE FROM step_cache WHERE key = ?", (key,))
 
 
 def _bump(current: Run, changed: Run) -> Run:
@@ -781,12 +785,11 @@ def _bump(current: Run, changed: Run) -> Run:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT/ROLLBACK around a block (autocommit connection)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, sql: sqlite3.Cursor) -> None:
+        self._sql = sql
 
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
+    def __enter__(self) -> None:
+        self._sql.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        self._sql.execute("COMMIT" if exc_type is None else "ROLLBACK")
