@@ -30,9 +30,12 @@ DEFAULT_MAX_PENDING = 1024
 """Changes of one run that may wait for the store before its reporter has to wait too."""
 RETRY_PAUSE_SECONDS = 0.2
 """Between two attempts to store a backlog (each attempt has the store's retry budget)."""
-DELIVERY_WAIT_SECONDS = 0.1
-"""How long a reporter waits at most for a stored change to reach the run's watchers
-(a thousand watchers take some 30-60 ms on 2 cores; steps run for seconds or more)."""
+DELIVERY_STALL_SECONDS = 0.1
+"""How long a reporter waits for a stored change to reach the run's watchers while none
+of them is sent it (a slow reader); a fan-out in progress sends it every few microseconds."""
+DELIVERY_LIMIT_SECONDS = 1.0
+"""How long a reporter waits at most for a stored change to reach the run's watchers: a
+thousand take some 30-60 ms on 2 cores, 5,000 some 200-400 ms; steps run for seconds."""
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,16 @@ class RunWrites:
         # Deliveries first: storing published the revision to every watcher of the run in
         # this process. The reporter (the executor, about to prepare and spawn the next
         # step, or to store the next change) waits until each of them has been sent it,
-        # so that work, on the event loop or in threads holding the interpreter, does not
-        # slow the delivery down; a slow reader holds it up for DELIVERY_WAIT_SECONDS
-        # at most. Without watchers there is nobody to wait for. The change's log line
-        # and observer (a file write, spans) come after the deliveries too: measured
-        # ~0.2 ms a revision that every watcher's delay included.
+        # so that work (on the event loop, in threads holding the interpreter, or a new
+        # step's process on the same cores) does not slow the delivery down, and the
+        # next revision does not queue behind this one's fan-out. A slow reader holds it
+        # up for DELIVERY_STALL_SECONDS; without watchers there is nobody to wait for.
+        # The change's log line and observer (a file write, spans) come after the
+        # deliveries too: measured ~0.2 ms a revision that every watcher's delay included.
         try:
-            await self._store.hub.wait_delivered(run_id, DELIVERY_WAIT_SECONDS)
+            await self._store.hub.wait_delivered(
+                run_id, DELIVERY_STALL_SECONDS, DELIVERY_LIMIT_SECONDS
+            )
         finally:
             change.stored(run)
 

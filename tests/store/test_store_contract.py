@@ -258,7 +258,7 @@ async def test_wait_delivered_waits_for_every_watcher_to_take_the_revision(
     """What the executor waits for before its next work (RunWrites): every watcher has been
     sent the latest revision, i.e. has asked for the one after it, or has gone."""
     await store.create_run(make_run())
-    await store.hub.wait_delivered("run-a", timeout=30)  # nobody watches: no wait
+    await store.hub.wait_delivered("run-a", stall=30, limit=30)  # nobody watches: no wait
     queue: asyncio.Queue = asyncio.Queue()
     prompt = asyncio.create_task(collect(store.watch("run-a"), queue))
     slow = store.watch("run-a")
@@ -266,7 +266,7 @@ async def test_wait_delivered_waits_for_every_watcher_to_take_the_revision(
     assert (await asyncio.wait_for(queue.get(), 5)).revision == 1
 
     await store.update_run("run-a", set_state(RunState.RUNNING))
-    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", timeout=30))
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", stall=30, limit=30))
     assert (await asyncio.wait_for(queue.get(), 5)).revision == 2
     # The prompt watcher has taken revision 2; the slow one has not asked for it yet.
     done, _ = await asyncio.wait({delivered}, timeout=0.2)
@@ -278,19 +278,79 @@ async def test_wait_delivered_waits_for_every_watcher_to_take_the_revision(
     await asyncio.wait_for(delivered, 5)
     assert not asking.done()
 
-    # A slow reader holds nobody up for longer than the timeout; one that goes away, not
+    # A slow reader holds nobody up for longer than the stall; one that goes away, not
     # at all.
     await store.update_run("run-a", set_state(RunState.CANCELLING))
     assert (await asyncio.wait_for(queue.get(), 5)).revision == 3
-    await asyncio.wait_for(store.hub.wait_delivered("run-a", timeout=0.05), 5)
+    await asyncio.wait_for(store.hub.wait_delivered("run-a", stall=0.05, limit=30), 5)
     assert (await asyncio.wait_for(asking, 5)).revision == 3
-    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", timeout=30))
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", stall=30, limit=30))
     await slow.aclose()
     await asyncio.wait_for(delivered, 5)
     prompt.cancel()
     with pytest.raises(asyncio.CancelledError):
         await prompt
     assert store.hub.watcher_count() == 0
+
+
+async def _watchers_sent_revision_2(store: RunStore, count: int) -> list:
+    """`count` watchers of run-a, each handed revision 2 but not yet asking past it."""
+    watchers = [store.watch("run-a") for _ in range(count)]
+    for watcher in watchers:
+        assert (await anext(watcher)).revision == 1
+    await store.update_run("run-a", set_state(RunState.RUNNING))
+    for watcher in watchers:
+        assert (await anext(watcher)).revision == 2
+    return watchers
+
+
+async def _ask_past_one_by_one(watchers: list, gap: float) -> list[asyncio.Task]:
+    asking = []
+    for watcher in watchers:
+        await asyncio.sleep(gap)
+        asking.append(asyncio.create_task(anext(watcher)))
+    return asking
+
+
+async def _close(watchers: list, asking: list[asyncio.Task]) -> None:
+    for task in asking:
+        task.cancel()
+    await asyncio.gather(*asking, return_exceptions=True)
+    for watcher in watchers:
+        await watcher.aclose()
+
+
+async def test_wait_delivered_waits_for_a_fan_out_still_sending_past_the_stall(
+    store: RunStore,
+) -> None:
+    """5,000 watchers take longer than the stall to be sent a revision, but one of them is
+    sent it every few microseconds: the writer waits for all of them (up to the limit)."""
+    await store.create_run(make_run())
+    watchers = await _watchers_sent_revision_2(store, 6)
+    stall = 1.0
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", stall=stall, limit=30))
+    started = asyncio.get_running_loop().time()
+    asking = await _ask_past_one_by_one(watchers[:-1], gap=stall / 4)
+    # Each gap is a quarter of the stall, all of them together more than the stall.
+    assert asyncio.get_running_loop().time() - started > stall
+    assert not delivered.done()
+    asking.append(asyncio.create_task(anext(watchers[-1])))
+    await asyncio.wait_for(delivered, 5)
+    assert all(not task.done() for task in asking)
+    await _close(watchers, asking)
+
+
+async def test_wait_delivered_gives_up_at_its_limit(store: RunStore) -> None:
+    await store.create_run(make_run())
+    watchers = await _watchers_sent_revision_2(store, 6)
+    stall = 1.0
+    delivered = asyncio.create_task(
+        store.hub.wait_delivered("run-a", stall=stall, limit=stall / 2)
+    )
+    asking = await _ask_past_one_by_one(watchers[:-1], gap=stall / 4)
+    # Still making progress, but the limit passed: the last watcher has not been sent it.
+    assert delivered.done()
+    await _close(watchers, asking)
 
 
 async def test_step_cache_round_trip(store: RunStore) -> None:

@@ -291,16 +291,28 @@ class RevisionHub:
         changed, watched.changed = watched.changed, asyncio.Event()
         changed.set()
 
-    async def wait_delivered(self, run_id: str, timeout: float) -> None:
-        """Returns once every watcher of the run has been sent its latest revision, or
-        after `timeout` seconds (a slow reader holds up nobody for longer)."""
+    async def wait_delivered(self, run_id: str, stall: float, limit: float) -> None:
+        """Returns once every watcher of the run has been sent its latest revision; or
+        once `stall` seconds pass in which no watcher was sent it (a slow reader holds up
+        nobody for longer), or `limit` seconds in all. A fan-out still going, however
+        large, is waited for: it sends the revision to some watcher every few microseconds.
+        """
         watched = self._runs.get(run_id)
         if watched is None or watched.delivered.is_set():
             return
         delivered = watched.delivered
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await delivered.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        behind = watched.behind
+        while (wait := min(stall, deadline - loop.time())) > 0:
+            try:
+                async with asyncio.timeout(wait):
+                    await delivered.wait()
+                return
+            except TimeoutError:
+                if watched.behind >= behind:
+                    return
+                behind = watched.behind
 
     def latest_revision(self, run_id: str) -> int:
         watched = self._runs.get(run_id)
