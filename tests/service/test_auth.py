@@ -179,3 +179,16 @@ def test_bad_role_and_unreadable_file_are_clear(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read tokens file"):
         auth.TokenFile.load(tmp_path / "broken.json")
+
+
+async def test_an_allowed_watcher_is_sent_the_run_and_its_changes(service, tokens) -> None:
+    """The guard wraps a streaming handler: an allowed caller gets the stream, not only
+    a status that is neither UNAUTHENTICATED nor PERMISSION_DENIED."""
+    run_name = await failed_run(service, tokens["runner"], "watched")
+    request = pb.WatchRunRequest(name=run_name)
+    received = [
+        response.run
+        async for response in service.stub.WatchRun(request, metadata=bearer(tokens["viewer"]))
+    ]
+    assert [run.name for run in received] == [run_name]
+    assert received[-1].state == run_pb2.RUN_STATE_FAILED
