@@ -344,9 +344,7 @@ async def test_wait_delivered_gives_up_at_its_limit(store: RunStore) -> None:
     await store.create_run(make_run())
     watchers = await _watchers_sent_revision_2(store, 6)
     stall = 1.0
-    delivered = asyncio.create_task(
-        store.hub.wait_delivered("run-a", stall=stall, limit=stall / 2)
-    )
+    delivered = asyncio.create_task(store.hub.wait_delivered("run-a", stall=stall, limit=stall / 2))
     asking = await _ask_past_one_by_one(watchers[:-1], gap=stall / 4)
     # Still making progress, but the limit passed: the last watcher has not been sent it.
     assert delivered.done()

@@ -388,9 +388,7 @@ class SqliteRunStore(RunStore):
         # snapshot's kilobytes copied out of the page.
         cached = self._decoded.get(run_id)
         if cached is not None:
-            row = self._sql.execute(
-                "SELECT revision FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
+            row = self._sql.execute("SELECT revision FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is not None and row[0] == cached.revision:
                 self._decoded.move_to_end(run_id)
                 return cached
@@ -651,7 +649,9 @@ class SqliteRunStore(RunStore):
 
     async def delete_subscription(self, subscription_id: str) -> None:
         with self._transaction():
-            self._sql.execute("DELETE FROM deliveries WHERE subscription_id = ?", (subscription_id,))
+            self._sql.execute(
+                "DELETE FROM deliveries WHERE subscription_id = ?", (subscription_id,)
+            )
             deleted = self._sql.execute(
                 "DELETE FROM subscriptions WHERE id = ?", (subscription_id,)
             ).rowcount
