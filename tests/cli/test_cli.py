@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from skit.pipelines.v1 import pipeline_service_pb2, run_pb2
 from skit_pipelines.config import ServerConfig
-from skit_pipelines_cli import live
+from skit_pipelines_cli import live, local
 from skit_pipelines_cli import main as cli
 from skit_pipelines_cli.parser import build_parser
 from skit_pipelines_client import PipelinesClient
@@ -715,12 +715,13 @@ class _CountingServerModule(types.ModuleType):
         return lambda config: 0
 
 
-def test_serve_imports_the_server_with_the_collector_off_and_freezes_what_it_made(
+def test_serve_imports_the_server_with_the_collector_off_and_sets_its_policy(
     monkeypatch,
 ):
     fake_server = _CountingServerModule()
     monkeypatch.setitem(sys.modules, "skit_pipelines.server", fake_server)
     frozen = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
 
     try:
         assert cli.main(["serve"]) == 0
@@ -728,8 +729,11 @@ def test_serve_imports_the_server_with_the_collector_off_and_freezes_what_it_mad
         assert fake_server.collecting == [False]
         assert gc.isenabled()
         assert gc.get_freeze_count() > frozen
+        # Young collections wait for more objects than a fan-out's watchers hold.
+        assert gc.get_threshold() == (local.YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_serve_retention_days_from_the_flag_or_the_environment(monkeypatch):
