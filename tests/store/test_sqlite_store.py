@@ -134,8 +134,8 @@ async def test_runs_stored_before_version_3_list_by_label_and_state_in_time_orde
 
 
 async def test_reading_a_run_leaves_no_read_snapshot_open(tmp_path: Path) -> None:
-    """Reads share one cursor: each must end its statement, or the file's WAL could not
-    be checkpointed (and would grow) while the server idles after a read."""
+    """Statements share one cursor: a read must end its statement, or the file's WAL
+    could not be checkpointed (and would grow) while the server idles after it."""
     store = SqliteRunStore(tmp_path / "runs.db")
     await store.create_run(make_run())
     other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
