@@ -505,7 +505,11 @@ def _measure_held(
             gate_file.touch()
         finally:
             driver.close()
-    recording = Recording([_first_snapshot()], [])
+    # A second message that is never released keeps each stream open, as the full server's
+    # QUEUED run keeps its watchers': with the first message alone the bare handler returned
+    # after sending it, and its "held" streams were closed ones.
+    snapshot = _first_snapshot()
+    recording = Recording([snapshot, snapshot], [0.0])
     bare_server = BareServer(recording.messages, recording.gaps)
     try:
         bare = _hold(bare_server.pid, bare_server.address, "runs/bare", streams, processes)
