@@ -36,7 +36,7 @@ from skit_pipelines.memory import MemoryReclaimer
 from skit_pipelines.runs import RunController
 from skit_pipelines.servicer import PipelineServicer, add_to_server
 from skit_pipelines.store.base import RunStore
-from skit_pipelines.store.sqlite import SqliteRunStore
+from skit_pipelines.store.sqlite import SqliteRunStore, StoreInUse
 from skit_pipelines.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -391,11 +391,17 @@ async def open_run_store(config: ServerConfig) -> RunStore:
         raise ConfigError(
             f"--store must be sqlite:///path or postgresql://..., not {_scheme(config.store_url)}:"
         )
-    return SqliteRunStore(
-        config.database_path,
-        history_limit=config.watch_history_limit,
-        change_limit=config.run_change_limit,
-    )
+    try:
+        return SqliteRunStore(
+            config.database_path,
+            history_limit=config.watch_history_limit,
+            change_limit=config.run_change_limit,
+        )
+    except StoreInUse as error:
+        raise ConfigError(
+            f"{error}; stop that server, give this one a --home of its own, or serve from"
+            " PostgreSQL (--store postgresql://...) to run several"
+        ) from None
 
 
 def open_artifact_store(config: ServerConfig) -> ArtifactStore:

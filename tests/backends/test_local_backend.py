@@ -183,7 +183,9 @@ async def test_unfinished_runs_resume_after_restart(tmp_path: Path, naps_pipelin
     run = await first.create(seconds=60.0)
     await first.until(run, lambda r: any(s.state is StepState.RUNNING for s in r.steps))
     await first.close()
-    assert (await SqliteRunStore(tmp_path / "runs.db").get_run(run.id)).state is RunState.RUNNING
+    stored = SqliteRunStore(tmp_path / "runs.db")
+    assert (await stored.get_run(run.id)).state is RunState.RUNNING
+    await stored.close()
 
     second = Harness(tmp_path, naps_pipeline)
     try:

@@ -122,6 +122,15 @@ async def test_stores_are_chosen_by_url(tmp_path: Path) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+async def test_a_second_server_on_a_sqlite_home_is_told_what_to_change(tmp_path: Path) -> None:
+    first = await open_run_store(ServerConfig(home=tmp_path))
+    try:
+        with pytest.raises(ConfigError, match=r"held by process .*--home of its own.*postgresql"):
+            await open_run_store(ServerConfig(home=tmp_path))
+    finally:
+        await first.close()
+
+
 async def test_kubeflow_needs_a_host_and_backends_are_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--kfp-host"):
         await build_application(

@@ -4,7 +4,11 @@ test_store_contract.py."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 from skit_pipelines.domain import Run, RunState
 from skit_pipelines.store import RunQuery, SqliteRunStore, codec
 from skit_pipelines.store.base import sortable_time
-from skit_pipelines.store.sqlite import MIGRATIONS
+from skit_pipelines.store.sqlite import MIGRATIONS, StoreInUse
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -136,12 +140,14 @@ async def test_runs_stored_before_version_3_list_by_label_and_state_in_time_orde
 async def test_reading_a_run_leaves_no_read_snapshot_open(tmp_path: Path) -> None:
     """Statements share one cursor: a read must end its statement, or the file's WAL
     could not be checkpointed (and would grow) while the server idles after it."""
+    writer = SqliteRunStore(tmp_path / "runs.db")
+    await writer.create_run(make_run())
+    await writer.close()
     store = SqliteRunStore(tmp_path / "runs.db")
-    await store.create_run(make_run())
     other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
     other.execute("CREATE TABLE probe (x)")
     try:
-        for _ in range(2):  # the first read decodes, the second checks the revision
+        for _ in range(2):  # the first read queries and decodes, the second remembers
             await store.get_run("run-a")
             other.execute("INSERT INTO probe VALUES (1)")
             busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -149,3 +155,74 @@ async def test_reading_a_run_leaves_no_read_snapshot_open(tmp_path: Path) -> Non
     finally:
         other.close()
         await store.close()
+
+
+async def test_a_run_read_or_written_before_is_read_without_a_statement(tmp_path: Path) -> None:
+    """GetRun polling reads the same runs over and over: the store is the file's only
+    writer, so what it wrote or read last is what the file holds."""
+    store = SqliteRunStore(tmp_path / "runs.db")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        created = (await store.create_run(make_run("run-a"))).run
+        await store.create_run(make_run("run-b"))
+        updated = await store.update_run("run-a", lambda r: replace(r, state=RunState.RUNNING))
+        written = len(statements)
+        assert await store.get_run("run-a") is updated is not created
+        assert (await store.get_run("run-b")).id == "run-b"
+        assert statements[written:] == []
+    finally:
+        await store.close()
+    reopened = SqliteRunStore(tmp_path / "runs.db")
+    reopened._db.set_trace_callback(statements.append)
+    try:
+        read = len(statements)
+        assert (await reopened.get_run("run-a")).state is RunState.RUNNING
+        assert len(statements) == read + 1
+        await reopened.get_run("run-a")
+        assert len(statements) == read + 1
+    finally:
+        await reopened.close()
+
+
+async def test_a_second_store_on_the_file_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    first = SqliteRunStore(tmp_path / "runs.db")
+    await first.create_run(make_run())
+    with pytest.raises(StoreInUse, match=f"held by process {os.getpid()}"):
+        SqliteRunStore(tmp_path / "runs.db")
+    await first.close()
+    await first.close()
+    second = SqliteRunStore(tmp_path / "runs.db")
+    try:
+        assert (await second.get_run("run-a")).id == "run-a"
+    finally:
+        await second.close()
+
+
+async def test_the_file_is_refused_while_another_process_holds_it_and_freed_when_killed(
+    tmp_path: Path,
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path;"
+            " from skit_pipelines.store import SqliteRunStore;"
+            " store = SqliteRunStore(Path(sys.argv[1])); print('open', flush=True);"
+            " sys.stdin.read()",
+            str(tmp_path / "runs.db"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(StoreInUse, match=f"held by process {holder.pid}:"):
+            SqliteRunStore(tmp_path / "runs.db")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    await SqliteRunStore(tmp_path / "runs.db").close()

@@ -3,12 +3,21 @@
 All statements run on the event loop's thread through one connection: with WAL and
 synchronous=NORMAL a write is a fraction of a millisecond, cheaper than a thread hop, and
 a single writer keeps every read-modify-write atomic without extra locking.
+
+One process holds the file at a time (an exclusive lock on <file>.lock): its runs' leases
+live in that process's memory, so a second server on the same file would execute them
+again. Being the only writer, the store also keeps the runs it last read or wrote decoded
+in memory and answers reads of them without a statement.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -59,7 +68,38 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DECODED_RUNS = 1024
-"""How many decoded runs stay in memory (the least recently read go first)."""
+"""How many decoded runs stay in memory (the least recently read or written go first)."""
+LOCK_SUFFIX = ".lock"
+_PID_BYTES = 32
+_RELEASED = -1
+"""The lock's descriptor once the store is closed."""
+
+
+class StoreInUse(RuntimeError):
+    """Another process holds the SQLite file."""
+
+
+def _hold_exclusively(path: Path) -> int:
+    """The descriptor of <path>.lock, locked for this process (flock: released when the
+    process ends, however it ends), with this process's id written in it for the message
+    of the next one. A file of its own, as flock on the database could interfere with
+    SQLite's own locks where flock is emulated by them (NFS)."""
+    lock_path = path.with_name(path.name + LOCK_SUFFIX)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.read(fd, _PID_BYTES).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise StoreInUse(
+            f"the run store {path} is held by process {holder}: one server per SQLite file"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
 
 # Versioned migrations: index i brings the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: Sequence[str] = (
@@ -222,24 +262,29 @@ class SqliteRunStore(RunStore):
         self._change_limit = max(1, change_limit)
         self._decoded: OrderedDict[str, Run] = OrderedDict()
         self._leases: LeaseTable = {}
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # Every statement goes through this one cursor. Connection.execute makes a cursor
-        # per call, and sqlite3 keeps a weak reference to each in a list it prunes only
-        # every 200 cursors: the idle server's periodic reads (schedules, subscriptions,
-        # deliveries) made 7 a second, and 115 dead references were left after a burst
-        # of 10,000 streams (23 with this; the memory the burst gives back did not
-        # measurably change: docs/benchmarks.md, "Held streams"). Sharing is safe: the
-        # store runs on the event loop, each method consumes its results before its next
-        # statement, and every SELECT it fetches one row of is a lookup of one row
-        # (fetchone steps past it, so the statement is done and holds no read snapshot
-        # between calls).
-        self._sql = self._db.cursor()
-        self._sql.execute("PRAGMA journal_mode=WAL")
-        self._sql.execute("PRAGMA synchronous=NORMAL")
-        self._sql.execute("PRAGMA foreign_keys=ON")
-        self._sql.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
-        self.change_signal.advance(self._latest_change())
+        with contextlib.ExitStack() as on_failure:
+            self._lock = _hold_exclusively(path)
+            on_failure.callback(os.close, self._lock)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            on_failure.callback(self._db.close)
+            # Every statement goes through this one cursor. Connection.execute makes a
+            # cursor per call, and sqlite3 keeps a weak reference to each in a list it
+            # prunes only every 200 cursors: the idle server's periodic reads (schedules,
+            # subscriptions, deliveries) made 7 a second, and 115 dead references were
+            # left after a burst of 10,000 streams (23 with this; the memory the burst
+            # gives back did not measurably change: docs/benchmarks.md, "Held streams").
+            # Sharing is safe: the store runs on the event loop, each method consumes its
+            # results before its next statement, and every SELECT it fetches one row of
+            # is a lookup of one row (fetchone steps past it, so the statement is done
+            # and holds no read snapshot between calls).
+            self._sql = self._db.cursor()
+            self._sql.execute("PRAGMA journal_mode=WAL")
+            self._sql.execute("PRAGMA synchronous=NORMAL")
+            self._sql.execute("PRAGMA foreign_keys=ON")
+            self._sql.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+            self.change_signal.advance(self._latest_change())
+            on_failure.pop_all()
 
     def _migrate(self) -> None:
         version = self._sql.execute("PRAGMA user_version").fetchone()[0]
@@ -261,6 +306,9 @@ class SqliteRunStore(RunStore):
 
     async def close(self) -> None:
         self._db.close()
+        if self._lock != _RELEASED:
+            os.close(self._lock)
+            self._lock = _RELEASED
 
     def leases(self, owner: str, ttl_seconds: float) -> LocalRunLeases:
         # One process uses a SQLite store, so its memory is where every lease is.
@@ -317,6 +365,7 @@ class SqliteRunStore(RunStore):
                     (run.creator, run.request_id, request_hash, run.id),
                 )
             cursor = self._append_change(run, snapshot, deleted=False)
+        self._remember(run)
         # Watchers of the run first: the change feed's readers (WatchRuns, the
         # notifier, which queries the store) wake after them.
         self.hub.publish(run)
@@ -382,26 +431,28 @@ class SqliteRunStore(RunStore):
         )
 
     def _load(self, run_id: str) -> Run:
-        # Decoding is most of a read's cost, and runs are read far more often than they
-        # change (GetRun polling): decode each revision once. Runs are frozen values. A
-        # decoded revision still current needs only its revision number read, not the
-        # snapshot's kilobytes copied out of the page.
+        # Runs are read far more often than they change (GetRun polling), and decoding
+        # is most of a read's cost. This process is the file's only writer and remembers
+        # each run it writes, so a remembered run is the stored one: no statement at all
+        # (checking its revision in the file cost GetRun about 7% of its throughput).
+        # Runs are frozen values.
         cached = self._decoded.get(run_id)
         if cached is not None:
-            row = self._sql.execute("SELECT revision FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is not None and row[0] == cached.revision:
-                self._decoded.move_to_end(run_id)
-                return cached
-        row = self._sql.execute(
-            "SELECT revision, snapshot FROM runs WHERE id = ?", (run_id,)
-        ).fetchone()
+            self._decoded.move_to_end(run_id)
+            return cached
+        row = self._sql.execute("SELECT snapshot FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise NotFound(f"run runs/{run_id} not found", reason="RUN_NOT_FOUND")
-        run = codec.run_from_dict(json.loads(row[1]))
-        self._decoded[run_id] = run
+        run = codec.run_from_dict(json.loads(row[0]))
+        self._remember(run)
+        return run
+
+    def _remember(self, run: Run) -> None:
+        """Keeps `run` as its stored revision (called once the write is committed)."""
+        self._decoded[run.id] = run
+        self._decoded.move_to_end(run.id)
         if len(self._decoded) > _DECODED_RUNS:
             self._decoded.popitem(last=False)
-        return run
 
     async def get_run(self, run_id: str) -> Run:
         return self._load(run_id)
@@ -429,6 +480,7 @@ class SqliteRunStore(RunStore):
                     (run_id, updated.revision - self._history_limit),
                 )
             cursor = self._append_change(updated, snapshot, deleted=False)
+        self._remember(updated)
         # Watchers of the run first: the change feed's readers (WatchRuns, the
         # notifier, which queries the store) wake after them.
         self.hub.publish(updated)
