@@ -19,6 +19,7 @@ def test_a_watch_resumes_across_a_server_restart_and_misses_nothing(serve, stop:
     server = serve()
     port = int(server.address.rsplit(":", 1)[1])
     restarted: list[object] = []
+    restarter: threading.Thread | None = None
     resumed: list[grpc.StatusCode] = []
 
     with PipelinesClient(server.address) as client:
@@ -28,16 +29,18 @@ def test_a_watch_resumes_across_a_server_restart_and_misses_nothing(serve, stop:
             revisions.append(snapshot.revision)
             last = snapshot
             running = any(s.state == run_pb2.STEP_STATE_RUNNING for s in snapshot.steps)
-            if running and not restarted:
+            # Once: the watch can resume on the new process before its start returns.
+            if running and restarter is None:
                 # kill -9 (streams reset) or SIGTERM (streams end UNAVAILABLE, reason
                 # SHUTTING_DOWN); the new process starts while the client backs off.
                 getattr(server.process, stop)()
                 server.process.wait(timeout=30)
                 restarter = threading.Thread(target=lambda: restarted.append(serve(port)))
                 restarter.start()
+        assert restarter is not None
         restarter.join()
 
-    assert last.state == run_pb2.RUN_STATE_SUCCEEDED
+    assert restarted and last.state == run_pb2.RUN_STATE_SUCCEEDED
     assert resumed and set(resumed) == {grpc.StatusCode.UNAVAILABLE}
     # The first snapshot is the current one; every later revision comes from the store's
     # event log, so exactly once and nothing missed means contiguous from there.
