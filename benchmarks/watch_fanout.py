@@ -500,8 +500,8 @@ def _hold(pid: int, address: str, run_name: str, streams: int, processes: int) -
 def _measure_held(
     streams: int, processes: int, tmp: Path, home: Path, layout: Path
 ) -> tuple[Held, Held]:
-    """The first burst of held streams on a new server, and a second one after it (what
-    the first kept is reused by the second, not added to)."""
+    """The first burst of held streams on a new server, and a second one after it, to show
+    whether what the first kept is reused by the second or added to."""
     with start_serve(home, layout) as server:
         driver = Driver(server.address)
         try:

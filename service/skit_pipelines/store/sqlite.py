@@ -89,10 +89,11 @@ def _hold_exclusively(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise
         holder = os.read(fd, _PID_BYTES).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        if error.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
         raise StoreInUse(
             f"the run store {path} is held by process {holder}: one server per SQLite file"
         ) from None
