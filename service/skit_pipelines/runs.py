@@ -179,6 +179,70 @@ def _decode_token(token: str, filter_hash: str) -> Any:
     return position
 
 
+class StreamSlot:
+    """One open stream counted against its principal's limit, for as long as the `with`
+    block lasts.
+
+    A class rather than a generator-based context manager: every open WatchRun holds
+    one (and a RunWatch), and the two generator-based managers they replace, each a
+    generator with its frame and an object with an instance dict, held 1 KiB per
+    stream (10,000 held streams: 24.7 -> 23.7 KiB per stream).
+    """
+
+    __slots__ = ("_limit", "_principal", "_streams")
+
+    def __init__(self, streams: dict[str, int], principal: str, limit: int) -> None:
+        self._streams = streams
+        self._principal = principal
+        self._limit = limit
+
+    def __enter__(self) -> None:
+        held = self._streams.get(self._principal, 0)
+        if held >= self._limit:
+            raise ResourceExhausted(
+                f"{self._principal or 'this client'} already has {held} open streams (the"
+                f" limit); close some or retry later",
+                retry_after=5.0,
+                reason="TOO_MANY_STREAMS",
+            )
+        self._streams[self._principal] = held + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        remaining = self._streams[self._principal] - 1
+        if remaining:
+            self._streams[self._principal] = remaining
+        else:
+            del self._streams[self._principal]
+
+
+class RunWatch:
+    """An open WatchRun: entered, it takes the caller's stream slot and gives the store's
+    own iterator of the run's revisions; left, it closes that iterator and frees the slot.
+    A class for the reason StreamSlot is one."""
+
+    __slots__ = ("_after_revision", "_run_id", "_runs", "_slot", "_store")
+
+    def __init__(self, slot: StreamSlot, store: RunStore, run_id: str, after_revision: int) -> None:
+        self._slot = slot
+        self._store = store
+        self._run_id = run_id
+        self._after_revision = after_revision
+        self._runs: AsyncGenerator[Run, None] | None = None
+
+    async def __aenter__(self) -> AsyncGenerator[Run, None]:
+        self._slot.__enter__()
+        self._runs = self._store.watch(self._run_id, self._after_revision)
+        return self._runs
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._runs is not None:
+                await self._runs.aclose()
+        finally:
+            self._runs = None
+            self._slot.__exit__()
+
+
 class RunController:
     def __init__(
         self,
@@ -235,25 +299,8 @@ class RunController:
                 reason="SHUTTING_DOWN",
             )
 
-    @contextlib.asynccontextmanager
-    async def _stream_slot(self, principal: Principal) -> AsyncIterator[None]:
-        held = self._streams.get(principal.name, 0)
-        if held >= self._max_streams:
-            raise ResourceExhausted(
-                f"{principal.name or 'this client'} already has {held} open streams (the"
-                f" limit); close some or retry later",
-                retry_after=5.0,
-                reason="TOO_MANY_STREAMS",
-            )
-        self._streams[principal.name] = held + 1
-        try:
-            yield
-        finally:
-            remaining = self._streams[principal.name] - 1
-            if remaining:
-                self._streams[principal.name] = remaining
-            else:
-                del self._streams[principal.name]
+    def _stream_slot(self, principal: Principal) -> StreamSlot:
+        return StreamSlot(self._streams, principal.name, self._max_streams)
 
     async def create_run(self, request: CreateRunInput) -> Run:
         self._check_accepting()
@@ -520,21 +567,15 @@ class RunController:
             async for run in runs:
                 yield run
 
-    @contextlib.asynccontextmanager
-    async def watching(
+    def watching(
         self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
-    ) -> AsyncIterator[AsyncGenerator[Run, None]]:
+    ) -> RunWatch:
         """watch_run's revisions as the store's own iterator, for a caller that iterates
         them itself: every watcher of a revision passes one generator less."""
         run_id = names.parse_name(name, "runs")
         if after_revision < 0:
             raise InvalidArgument("after_revision must not be negative", field="after_revision")
-        async with self._stream_slot(principal):
-            runs = self._store.watch(run_id, after_revision)
-            try:
-                yield runs
-            finally:
-                await runs.aclose()
+        return RunWatch(self._stream_slot(principal), self._store, run_id, after_revision)
 
     async def watch_runs(
         self, request: WatchRunsInput, *, principal: Principal = ANONYMOUS_ADMIN
@@ -542,7 +583,7 @@ class RunController:
         """The WatchRuns stream (see run_feed.py), counted against the caller's streams."""
         query = self.run_query(request.filter)
         after = decode_cursor(request.after_cursor) if request.after_cursor else None
-        async with self._stream_slot(principal):
+        with self._stream_slot(principal):
             events = self._feed.watch(
                 query, after_cursor=after, initial_snapshot=request.initial_snapshot
             )
@@ -563,7 +604,7 @@ class RunController:
         attempt: int = 0,
         principal: Principal = ANONYMOUS_ADMIN,
     ) -> AsyncIterator[LogLine]:
-        async with self._stream_slot(principal):
+        with self._stream_slot(principal):
             async for line in self._read_step_logs(run_name, step_name, follow, attempt):
                 yield line
 

@@ -586,6 +586,16 @@ async def test_streams_per_principal_are_bounded_with_retry_info(service) -> Non
     assert (await next_message(third)).revision == 1
 
 
+async def test_a_watch_that_fails_frees_its_stream_slot(service) -> None:
+    service.controller._max_streams = 1
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await next_message(service.stub.WatchRun(pb.WatchRunRequest(name="runs/missing")))
+        # A slot kept by the failed watch would make the next one RESOURCE_EXHAUSTED.
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert service.controller._streams == {}
+
+
 async def test_draining_server_refuses_new_runs_with_unavailable(service) -> None:
     run = await service.stub.CreateRun(create_request())
     await service.backend.sinks[run.name.removeprefix("runs/")].run_cancelled(
