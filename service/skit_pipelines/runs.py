@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -47,7 +47,7 @@ from skit_pipelines.errors import (
 from skit_pipelines.limits import RequestLimits, check_labels, check_parameters
 from skit_pipelines.run_feed import FeedEvent, RunFeed, decode_cursor
 from skit_pipelines.run_writes import Change, RunWrites
-from skit_pipelines.store.base import RunPage, RunQuery, RunStore, sortable_time
+from skit_pipelines.store.base import RunFollower, RunPage, RunQuery, RunStore, sortable_time
 
 logger = logging.getLogger(__name__)
 
@@ -217,29 +217,23 @@ class StreamSlot:
 
 class RunWatch:
     """An open WatchRun: entered, it takes the caller's stream slot and gives the store's
-    own iterator of the run's revisions; left, it closes that iterator and frees the slot.
-    A class for the reason StreamSlot is one."""
+    follower of the run (first() still to be called); left, it closes the follower and
+    frees the slot. A class for the reason StreamSlot is one."""
 
-    __slots__ = ("_after_revision", "_run_id", "_runs", "_slot", "_store")
+    __slots__ = ("_follower", "_slot")
 
-    def __init__(self, slot: StreamSlot, store: RunStore, run_id: str, after_revision: int) -> None:
+    def __init__(self, slot: StreamSlot, follower: RunFollower) -> None:
         self._slot = slot
-        self._store = store
-        self._run_id = run_id
-        self._after_revision = after_revision
-        self._runs: AsyncGenerator[Run, None] | None = None
+        self._follower = follower
 
-    async def __aenter__(self) -> AsyncGenerator[Run, None]:
+    async def __aenter__(self) -> RunFollower:
         self._slot.__enter__()
-        self._runs = self._store.watch(self._run_id, self._after_revision)
-        return self._runs
+        return self._follower
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            if self._runs is not None:
-                await self._runs.aclose()
+            self._follower.close()
         finally:
-            self._runs = None
             self._slot.__exit__()
 
 
@@ -563,19 +557,24 @@ class RunController:
     async def watch_run(
         self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
     ) -> AsyncIterator[Run]:
-        async with self.watching(name, after_revision, principal=principal) as runs:
+        async with (
+            self.watching(name, after_revision, principal=principal) as follower,
+            contextlib.aclosing(follower.revisions()) as runs,
+        ):
             async for run in runs:
                 yield run
 
     def watching(
         self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
     ) -> RunWatch:
-        """watch_run's revisions as the store's own iterator, for a caller that iterates
-        them itself: every watcher of a revision passes one generator less."""
+        """watch_run's revisions as the store's follower, for a caller that drives it in
+        its own generator: every watcher of a revision passes one generator, not two."""
         run_id = names.parse_name(name, "runs")
         if after_revision < 0:
             raise InvalidArgument("after_revision must not be negative", field="after_revision")
-        return RunWatch(self._stream_slot(principal), self._store, run_id, after_revision)
+        return RunWatch(
+            self._stream_slot(principal), RunFollower(self._store, run_id, after_revision)
+        )
 
     async def watch_runs(
         self, request: WatchRunsInput, *, principal: Principal = ANONYMOUS_ADMIN

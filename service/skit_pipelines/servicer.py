@@ -473,8 +473,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Yields serialized WatchRunResponses (registered with a pass-through serializer).
 
-        The error mapping of `_streaming` is inlined, and the store's iterator read here
-        directly: one generator between a revision and each of its streams.
+        The error mapping of `_streaming` is inlined, and the store's follower driven
+        here: one generator between a revision and each of its streams.
         """
         self._reclaimer.stream_opened()
         try:
@@ -482,9 +482,14 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
             watching = self._controller.watching(
                 request.name, request.after_revision, principal=current_principal()
             )
-            async with watching as runs:
-                async for run in runs:
-                    yield self._convert(run).data
+            async with watching as follower:
+                runs = await follower.first()
+                while True:
+                    for run in runs:
+                        yield self._convert(run).data
+                    if follower.done:
+                        break
+                    runs = follower.take() or await follower.next()
         except Exception as exc:
             await abort_with_status(context, rpc_status.to_status(error_status(exc)))
         finally:

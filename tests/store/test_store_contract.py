@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from skit_pipelines.domain import Run, RunState, Step, StepState
-from skit_pipelines.errors import AlreadyExists, NotFound
+from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
 from skit_pipelines.store import PostgresRunStore, RunQuery, RunStore, SqliteRunStore
-from skit_pipelines.store.base import sortable_time
+from skit_pipelines.store.base import RevisionHub, RunFollower, sortable_time
 
 pytest_plugins = ["skit_testing.postgres"]
 
@@ -214,6 +214,66 @@ async def test_watch_with_too_old_or_bogus_cursor_gets_current_snapshot(
     await store.update_run("run-a", set_state(RunState.FAILED))
     assert [r.revision async for r in store.watch("run-a", after_revision=1)] == [62]
     assert [r.revision async for r in store.watch("run-a", after_revision=999)] == [62]
+
+
+async def test_follower_takes_revisions_published_before_it_asks_without_waiting(
+    store: RunStore,
+) -> None:
+    await store.create_run(make_run())
+    follower = RunFollower(store, "run-a")
+    assert [r.revision for r in await follower.first()] == [1]
+    assert follower.take() is None
+    await store.update_run("run-a", set_state(RunState.RUNNING))
+    await store.update_run("run-a", set_state(RunState.SUCCEEDED))
+    taken = follower.take()
+    assert taken is not None and [r.revision for r in taken] == [2, 3]
+    assert follower.done
+    follower.close()
+    follower.close()
+    assert store.hub.watcher_count() == 0
+
+
+async def test_follower_next_waits_for_the_next_revision(store: RunStore) -> None:
+    await store.create_run(make_run())
+    follower = RunFollower(store, "run-a")
+    await follower.first()
+    waiting = asyncio.create_task(follower.next())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await store.update_run("run-a", set_state(RunState.RUNNING))
+    assert [r.revision for r in await asyncio.wait_for(waiting, 5)] == [2]
+    assert not follower.done
+    follower.close()
+    assert store.hub.watcher_count() == 0
+
+
+async def test_follower_reads_the_store_when_memory_no_longer_holds_the_revisions(
+    tmp_path: Path,
+) -> None:
+    store = SqliteRunStore(tmp_path / "runs.db", hub=RevisionHub(recent_per_run=1))
+    await store.create_run(make_run())
+    follower = RunFollower(store, "run-a")
+    await follower.first()
+    for state in (RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED):
+        await store.update_run("run-a", set_state(state))
+    assert follower.take() is None  # the hub keeps revision 4 alone
+    assert [r.revision for r in await follower.next()] == [2, 3, 4]
+    assert follower.done
+    follower.close()
+    await store.close()
+
+
+async def test_follower_of_a_closed_hub_is_unavailable_with_where_to_resume(
+    store: RunStore,
+) -> None:
+    await store.create_run(make_run())
+    follower = RunFollower(store, "run-a")
+    await follower.first()
+    await store.hub.close()
+    with pytest.raises(Unavailable, match="after_revision = 1"):
+        follower.take()
+    follower.close()
+    assert store.hub.watcher_count() == 0
 
 
 async def test_watch_unknown_run_raises_and_leaves_no_watcher(store: RunStore) -> None:

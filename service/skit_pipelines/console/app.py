@@ -418,7 +418,7 @@ class Console:
         watching = self._controller.watching(
             f"runs/{request.match_info['run']}", int(after), principal=principal
         )
-        async with watching as runs:
+        async with watching as follower, contextlib.aclosing(follower.revisions()) as runs:
             first = await anext(runs, None)  # errors (NOT_FOUND) before the stream starts
             response = await _event_stream(request)
 
