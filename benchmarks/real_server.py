@@ -29,6 +29,9 @@ max_active_runs=1 it holds every later run in QUEUED until the benchmark release
 CHAIN_PIPELINE = "pipelines/bench-chain"
 """CHAIN_STEPS steps one after another, each a new Python process adding 1."""
 CHAIN_STEPS = 3
+SERVER_ENV = {"PYTHONMALLOC": "malloc"}
+"""What the server's launchers set (deploy/Dockerfile, `make run`), so benchmarks start it
+as it is deployed: Python objects in the C library's allocator (README.md, "Memory")."""
 
 _INCREMENT_CODE = "import sys; open(sys.argv[1], 'w').write(str(int(sys.argv[2]) + 1))"
 _GATE_CODE = (
@@ -171,6 +174,7 @@ def start_serve(
                 "SKIT_DEMO_DATA": "0",
                 "SKIT_MAX_ACTIVE_RUNS": str(max_active_runs),
                 "SKIT_MAX_STREAMS_PER_PRINCIPAL": "1000000",
+                **SERVER_ENV,
                 **env,
             },
         )
