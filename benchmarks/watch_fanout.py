@@ -76,11 +76,13 @@ REPETITIONS = 3
 2.03 x between two runs on the same code (the revisions queue behind each other's fan-out,
 so the tail is the whole backlog, and the client processes share the 2 cores with the
 server)."""
-MEASURED_WATCHERS = 900
-"""Repetitions at a size until this many watchers were measured on each side (9 at 100
-watchers). A repetition's p99 of 100 watchers is the 9th slowest of ~900 deliveries, the
-tail of a single revision's fan-out: single repetitions of the same code gave 0.62-1.87 x
-bare, the median of 3 1.25-1.36 x and of 9 1.01-1.28 x in the same minutes."""
+MEASURED_WATCHERS = 1800
+"""Repetitions at a size until this many watchers were measured on each side (18 at 100
+watchers, ~2 minutes). A repetition's p99 of 100 watchers is the 9th slowest of ~900
+deliveries, the tail of a single revision's fan-out: single repetitions of the same code
+gave 0.62-1.87 x bare, the median of 3 1.25-1.36 x and of 9 1.01-1.36 x. Resampling 34
+repetitions of one code (docs/benchmarks.md, "100 watchers: the spread of the median"),
+the median of 9 ranged 1.05-1.32 x (5th-95th percentile), of 20 1.11-1.25 x."""
 
 
 # Client processes
