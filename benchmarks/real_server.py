@@ -31,7 +31,8 @@ CHAIN_PIPELINE = "pipelines/bench-chain"
 CHAIN_STEPS = 3
 SERVER_ENV = {"PYTHONMALLOC": "malloc"}
 """What the server's launchers set (deploy/Dockerfile, `make run`), so benchmarks start it
-as it is deployed: Python objects in the C library's allocator (README.md, "Memory")."""
+as it is deployed: Python objects in the C library's allocator (README.md,
+"Configuration")."""
 
 _INCREMENT_CODE = "import sys; open(sys.argv[1], 'w').write(str(int(sys.argv[2]) + 1))"
 _GATE_CODE = (

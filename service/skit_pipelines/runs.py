@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -556,7 +556,7 @@ class RunController:
 
     async def watch_run(
         self, name: str, after_revision: int = 0, *, principal: Principal = ANONYMOUS_ADMIN
-    ) -> AsyncIterator[Run]:
+    ) -> AsyncGenerator[Run, None]:
         async with (
             self.watching(name, after_revision, principal=principal) as follower,
             contextlib.aclosing(follower.revisions()) as runs,

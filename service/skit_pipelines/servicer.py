@@ -474,7 +474,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         """Yields serialized WatchRunResponses (registered with a pass-through serializer).
 
         The error mapping of `_streaming` is inlined, and the store's follower driven
-        here: one generator between a revision and each of its streams.
+        here (RunFollower.revisions' loop, inlined): one generator between a revision and
+        each of its streams.
         """
         self._reclaimer.stream_opened()
         try:

@@ -415,10 +415,10 @@ class Console:
         after = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
         if not after.isdigit():
             raise InvalidArgument("Last-Event-ID must be a revision", field="after_revision")
-        watching = self._controller.watching(
+        watching = self._controller.watch_run(
             f"runs/{request.match_info['run']}", int(after), principal=principal
         )
-        async with watching as follower, contextlib.aclosing(follower.revisions()) as runs:
+        async with contextlib.aclosing(watching) as runs:
             first = await anext(runs, None)  # errors (NOT_FOUND) before the stream starts
             response = await _event_stream(request)
 
