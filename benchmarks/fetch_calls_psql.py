@@ -140,7 +140,7 @@ def _lines(path: Path) -> int:
 
 
 def run(
-    calls: int | None = None, repetitions: int = 3, generation_budget_s: float = 300.0
+    calls: int | None = None, repetitions: int = 5, generation_budget_s: float = 300.0
 ) -> list[Figure]:
     from skit_demo import generate
 
@@ -167,11 +167,17 @@ def run(
             same_sql, raw_sql = _scripts(db_url, tmp)
             ours_t, same_t, raw_t, full_rss = [], [], [], []
             for rep in range(repetitions):
+                # psql first in every other repetition: neither side always follows the
+                # other's run (its page cache, the server's autovacuum, a busy neighbour).
+                if rep % 2:
+                    same_t.append(_psql(db_url, same_sql, tmp))
+                    raw_t.append(_psql(db_url, raw_sql, tmp))
                 elapsed, rss = _fetch_calls(db_url, summary.calls, tmp)
                 ours_t.append(elapsed)
                 full_rss.append(rss)
-                same_t.append(_psql(db_url, same_sql, tmp))
-                raw_t.append(_psql(db_url, raw_sql, tmp))
+                if not rep % 2:
+                    same_t.append(_psql(db_url, same_sql, tmp))
+                    raw_t.append(_psql(db_url, raw_sql, tmp))
                 _log(
                     f"rep {rep + 1}: fetch_calls {elapsed:.1f} s ({rss / MIB:.0f} MiB),"
                     f" psql same query {same_t[-1]:.1f} s, psql raw SELECT {raw_t[-1]:.1f} s"

@@ -21,7 +21,7 @@ CONCURRENCY = 32
 """Calls in flight in all client processes together."""
 SECONDS = 2.0
 WARMUP_SECONDS = 0.5
-REPETITIONS = 3
+REPETITIONS = 5
 DEFAULT_PROCESSES = (1, 2, 3)
 TARGET_THROUGHPUT = 0.9
 TARGET_P99 = 1.5
