@@ -166,20 +166,23 @@ def run(
 
             same_sql, raw_sql = _scripts(db_url, tmp)
             ours_t, same_t, raw_t, full_rss = [], [], [], []
-            for rep in range(repetitions):
-                # psql first in every other repetition: neither side always follows the
-                # other's run (its page cache, the server's autovacuum, a busy neighbour).
-                if rep % 2:
-                    same_t.append(_psql(db_url, same_sql, tmp))
-                    raw_t.append(_psql(db_url, raw_sql, tmp))
+
+            def ours() -> None:
                 elapsed, rss = _fetch_calls(db_url, summary.calls, tmp)
                 ours_t.append(elapsed)
                 full_rss.append(rss)
-                if not rep % 2:
-                    same_t.append(_psql(db_url, same_sql, tmp))
-                    raw_t.append(_psql(db_url, raw_sql, tmp))
+
+            def psql() -> None:
+                same_t.append(_psql(db_url, same_sql, tmp))
+                raw_t.append(_psql(db_url, raw_sql, tmp))
+
+            for rep in range(repetitions):
+                # psql first in every other repetition: neither side always follows the
+                # other's run (its page cache, the server's autovacuum, a busy neighbour).
+                for measure in (psql, ours) if rep % 2 else (ours, psql):
+                    measure()
                 _log(
-                    f"rep {rep + 1}: fetch_calls {elapsed:.1f} s ({rss / MIB:.0f} MiB),"
+                    f"rep {rep + 1}: fetch_calls {ours_t[-1]:.1f} s ({full_rss[-1] / MIB:.0f} MiB),"
                     f" psql same query {same_t[-1]:.1f} s, psql raw SELECT {raw_t[-1]:.1f} s"
                 )
             if not _same_bytes(tmp / "calls.csv", tmp / "same.csv"):
