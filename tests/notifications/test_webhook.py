@@ -3,6 +3,7 @@ the Subscription RPCs over gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -26,6 +27,8 @@ from skit_testing.waiting import until
 from skit_testing.webhook import webhook_receiver
 
 from .conftest import HOOK_KEY, SECRETS, NotifyService, build, webhook_request
+
+LOOP_TURNS = 100
 
 
 def verify_skit_signature(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:
@@ -182,6 +185,43 @@ async def test_a_delivery_fails_for_good_once_the_retry_window_is_over(
             assert delivery.next_attempt_time is None
             assert all(a.outcome == "HTTP 500" for a in delivery.attempts)
             assert len(receiver.received()) == len(delivery.attempts)
+    finally:
+        await harness.worker.stop()
+        await store.close()
+
+
+async def test_without_subscriptions_run_changes_do_not_wake_the_worker(
+    typed_pipeline: Pipeline, fake_backend_class: type, tmp_path: Path
+) -> None:
+    store = SqliteRunStore(tmp_path / "quiet.db")
+    # Polls too rarely to matter here: only wakes can make a pass.
+    harness = build(
+        store, typed_pipeline, fake_backend_class(), settings=DeliverySettings(poll_seconds=600)
+    )
+    try:
+        harness.worker.start()
+        await until(lambda: harness.worker.passes == 1, what="the first pass")
+        for _ in range(3):
+            await harness.finish(await harness.new_run(), RunState.SUCCEEDED)
+        # Enough turns of the event loop for a worker woken by those changes to start a
+        # pass (no I/O in between: the store is SQLite, the backend a fake).
+        for _ in range(LOOP_TURNS):
+            await asyncio.sleep(0)
+        assert harness.worker.passes == 1
+
+        with webhook_receiver([200]) as receiver:
+            # Creating one wakes the worker, and from then on each run change does.
+            await harness.subscriptions.create_subscription(
+                SubscriptionSpec(
+                    notify_states=(int(RunState.SUCCEEDED),),
+                    sink=SinkSpec(kind="webhook", url=receiver.url, signing_secret="hook-key"),
+                )
+            )
+            await until(lambda: harness.worker.passes >= 2, what="the pass the creation woke")
+            run = await harness.new_run()
+            await harness.finish(run, RunState.SUCCEEDED)
+            await until(lambda: receiver.accepted(), what="the delivery of the next run")
+            assert [json.loads(r.body)["name"] for r in receiver.received()] == [f"runs/{run.id}"]
     finally:
         await harness.worker.stop()
         await store.close()

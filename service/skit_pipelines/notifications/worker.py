@@ -26,6 +26,7 @@ subscription holds at most `per_subscription` of those slots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -124,6 +125,12 @@ class DeliveryWorker:
         self._sends: set[asyncio.Task[None]] = set()
         self._per_subscription: dict[str, int] = {}
         self._seen_cursor = 0
+        self._feed_unread = False
+        """Set when the last pass read the feed and found no subscription to read it for:
+        until one exists, run changes cannot make deliveries (a new subscription reads
+        from the cursor at its creation), so the worker stops waking at every change.
+        A subscription created here wakes it; one created by another replica is found
+        by the next pass, within `poll_seconds`."""
         self.attempts = 0
         """Attempts this worker made, for tests."""
         self.passes = 0
@@ -173,6 +180,13 @@ class DeliveryWorker:
                 # The store may be away: the cursors and claims are in it, so the next
                 # pass resumes where this one stopped.
                 logger.exception("notification pass failed; retrying")
+            if self._feed_unread:
+                # No subscriptions: a pass at every run change would only list them again
+                # (measured: 0.2-0.4 ms of the event loop per revision, next to its fan-out).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.poll_seconds):
+                        await self._wake.wait()
+                continue
             waiting = asyncio.ensure_future(
                 self._store.wait_for_change(self._seen_cursor, self._settings.poll_seconds)
             )
@@ -208,11 +222,13 @@ class DeliveryWorker:
                 # Another replica reads the feed: wait for changes newer than what this
                 # process knows of, instead of waking at once for ones it will not read.
                 self._seen_cursor = max(self._seen_cursor, self._store.change_signal.latest)
+                self._feed_unread = False
                 return 0
             return await self._scan()
 
     async def _scan(self) -> int:
         subscriptions = {s.id: s for s in await self._subscriptions()}
+        self._feed_unread = not subscriptions
         moved = 0
         for _ in range(MAX_BATCHES_PER_PASS):
             if not subscriptions:
