@@ -21,6 +21,10 @@ Exactly one replica delivers each:
 A failing sink blocks nobody: each delivery is scheduled on its own (exponential backoff
 with jitter, for RETRY_WINDOW), sends run concurrently up to `concurrency`, and one
 subscription holds at most `per_subscription` of those slots.
+
+A pass runs at each run change, at each wake (a subscription created or deleted here, a
+send ended) and every `poll_seconds`; while the worker knows of no subscription, run
+changes do not wake it (they cannot make deliveries).
 """
 
 from __future__ import annotations
