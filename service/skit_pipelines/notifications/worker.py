@@ -129,12 +129,12 @@ class DeliveryWorker:
         self._sends: set[asyncio.Task[None]] = set()
         self._per_subscription: dict[str, int] = {}
         self._seen_cursor = 0
-        self._feed_unread = False
-        """Set when the last pass read the feed and found no subscription to read it for:
-        until one exists, run changes cannot make deliveries (a new subscription reads
-        from the cursor at its creation), so the worker stops waking at every change.
-        A subscription created here wakes it; one created by another replica is found
-        by the next pass, within `poll_seconds`."""
+        self._no_subscriptions = False
+        """Whether the last pass that read the feed found no subscription: until one
+        exists, run changes cannot make deliveries (a new subscription reads from the
+        cursor at its creation), so the worker stops waking at every change. A
+        subscription created here wakes it; one created by another replica is found by
+        the next pass, within `poll_seconds`."""
         self.attempts = 0
         """Attempts this worker made, for tests."""
         self.passes = 0
@@ -184,7 +184,7 @@ class DeliveryWorker:
                 # The store may be away: the cursors and claims are in it, so the next
                 # pass resumes where this one stopped.
                 logger.exception("notification pass failed; retrying")
-            if self._feed_unread:
+            if self._no_subscriptions:
                 # No subscriptions: a pass at every run change would only list them again
                 # (measured: 0.2-0.4 ms of the event loop per revision, next to its fan-out).
                 with contextlib.suppress(TimeoutError):
@@ -226,13 +226,13 @@ class DeliveryWorker:
                 # Another replica reads the feed: wait for changes newer than what this
                 # process knows of, instead of waking at once for ones it will not read.
                 self._seen_cursor = max(self._seen_cursor, self._store.change_signal.latest)
-                self._feed_unread = False
+                self._no_subscriptions = False
                 return 0
             return await self._scan()
 
     async def _scan(self) -> int:
         subscriptions = {s.id: s for s in await self._subscriptions()}
-        self._feed_unread = not subscriptions
+        self._no_subscriptions = not subscriptions
         moved = 0
         for _ in range(MAX_BATCHES_PER_PASS):
             if not subscriptions:
