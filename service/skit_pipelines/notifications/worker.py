@@ -30,7 +30,6 @@ changes do not wake it (they cannot make deliveries).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -184,27 +183,24 @@ class DeliveryWorker:
                 # The store may be away: the cursors and claims are in it, so the next
                 # pass resumes where this one stopped.
                 logger.exception("notification pass failed; retrying")
-            if self._no_subscriptions:
-                # No subscriptions: a pass at every run change would only list them again
-                # (measured: 0.2-0.4 ms of the event loop per revision, next to its fan-out).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._settings.poll_seconds):
-                        await self._wake.wait()
-                continue
-            waiting = asyncio.ensure_future(
-                self._store.wait_for_change(self._seen_cursor, self._settings.poll_seconds)
-            )
-            woken = asyncio.ensure_future(self._wake.wait())
+            waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
+            if not self._no_subscriptions:
+                # With no subscriptions, a pass at every run change would only list them
+                # again (measured: 0.2-0.4 ms of the event loop per revision, next to its
+                # fan-out), so then only a wake or the poll runs the next one.
+                waits.add(
+                    asyncio.ensure_future(
+                        self._store.wait_for_change(self._seen_cursor, self._settings.poll_seconds)
+                    )
+                )
             try:
                 await asyncio.wait(
-                    {waiting, woken},
-                    timeout=self._settings.poll_seconds,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    waits, timeout=self._settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
-                for future in (waiting, woken):
+                for future in waits:
                     future.cancel()
-                await asyncio.gather(waiting, woken, return_exceptions=True)
+                await asyncio.gather(*waits, return_exceptions=True)
 
     # Reading the feed
 
