@@ -372,6 +372,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         # A revision's watchers are all sent the one snapshot the hub keeps, one after the
         # other: the same object, converted last time, needs no key built and hashed.
         self._last_converted: tuple[Run, _Converted] | None = None
+        self._step_messages = convert.StepMessages()
 
     def _convert(self, run: Run) -> _Converted:
         last = self._last_converted
@@ -380,7 +381,9 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         key = (run.id, run.revision, run.create_time)
         converted = self._converted.get(key)
         if converted is None:
-            message = pipeline_service_pb2.WatchRunResponse(run=convert.run(run))
+            message = pipeline_service_pb2.WatchRunResponse(
+                run=convert.run(run, self._step_messages)
+            )
             converted = _Converted(
                 message, message.SerializeToString(), message.run.SerializeToString()
             )

@@ -284,9 +284,9 @@ async def test_watchers_of_a_revision_share_one_conversion(service, monkeypatch)
     converted: list[int] = []
     real_run = servicer_module.convert.run
 
-    def counting(run):
+    def counting(run, step_message=servicer_module.convert.step):
         converted.append(run.revision)
-        return real_run(run)
+        return real_run(run, step_message)
 
     monkeypatch.setattr(servicer_module.convert, "run", counting)
     streams = [service.stub.WatchRun(pb.WatchRunRequest(name=run.name)) for _ in range(3)]
