@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -14,6 +13,7 @@ from google.rpc import status_pb2
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines import domain, rules
 from skit_pipelines.errors import InvalidArgument
+from skit_pipelines.identity_memo import IdentityMemo
 
 # The domain enums carry the proto enums' numbers; the generated stubs type enum fields
 # as their wrapper class, hence the casts from int below.
@@ -170,33 +170,15 @@ def run(
 DEFAULT_CACHED_STEPS = 4096
 
 
-class StepMessages:
-    """convert.step, remembered for the last `size` steps converted.
-
-    A run's revisions share their Step values: a change replaces one step and keeps the
-    others, the same frozen objects. Converting a revision for its watchers then converts
-    only the step that changed; the others are copied from the messages of an earlier
-    revision (converting a step took two thirds of a three-step run's conversion, which
-    happens between the store write and the revision's first delivery). Looked up by
-    identity, since a Step's mappings make it unhashable; the entry holds the step, so its
-    id is not reused while remembered.
+class StepMessages(IdentityMemo[domain.Step, run_pb2.Step]):
+    """convert.step, remembered for the last `size` steps converted: converting a revision
+    for its watchers converts only the step it changed, and copies the others' messages
+    from an earlier revision. Converting a step took two thirds of a three-step run's
+    conversion, which happens between the store write and the revision's first delivery.
     """
 
     def __init__(self, size: int = DEFAULT_CACHED_STEPS) -> None:
-        self._size = size
-        self._messages: OrderedDict[int, tuple[domain.Step, run_pb2.Step]] = OrderedDict()
-
-    def __call__(self, item: domain.Step) -> run_pb2.Step:
-        key = id(item)
-        entry = self._messages.get(key)
-        if entry is not None:
-            self._messages.move_to_end(key)
-            return entry[1]
-        message = step(item)
-        self._messages[key] = (item, message)
-        if len(self._messages) > self._size:
-            self._messages.popitem(last=False)
-        return message
+        super().__init__(step, size)
 
 
 def pipeline(item: domain.Pipeline, *, with_spec: bool = False) -> pipeline_pb2.Pipeline:

@@ -78,26 +78,6 @@ def test_a_run_with_remembered_steps_is_the_run_converted_afresh() -> None:
     assert convert.run(second, steps) == convert.run(second)
 
 
-def test_a_step_is_converted_once_while_remembered() -> None:
-    steps = convert.StepMessages()
-    step = _step("add-1")
-
-    assert steps(step) is steps(step)
-    # An equal step is another value: looked up by identity, converted again.
-    assert steps(replace(step)) is not steps(step)
-
-
-def test_the_least_recently_used_step_is_forgotten_first() -> None:
-    steps = convert.StepMessages(size=2)
-    a, b, c = _step("a"), _step("b"), _step("c")
-    message_a, message_b = steps(a), steps(b)
-    steps(a)  # used again: b is now the oldest
-    steps(c)
-
-    assert steps(a) is message_a
-    assert steps(b) is not message_b
-
-
 def test_a_remembered_message_is_not_changed_by_the_run_it_went_into() -> None:
     steps = convert.StepMessages()
     step = _step("add-1")

@@ -1,5 +1,6 @@
-"""The stored JSON of runs: artifacts keep their type and metadata, and snapshots stored
-before artifacts had them still decode."""
+"""The stored JSON of runs: artifacts keep their type and metadata, snapshots stored
+before artifacts had them still decode, and a run encoded with its steps' remembered JSON
+is the run encoded whole."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
+
 from skit_pipelines.domain import Artifact, Metric, Run, RunState, Step, StepState
+from skit_pipelines.identity_memo import IdentityMemo
 from skit_pipelines.store import codec
 
 AT = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
@@ -79,3 +83,52 @@ def test_snapshots_stored_before_the_cache_switch_decode_with_the_cache_on() -> 
     decoded = codec.run_from_dict(json.loads(codec.dumps(stored)))
 
     assert decoded == run_with() and not decoded.disable_cache
+
+
+def _steps(count: int) -> tuple[Step, ...]:
+    return tuple(
+        Step(name=f"s{i}", state=StepState.SUCCEEDED, start_time=AT, output_parameters={"n": i})
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 20])
+def test_run_json_is_the_run_encoded_whole(count: int) -> None:
+    run = replace(run_with(), steps=_steps(count), disable_cache=count == 1)
+
+    assert codec.run_json(run) == codec.dumps(codec.run_to_dict(run))
+    assert codec.run_json(run, codec.StepJson()) == codec.dumps(codec.run_to_dict(run))
+
+
+def test_run_json_places_the_steps_in_the_run_not_in_a_parameter_like_them() -> None:
+    # Values that read '"steps":[]' in the encoded run, before and after its own steps key.
+    run = replace(
+        run_with(),
+        parameters={"steps": [], "nested": {"steps": []}},
+        output_parameters={"steps": []},
+        labels={"steps": "[]"},
+        error=None,
+        steps=_steps(2),
+    )
+
+    text = codec.run_json(run)
+
+    assert text == codec.dumps(codec.run_to_dict(run))
+    assert codec.run_from_dict(json.loads(text)) == run
+
+
+def test_a_remembered_step_is_encoded_once() -> None:
+    encoded: list[str] = []
+    steps = _steps(3)
+
+    def counting(step: Step) -> str:
+        encoded.append(step.name)
+        return codec.step_json(step)
+
+    memo = IdentityMemo(counting, size=16)
+    first = replace(run_with(), steps=steps)
+    second = replace(first, revision=4, steps=(steps[0], replace(steps[1], attempt=2), steps[2]))
+
+    assert codec.run_json(first, memo) == codec.dumps(codec.run_to_dict(first))
+    assert codec.run_json(second, memo) == codec.dumps(codec.run_to_dict(second))
+    assert encoded == ["s0", "s1", "s2", "s1"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from skit_pipelines.domain import Run, RunFilter, RunState
+from skit_pipelines.domain import Run, RunFilter, RunState, Step
 from skit_pipelines.errors import AlreadyExists, NotFound, Unavailable
 from skit_pipelines.store.leases import RunLeases
 
@@ -132,6 +132,20 @@ and a cursor older than every kept change is too old to replay."""
 
 _CHANGE_PRUNE_INTERVAL = 1000
 """At most this many changes between two prunes of the change feed."""
+
+
+def changed_steps(run: Run, previous: Run | None) -> list[tuple[int, Step]]:
+    """The run's steps, with their positions, that `previous` did not have as they are.
+
+    The same object is the same step: a change keeps the steps it did not touch, and
+    comparing a hundred of them field by field took ~100 us of a write.
+    """
+    before = {s.name: s for s in previous.steps} if previous else {}
+    return [
+        (position, step)
+        for position, step in enumerate(run.steps)
+        if (prior := before.get(step.name)) is not step and prior != step
+    ]
 
 
 def change_prune_interval(change_limit: int) -> int:

@@ -90,6 +90,7 @@ from skit_pipelines.store.base import (
     ScheduleOutcome,
     SchedulePage,
     change_prune_interval,
+    changed_steps,
     schedule_exists,
     schedule_not_found,
     subscription_exists,
@@ -544,7 +545,7 @@ class PostgresRunStore(RunStore):
     # Runs
 
     async def create_run(self, run: Run, request_hash: str = "") -> CreateOutcome:
-        snapshot = Jsonb(codec.run_to_dict(run), dumps=codec.dumps)
+        snapshot = Jsonb(codec.run_json(run), dumps=_encoded)
         attempts = 0
         appended = 0
 
@@ -648,7 +649,7 @@ class PostgresRunStore(RunStore):
                 if changed == current:
                     return current
                 updated = replace(changed, revision=current.revision + 1, update_time=_now())
-                snapshot = Jsonb(codec.run_to_dict(updated), dumps=codec.dumps)
+                snapshot = Jsonb(codec.run_json(updated), dumps=_encoded)
                 await conn.execute(
                     "UPDATE runs SET state = %s, revision = %s, snapshot = %s WHERE id = %s",
                     (int(updated.state), updated.revision, snapshot, run_id),
@@ -1453,18 +1454,16 @@ async def _load(conn: AsyncConnection[Any], run_id: str, *, for_update: bool = F
     return codec.run_from_dict(row[0])
 
 
+def _encoded(text: str) -> str:
+    """Jsonb's dumps for JSON codec has encoded already: a write passes its run's snapshot
+    to three statements, and a Jsonb of the dict would encode it for each."""
+    return text
+
+
 async def _write_steps(conn: AsyncConnection[Any], run: Run, previous: Run | None) -> None:
-    before = {s.name: s for s in previous.steps} if previous else {}
     rows = [
-        (
-            run.id,
-            step.name,
-            position,
-            int(step.state),
-            Jsonb(codec.step_to_dict(step), dumps=codec.dumps),
-        )
-        for position, step in enumerate(run.steps)
-        if before.get(step.name) != step
+        (run.id, step.name, position, int(step.state), Jsonb(codec.step_json(step), dumps=_encoded))
+        for position, step in changed_steps(run, previous)
     ]
     if not rows:
         return

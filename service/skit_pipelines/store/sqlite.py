@@ -43,6 +43,7 @@ from skit_pipelines.store.base import (
     ScheduleOutcome,
     SchedulePage,
     change_prune_interval,
+    changed_steps,
     schedule_exists,
     schedule_not_found,
     sortable_time,
@@ -262,6 +263,7 @@ class SqliteRunStore(RunStore):
         self._history_limit = history_limit
         self._change_limit = max(1, change_limit)
         self._decoded: OrderedDict[str, Run] = OrderedDict()
+        self._step_json = codec.StepJson()
         self._leases: LeaseTable = {}
         with contextlib.ExitStack() as on_failure:
             self._lock = _hold_exclusively(path)
@@ -334,7 +336,7 @@ class SqliteRunStore(RunStore):
                     resource_name=f"runs/{run.id}",
                     reason="RUN_ALREADY_EXISTS",
                 )
-            snapshot = codec.dumps(codec.run_to_dict(run))
+            snapshot = codec.run_json(run, self._step_json)
             create_time = sortable_time(run.create_time)
             self._sql.execute(
                 "INSERT INTO runs"
@@ -418,11 +420,9 @@ class SqliteRunStore(RunStore):
         )
 
     def _write_steps(self, run: Run, previous: Run | None) -> None:
-        before = {s.name: s for s in previous.steps} if previous else {}
         rows = [
-            (run.id, step.name, position, int(step.state), codec.dumps(codec.step_to_dict(step)))
-            for position, step in enumerate(run.steps)
-            if before.get(step.name) != step
+            (run.id, step.name, position, int(step.state), self._step_json(step))
+            for position, step in changed_steps(run, previous)
         ]
         self._sql.executemany(
             "INSERT INTO steps (run_id, name, position, state, detail) VALUES (?, ?, ?, ?, ?)"
@@ -465,7 +465,7 @@ class SqliteRunStore(RunStore):
             if changed == current:
                 return current
             updated = _bump(current, changed)
-            snapshot = codec.dumps(codec.run_to_dict(updated))
+            snapshot = codec.run_json(updated, self._step_json)
             self._sql.execute(
                 "UPDATE runs SET state = ?, revision = ?, snapshot = ? WHERE id = ?",
                 (int(updated.state), updated.revision, snapshot, run_id),
