@@ -13,7 +13,7 @@ from google.rpc import status_pb2
 from skit.pipelines.v1 import pipeline_pb2, pipeline_service_pb2, run_pb2
 from skit_pipelines import domain, rules
 from skit_pipelines.errors import InvalidArgument
-from skit_pipelines.identity_memo import IdentityMemo
+from skit_pipelines.identity_memo import DEFAULT_SIZE, IdentityMemo
 
 # The domain enums carry the proto enums' numbers; the generated stubs type enum fields
 # as their wrapper class, hence the casts from int below.
@@ -167,9 +167,6 @@ def run(
     )
 
 
-DEFAULT_CACHED_STEPS = 4096
-
-
 class StepMessages(IdentityMemo[domain.Step, run_pb2.Step]):
     """convert.step, remembered for the last `size` steps converted: converting a revision
     for its watchers converts only the step it changed, and copies the others' messages
@@ -177,7 +174,7 @@ class StepMessages(IdentityMemo[domain.Step, run_pb2.Step]):
     conversion, which happens between the store write and the revision's first delivery.
     """
 
-    def __init__(self, size: int = DEFAULT_CACHED_STEPS) -> None:
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
         super().__init__(step, size)
 
 

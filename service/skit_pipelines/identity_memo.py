@@ -9,6 +9,9 @@ from typing import Generic, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
+DEFAULT_SIZE = 4096
+"""Entries a memo keeps by default: a few thousand steps, those of the runs in flight."""
+
 
 class IdentityMemo(Generic[K, V]):
     """`compute(key)`, remembered for the last `size` keys used.
@@ -19,7 +22,7 @@ class IdentityMemo(Generic[K, V]):
     unhashable; an entry holds its key, so the id is not reused while remembered.
     """
 
-    def __init__(self, compute: Callable[[K], V], size: int) -> None:
+    def __init__(self, compute: Callable[[K], V], size: int = DEFAULT_SIZE) -> None:
         self._compute = compute
         self._size = size
         self._entries: OrderedDict[int, tuple[K, V]] = OrderedDict()
