@@ -144,15 +144,15 @@ class StepJson(IdentityMemo[Step, str]):
 _NO_STEPS = '"steps":[]'
 
 
-def run_json(run: Run, step_json: Callable[[Step], str] = step_json) -> str:
-    """dumps(run_to_dict(run)), byte for byte, with each step's JSON from `step_json`."""
+def run_json(run: Run, encode_step: Callable[[Step], str] = step_json) -> str:
+    """dumps(run_to_dict(run)), byte for byte, with each step's JSON from `encode_step`."""
     fields = _run_fields(run)
     fields["steps"] = []
     text = dumps(fields)
     # Keys are sorted, and only "update_time" (a timestamp) sorts after "steps": the last
     # '"steps":[]' is the run's own (a parameter's value holding one comes before it).
     at = text.rindex(_NO_STEPS) + len(_NO_STEPS) - 1
-    return text[:at] + ",".join(step_json(s) for s in run.steps) + text[at:]
+    return text[:at] + ",".join(encode_step(s) for s in run.steps) + text[at:]
 
 
 def run_from_dict(data: dict[str, Any]) -> Run:
