@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 
 import psutil
 import pytest
@@ -20,8 +19,13 @@ from skit_pipelines.domain import Step, StepState
 pytestmark = pytest.mark.xdist_group("load")
 
 WATCHERS = 300
-SECONDS = 4.0
-CREATES_PER_SECOND = 40
+BATCHES = 40
+"""Batches of creates per round, each followed by one step revision of the watched run."""
+CREATES_PER_BATCH = 4
+BATCH_PAUSE_SECONDS = 0.1
+"""Paces the batches (about 40 creates a second on an idle host). The round counts batches
+rather than running for a fixed time, so a slow or busy host takes longer instead of
+failing: throughput is the benchmarks' business, not this test's."""
 ROUNDS = 3
 STEADY_GROWTH_LIMIT_MIB = 8.0
 """RSS growth allowed in a round after the first, once caches and the allocator have warmed
@@ -64,24 +68,21 @@ async def load_round(service) -> None:
         return revisions
 
     watchers = [asyncio.create_task(watch()) for _ in range(WATCHERS)]
-    created = 0
-    deadline = time.monotonic() + SECONDS
+    created = []
     await sink.run_started(target_id)
-    step = 0
-    while time.monotonic() < deadline:
-        await asyncio.gather(*(service.stub.CreateRun(create_request()) for _ in range(4)))
-        created += 4
-        step += 1
+    for step in range(1, BATCHES + 1):
+        created += await asyncio.gather(
+            *(service.stub.CreateRun(create_request()) for _ in range(CREATES_PER_BATCH))
+        )
         await sink.step_changed(target_id, Step(name=f"s{step}", state=StepState.SUCCEEDED))
-        await asyncio.sleep(4 / CREATES_PER_SECOND)
+        await asyncio.sleep(BATCH_PAUSE_SECONDS)
     await sink.run_succeeded(target_id, (), {})
     final = await service.stub.GetRun(pb.GetRunRequest(name=target.name))
     results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
     for revisions in results:
         assert revisions[0] >= 1 and revisions == list(range(revisions[0], final.revision + 1))
-    print(
-        f"load: {WATCHERS} watchers x {final.revision} revisions, {created} creates in"
-        f" {SECONDS:.0f}s"
-    )
-    assert created >= SECONDS * CREATES_PER_SECOND / 2
+    print(f"load: {WATCHERS} watchers x {final.revision} revisions, {len(created)} creates")
+    assert len({run.name for run in created}) == BATCHES * CREATES_PER_BATCH
+    # created, started, one revision per step, succeeded
+    assert final.revision == 1 + 1 + BATCHES + 1
     assert service.store.hub.watcher_count() == 0
