@@ -760,3 +760,31 @@ async def test_a_step_and_what_it_spawns_run_at_a_lower_cpu_priority(tmp_path: P
     lines = [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()]
     expected = min(os.getpriority(os.PRIO_PROCESS, 0) + _process.STEP_NICENESS, 19)
     assert [int(line["line"]) for line in lines] == [expected, expected]
+
+
+async def test_a_step_has_its_own_process_group_in_the_servers_session(tmp_path: Path) -> None:
+    """Its own group, so cancel reaches what it spawned; the server's session, so its lower
+    priority holds against the server: with autogroup scheduling a new session would be a
+    scheduling group of its own, with its own share of the CPU."""
+    log = AttemptLog(tmp_path / "attempt-1.log")
+    process = await StepProcess.start(
+        # Its pid, process group and session (fields 1, 5 and 6), then its scheduling group.
+        ["sh", "-c", "cut -d' ' -f1,5,6 /proc/$$/stat; cat /proc/$$/autogroup || true"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        log=log,
+        grace_seconds=0.5,
+    )
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    log.close()
+    lines = [
+        json.loads(line)["line"]
+        for line in (tmp_path / "attempt-1.log").read_text().splitlines()
+        if json.loads(line)["stream"] == "stdout"
+    ]
+    pid, group, session = map(int, lines[0].split())
+    assert pid == group == process.pid
+    assert session == os.getsid(0)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        assert lines[1].split()[0] == autogroup.read_text().split()[0]
