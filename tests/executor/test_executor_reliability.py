@@ -725,19 +725,10 @@ async def test_a_step_process_is_spawned_and_reaped_off_the_event_loop(
         return real_popen(*args, **kwargs)
 
     monkeypatch.setattr(_process.subprocess, "Popen", recording_popen)
-    log = AttemptLog(tmp_path / "attempt-1.log")
-    process = await StepProcess.start(
-        ["sh", "-c", "echo out; echo err >&2; exit 3"],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]},
-        log=log,
-        grace_seconds=0.5,
-    )
-    assert await asyncio.wait_for(process.wait(), 10) == 3
-    log.close()
+    process, returncode, lines = await _shell_step(tmp_path, "echo out; echo err >&2; exit 3")
+    assert returncode == 3
     assert len(spawned_in) == 1 and spawned_in[0] is not loop_thread
     assert process.last_error_line == "err"
-    lines = [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()]
     # Two pipes: their lines may reach the log in either order.
     assert sorted((line["stream"], line["line"]) for line in lines) == [
         ("stderr", "err"),
@@ -746,18 +737,12 @@ async def test_a_step_process_is_spawned_and_reaped_off_the_event_loop(
 
 
 async def test_a_step_and_what_it_spawns_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
-    log = AttemptLog(tmp_path / "attempt-1.log")
-    process = await StepProcess.start(
+    _, returncode, lines = await _shell_step(
         # The step's own niceness, then that of a process it spawns.
-        ["sh", "-c", "cut -d' ' -f19 /proc/self/stat; sh -c \"cut -d' ' -f19 /proc/self/stat\""],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]},
-        log=log,
-        grace_seconds=0.5,
+        tmp_path,
+        "cut -d' ' -f19 /proc/self/stat; sh -c \"cut -d' ' -f19 /proc/self/stat\"",
     )
-    assert await asyncio.wait_for(process.wait(), 10) == 0
-    log.close()
-    lines = [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()]
+    assert returncode == 0
     expected = min(os.getpriority(os.PRIO_PROCESS, 0) + _process.STEP_NICENESS, 19)
     assert [int(line["line"]) for line in lines] == [expected, expected]
 
@@ -766,25 +751,35 @@ async def test_a_step_has_its_own_process_group_in_the_servers_session(tmp_path:
     """Its own group, so cancel reaches what it spawned; the server's session, so its lower
     priority holds against the server: with autogroup scheduling a new session would be a
     scheduling group of its own, with its own share of the CPU."""
+    process, returncode, lines = await _shell_step(
+        # Its pid, process group and session (fields 1, 5 and 6), then its scheduling group.
+        tmp_path,
+        "cut -d' ' -f1,5,6 /proc/$$/stat; cat /proc/$$/autogroup || true",
+    )
+    assert returncode == 0
+    pid, group, session = map(int, lines[0]["line"].split())
+    assert pid == group == process.pid
+    assert session == os.getsid(0)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        assert lines[1]["line"].split()[0] == autogroup.read_text().split()[0]
+
+
+async def _shell_step(tmp_path: Path, script: str) -> tuple[StepProcess, int, list[dict[str, Any]]]:
+    """Runs `script` as a step process to its end: the process, its exit code and its
+    log's lines."""
     log = AttemptLog(tmp_path / "attempt-1.log")
     process = await StepProcess.start(
-        # Its pid, process group and session (fields 1, 5 and 6), then its scheduling group.
-        ["sh", "-c", "cut -d' ' -f1,5,6 /proc/$$/stat; cat /proc/$$/autogroup || true"],
+        ["sh", "-c", script],
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"]},
         log=log,
         grace_seconds=0.5,
     )
-    assert await asyncio.wait_for(process.wait(), 10) == 0
+    returncode = await asyncio.wait_for(process.wait(), 10)
     log.close()
-    lines = [
-        json.loads(line)["line"]
-        for line in (tmp_path / "attempt-1.log").read_text().splitlines()
-        if json.loads(line)["stream"] == "stdout"
-    ]
-    pid, group, session = map(int, lines[0].split())
-    assert pid == group == process.pid
-    assert session == os.getsid(0)
-    autogroup = Path("/proc/self/autogroup")
-    if autogroup.exists():
-        assert lines[1].split()[0] == autogroup.read_text().split()[0]
+    return (
+        process,
+        returncode,
+        [json.loads(line) for line in (tmp_path / "attempt-1.log").read_text().splitlines()],
+    )
