@@ -10,7 +10,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 DEFAULT_SIZE = 4096
-"""Entries a memo keeps by default: a few thousand steps, those of the runs in flight."""
+"""The memos' size unless told otherwise: a few thousand steps, those of the runs in flight."""
 
 
 class IdentityMemo(Generic[K, V]):
@@ -22,7 +22,7 @@ class IdentityMemo(Generic[K, V]):
     unhashable; an entry holds its key, so the id is not reused while remembered.
     """
 
-    def __init__(self, compute: Callable[[K], V], size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, compute: Callable[[K], V], size: int) -> None:
         self._compute = compute
         self._size = size
         self._entries: OrderedDict[int, tuple[K, V]] = OrderedDict()
