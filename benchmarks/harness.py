@@ -329,10 +329,20 @@ def median_load(loads: Sequence[Load]) -> Load:
     return sorted(loads, key=lambda load: load.throughput)[len(loads) // 2]
 
 
+_CPUCLOCK_SCHED = 2
+"""Linux's encoding of a process's CPU-time clock id: `((~pid) << 3) | CPUCLOCK_SCHED`, what
+clock_getcpuclockid(3) returns (include/linux/posix-timers.h); Python does not wrap it."""
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process so far, all its threads' (exited ones included), to the
+    nanosecond: its CPU-time clock. /proc's utime and stime count whole clock ticks (10 ms),
+    as much as a 100-watcher fan-out's deliveries take in all."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | _CPUCLOCK_SCHED)
+    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int | None = None) -> int:

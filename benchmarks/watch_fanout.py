@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import queue
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -76,13 +77,15 @@ REPETITIONS = 3
 2.03 x between two runs on the same code (the revisions queue behind each other's fan-out,
 so the tail is the whole backlog, and the client processes share the 2 cores with the
 server)."""
-MEASURED_WATCHERS = 1800
-"""Repetitions at a size until this many watchers were measured on each side (18 at 100
-watchers, ~2 minutes). A repetition's p99 of 100 watchers is the 9th slowest of ~900
-deliveries, the tail of a single revision's fan-out: single repetitions of the same code
-gave 0.62-1.87 x bare, the median of 3 1.25-1.36 x and of 9 1.01-1.36 x. Resampling 34
-repetitions of one code (docs/benchmarks.md, "100 watchers: the spread of the median"),
-the median of 9 ranged 1.05-1.32 x (5th-95th percentile), of 20 1.11-1.25 x."""
+MEASURED_WATCHERS = 3600
+"""Repetitions at a size until this many watchers were measured on each side (36 at 100
+watchers, ~4 minutes; 4 at 1,000). A repetition's p99 of 100 watchers is the 9th slowest
+of ~900 deliveries, the tail of a single revision's fan-out (the last one's, mostly):
+single repetitions of the same code gave 0.62-1.87 x bare, the median of 3 1.25-1.36 x and
+of 9 1.01-1.36 x. Resampling 34 repetitions of one code (docs/benchmarks.md, "100
+watchers: the spread of the median"), the median of 9 ranged 1.05-1.32 x (5th-95th
+percentile), of 20 1.11-1.25 x; the bare server against itself, medians of 18, 0.94-1.07
+x ("The instrument's resolution"). Twice as many halve the variance."""
 
 
 # Client processes
@@ -344,7 +347,6 @@ class Fanout:
     def describe(self) -> str:
         return (
             f"p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms,"
-            f" {self.cpu_per_delivery * 1e6:.0f} us server CPU/delivery,"
             f" {self.rss_per_watcher / KIB:.1f} KiB/watcher,"
             f" delivered {len(self.delays):,}/{self.expected:,}"
             + (f", errors: {self.errors[0]} (x{len(self.errors)})" if self.errors else "")
@@ -606,7 +608,11 @@ def _fanout_figure(
     full, bare = _median_by_p99(full_results), _median_by_p99(bare_results)
     ratio = full.p99_ms / bare.p99_ms
     complete = all(r.complete for r in full_results)
-    cpu_ratio = full.cpu_per_delivery / bare.cpu_per_delivery if bare.cpu_per_delivery else math.nan
+    # The median over the repetitions, each side's own: the CPU of the repetition with the
+    # median p99 is one sample, and slow repetitions are not the costly ones.
+    full_cpu = statistics.median(r.cpu_per_delivery for r in full_results)
+    bare_cpu = statistics.median(r.cpu_per_delivery for r in bare_results)
+    cpu_ratio = full_cpu / bare_cpu if bare_cpu else math.nan
     revisions = full.expected // watchers
     return Figure(
         name=f"WatchRun fan-out during a real run, {watchers:,} watchers",
@@ -615,7 +621,8 @@ def _fanout_figure(
         baseline=bare.p99_ms,
         detail=f"{ratio:.2f} x bare p99 (spread {spread([r.p99_ms for r in full_results])}"
         f" vs {spread([r.p99_ms for r in bare_results])} ms), server CPU/delivery"
-        f" {cpu_ratio:.2f} x bare; full server {full.describe()}; bare grpc.aio"
+        f" {cpu_ratio:.2f} x bare ({full_cpu * 1e6:.0f} vs {bare_cpu * 1e6:.0f} us, median of"
+        f" the repetitions); full server {full.describe()}; bare grpc.aio"
         f" {bare.describe()} ({revisions} revisions of a {CHAIN_PIPELINE} run after its"
         f" QUEUED snapshot, {processes} client processes, median of {len(full_results)})",
         target=f"p99 <= {TARGET_P99_RATIO:g} x bare, every revision delivered",
