@@ -609,7 +609,7 @@ def _fanout_figure(
     ratio = full.p99_ms / bare.p99_ms
     complete = all(r.complete for r in full_results)
     # The median over the repetitions, each side's own: the CPU of the repetition with the
-    # median p99 is one sample, and slow repetitions are not the costly ones.
+    # median p99 would be a single sample.
     full_cpu = statistics.median(r.cpu_per_delivery for r in full_results)
     bare_cpu = statistics.median(r.cpu_per_delivery for r in bare_results)
     cpu_ratio = full_cpu / bare_cpu if bare_cpu else math.nan
